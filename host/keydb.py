@@ -1,0 +1,357 @@
+"""The host's SQLite database: terminals, every key generation (as TR-31 blocks), cards, and the
+requests already answered.
+
+Durability: WAL with `synchronous=NORMAL`. A commit is atomic and survives a crash of the host
+process; a power cut may lose the last commits (never tear one). That is the trade the issue
+allows for a simulator: a lost approval record can at worst let a retransmission be approved
+again after a power cut, never corrupt key state.
+
+Concurrency: one writer at a time (SQLite's lock, `busy_timeout` for the CLI waiting on a
+serving host). The serving host notices the CLI's commits through `PRAGMA data_version`, which
+changes exactly when another connection committed, and then drops its cache of unwrapped keys.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.lmk import Vault
+from host.sealing import seal, unseal
+from host.state import (
+    ACTIVE,
+    RETIRED,
+    REVOKED,
+    Card,
+    Change,
+    Debit,
+    HeldKey,
+    IssueWorkingKeys,
+    Prior,
+    RecordTransaction,
+    RevokeWorkingKeys,
+    TerminalKeys,
+    WorkingSet,
+)
+from protocol.crypto import Key
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS terminals (
+    tid       TEXT PRIMARY KEY,
+    merchant  TEXT NOT NULL,
+    created   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    tid        TEXT NOT NULL REFERENCES terminals(tid) ON DELETE CASCADE,
+    usage      TEXT NOT NULL CHECK (usage IN ('TMK', 'PIK', 'MAK', 'TDK')),
+    generation INTEGER NOT NULL,
+    key_set    TEXT,                 -- 60.3 of the sign-on; NULL for a TMK
+    block      TEXT NOT NULL,        -- TR-31 version D key block under the LMK
+    kcv        TEXT NOT NULL,        -- 6 hex digits
+    created    REAL NOT NULL,        -- seconds since the epoch
+    lifetime   REAL NOT NULL,        -- seconds
+    state      TEXT NOT NULL CHECK (state IN ('active', 'retired', 'revoked')),
+    PRIMARY KEY (tid, usage, generation)
+);
+CREATE TABLE IF NOT EXISTS cards (
+    pan_ref    TEXT PRIMARY KEY,     -- HMAC of the PAN under an LMK-derived key
+    pan_masked TEXT NOT NULL,
+    expiry     TEXT NOT NULL,        -- YYMM
+    pvv        TEXT NOT NULL,        -- PIN verification value (see host.lmk.Vault)
+    balance    INTEGER NOT NULL,     -- minor units
+    currency   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS txns (
+    tid         TEXT NOT NULL,
+    batch       TEXT NOT NULL,
+    stan        TEXT NOT NULL,
+    request_ref BLOB NOT NULL,       -- keyed fingerprint of the request bytes
+    response    BLOB NOT NULL,       -- the response message bytes, sent again to a retransmission
+    rc          TEXT NOT NULL,
+    amount      INTEGER NOT NULL,
+    created     REAL NOT NULL,
+    PRIMARY KEY (tid, batch, stan)
+) WITHOUT ROWID;
+"""
+
+WORKING_USAGES = ("PIK", "MAK", "TDK")
+
+
+class KeyDbError(RuntimeError):
+    """An operator request the database refuses (unknown terminal, duplicate card, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """A key as `keys show` lists it: bookkeeping only, never material."""
+
+    usage: str
+    generation: int
+    key_set: str | None
+    kcv: str
+    created: float
+    lifetime: float
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRow:
+    tid: str
+    merchant: str
+    created: float
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class KeyDb:
+    """All SQL lives here; callers hold keys, cards and changes as values."""
+
+    def __init__(self, path: Path, vault: Vault) -> None:
+        self.path = path
+        self.vault = vault
+        self.conn = connect(path)
+        self._prior_sql = "SELECT request_ref, response FROM txns WHERE tid=? AND batch=? AND stan=?"
+        self._card_sql = (
+            "SELECT pan_ref, pan_masked, expiry, pvv, balance, currency FROM cards WHERE pan_ref=?"
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (the CLI) has committed since the last call."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- terminals -------------------------------------------------------------------------------
+
+    def add_terminal(self, tid: str, merchant: str, tmk: Key, now: float, lifetime: float) -> None:
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM terminals WHERE tid=?", (tid,)).fetchone():
+                raise KeyDbError(f"terminal {tid} already exists (terminal rekey gives a new TMK)")
+            c.execute("INSERT INTO terminals VALUES (?, ?, ?)", (tid, merchant, now))
+            self._insert_key(tid, tmk, 1, None, now, lifetime)
+
+    def rekey_terminal(self, tid: str, tmk: Key, now: float, lifetime: float) -> int:
+        """A new key ceremony: a new TMK generation; old TMKs retired, working keys revoked."""
+        with self.transaction() as c:
+            self._require(tid)
+            gen = c.execute(
+                "SELECT COALESCE(MAX(generation), 0) + 1 FROM keys WHERE tid=? AND usage='TMK'",
+                (tid,),
+            ).fetchone()[0]
+            c.execute(
+                "UPDATE keys SET state=? WHERE tid=? AND usage='TMK' AND state=?",
+                (RETIRED, tid, ACTIVE),
+            )
+            self._set_working_state(tid, REVOKED)
+            self._insert_key(tid, tmk, gen, None, now, lifetime)
+            return gen
+
+    def remove_terminal(self, tid: str) -> None:
+        with self.transaction() as c:
+            self._require(tid)
+            c.execute("DELETE FROM keys WHERE tid=?", (tid,))
+            c.execute("DELETE FROM txns WHERE tid=?", (tid,))
+            c.execute("DELETE FROM terminals WHERE tid=?", (tid,))
+
+    def terminals(self) -> list[TerminalRow]:
+        rows = self.conn.execute("SELECT tid, merchant, created FROM terminals ORDER BY tid")
+        return [TerminalRow(*r) for r in rows]
+
+    def terminal_row(self, tid: str) -> TerminalRow:
+        row = self.conn.execute(
+            "SELECT tid, merchant, created FROM terminals WHERE tid=?", (tid,)
+        ).fetchone()
+        if row is None:
+            raise KeyDbError(f"no terminal {tid}")
+        return TerminalRow(*row)
+
+    def key_rows(self, tid: str) -> list[KeyRow]:
+        self._require(tid)
+        rows = self.conn.execute(
+            "SELECT usage, generation, key_set, kcv, created, lifetime, state FROM keys "
+            "WHERE tid=? ORDER BY usage = 'TMK' DESC, generation DESC, usage",
+            (tid,),
+        )
+        return [KeyRow(*r) for r in rows]
+
+    def load_terminal(self, tid: str) -> TerminalKeys | None:
+        """The terminal's key state with its keys unwrapped from their TR-31 blocks."""
+        row = self.conn.execute("SELECT merchant FROM terminals WHERE tid=?", (tid,)).fetchone()
+        if row is None:
+            return None
+        rows = self.conn.execute(
+            "SELECT usage, generation, key_set, block, created, lifetime, state FROM keys "
+            "WHERE tid=? ORDER BY generation DESC",
+            (tid,),
+        ).fetchall()
+        tmk: HeldKey | None = None
+        generations: dict[int, dict[str, tuple]] = {}
+        for usage, gen, key_set, block, created, lifetime, state in rows:
+            if usage == "TMK":
+                if tmk is None:
+                    key = unseal(self.vault.lmk, block)
+                    tmk = HeldKey("TMK", gen, key, created, lifetime, state)
+            else:
+                generations.setdefault(gen, {})[usage] = (key_set, block, created, lifetime, state)
+        working = []
+        for gen in sorted(generations, reverse=True):
+            parts = generations[gen]
+            key_set, _, created, lifetime, state = parts["MAK"]
+            keys = {u: unseal(self.vault.lmk, p[1]) for u, p in parts.items()}
+            working.append(
+                WorkingSet(gen, key_set, state, created, lifetime,
+                           keys["PIK"], keys["MAK"], keys.get("TDK"))
+            )
+        return TerminalKeys(tid, row[0], tmk, tuple(working))
+
+    # --- operator actions on keys ----------------------------------------------------------------
+
+    def rotate(self, tid: str, working: WorkingSet) -> None:
+        with self.transaction():
+            self._require(tid)
+            self._issue(tid, working)
+
+    def revoke_working(self, tid: str) -> int:
+        with self.transaction():
+            self._require(tid)
+            return self._set_working_state(tid, REVOKED)
+
+    def revoke_tmk(self, tid: str) -> None:
+        with self.transaction() as c:
+            self._require(tid)
+            c.execute("UPDATE keys SET state=? WHERE tid=? AND usage='TMK'", (REVOKED, tid))
+            self._set_working_state(tid, REVOKED)
+
+    def expire_working(self, tid: str, now: float) -> int:
+        """Cut the active working keys' lifetime short so that they are stale from `now` on."""
+        with self.transaction() as c:
+            self._require(tid)
+            return c.execute(
+                "UPDATE keys SET lifetime=MAX(0, ? - created) "
+                "WHERE tid=? AND usage != 'TMK' AND state=?",
+                (now, tid, ACTIVE),
+            ).rowcount
+
+    def replace_mak(self, tid: str, mak: Key) -> int:
+        """`keys tamper`: the host's MAK of the current generation stops matching the terminal's."""
+        with self.transaction() as c:
+            self._require(tid)
+            row = c.execute(
+                "SELECT generation FROM keys WHERE tid=? AND usage='MAK' AND state=? "
+                "ORDER BY generation DESC LIMIT 1",
+                (tid, ACTIVE),
+            ).fetchone()
+            if row is None:
+                raise KeyDbError(f"terminal {tid} has no active working keys to tamper with")
+            c.execute(
+                "UPDATE keys SET block=?, kcv=? WHERE tid=? AND usage='MAK' AND generation=?",
+                (seal(self.vault.lmk, mak), mak.kcv_hex, tid, row[0]),
+            )
+            return row[0]
+
+    # --- cards -----------------------------------------------------------------------------------
+
+    def add_card(self, card: Card) -> None:
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM cards WHERE pan_ref=?", (card.pan_ref,)).fetchone():
+                raise KeyDbError(f"card {card.pan_masked} already exists")
+            c.execute(
+                "INSERT INTO cards VALUES (?, ?, ?, ?, ?, ?)",
+                (card.pan_ref, card.pan_masked, card.expiry, card.pvv, card.balance,
+                 card.currency),
+            )
+
+    def cards(self) -> list[Card]:
+        rows = self.conn.execute(
+            "SELECT pan_ref, pan_masked, expiry, pvv, balance, currency FROM cards "
+            "ORDER BY pan_masked"
+        )
+        return [Card(*r) for r in rows]
+
+    # --- the handlers' lookups (HostView, together with a cache of TerminalKeys) -----------------
+
+    def card(self, pan_ref: str) -> Card | None:
+        row = self.conn.execute(self._card_sql, (pan_ref,)).fetchone()
+        return Card(*row) if row else None
+
+    def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
+        row = self.conn.execute(self._prior_sql, (tid, batch, stan)).fetchone()
+        return Prior(row[0], row[1]) if row else None
+
+    # --- applying a handler's changes ------------------------------------------------------------
+
+    def apply(self, changes: list[Change]) -> None:
+        """Apply one message's changes; the caller holds the transaction they belong to."""
+        c = self.conn
+        for change in changes:
+            if type(change) is RecordTransaction:
+                c.execute(
+                    "INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (change.tid, change.batch, change.stan, change.request_ref, change.response,
+                     change.rc, change.amount, change.created),
+                )
+            elif type(change) is Debit:
+                c.execute(
+                    "UPDATE cards SET balance = balance - ? WHERE pan_ref=?",
+                    (change.amount, change.pan_ref),
+                )
+            elif type(change) is IssueWorkingKeys:
+                self._issue(change.tid, change.working)
+            elif type(change) is RevokeWorkingKeys:
+                self._set_working_state(change.tid, REVOKED)
+            else:
+                raise TypeError(f"unknown change {type(change).__name__}")
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _require(self, tid: str) -> None:
+        if not self.conn.execute("SELECT 1 FROM terminals WHERE tid=?", (tid,)).fetchone():
+            raise KeyDbError(f"no terminal {tid}")
+
+    def _insert_key(
+        self, tid: str, key: Key, gen: int, key_set: str | None, now: float, lifetime: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (tid, key.usage, gen, key_set, seal(self.vault.lmk, key), key.kcv_hex, now,
+             lifetime, ACTIVE),
+        )
+
+    def _issue(self, tid: str, working: WorkingSet) -> None:
+        self.conn.execute(
+            "UPDATE keys SET state=? WHERE tid=? AND usage != 'TMK' AND state=?",
+            (RETIRED, tid, ACTIVE),
+        )
+        keys: Mapping[str, Key | None] = {"PIK": working.pik, "MAK": working.mak,
+                                          "TDK": working.tdk}
+        for key in keys.values():
+            if key is not None:
+                self._insert_key(tid, key, working.generation, working.key_set, working.created,
+                                 working.lifetime)
+
+    def _set_working_state(self, tid: str, state: str) -> int:
+        return self.conn.execute(
+            "UPDATE keys SET state=? WHERE tid=? AND usage != 'TMK' AND state=?",
+            (state, tid, ACTIVE),
+        ).rowcount

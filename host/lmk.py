@@ -1,0 +1,93 @@
+"""The local master key (LMK) and the secrets the host derives from it.
+
+The LMK file is the stand-in for an HSM's master key (PROTOCOL.md §2): the only clear key
+material the host keeps on disk. Everything else secret is either a TR-31 block under the LMK
+(keys) or a one-way value keyed by a key derived from the LMK (PIN verification values, the
+index under which a PAN is found, the fingerprint of a remembered request), so a copy of the
+database without the LMK file reveals no key, PAN or PIN, and cannot be searched for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from host.clock import Rng
+
+LMK_LENGTH = 32  # AES-256: the key-block protection key of TR-31 version D.
+
+
+class LmkError(RuntimeError):
+    """The LMK file is missing, unreadable, the wrong size or readable by others."""
+
+
+def create_lmk(path: Path, rng: Rng) -> bytes:
+    """Write a new random LMK, refusing to overwrite one: losing it loses every key."""
+    material = rng(LMK_LENGTH)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(material)
+    return material
+
+
+def load_lmk(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode & 0o777
+        material = path.read_bytes()
+    except OSError as exc:
+        raise LmkError(f"cannot read the LMK file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise LmkError(f"the LMK file {path} is readable by others (mode {mode:o}); chmod 600 it")
+    if len(material) != LMK_LENGTH:
+        raise LmkError(f"the LMK file {path} does not hold a {LMK_LENGTH}-byte key")
+    return material
+
+
+def _derive(lmk: bytes, label: bytes) -> bytes:
+    return hmac.new(lmk, b"posemu host v1 " + label, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Vault:
+    """The LMK and its derived keys; `repr` never shows material.
+
+    PIN verification value = HMAC-SHA256(PVK, PAN "|" PIN): like a Visa PVV it is only as
+    strong as the secrecy of its key, which never leaves this process and the LMK file; it is
+    cheap enough to compute on every purchase (a PBKDF2 would cost milliseconds per
+    transaction and protect nothing more while the key is secret).
+    """
+
+    lmk: bytes
+    pvk: bytes
+    pan_key: bytes
+    digest_key: bytes
+
+    @classmethod
+    def from_lmk(cls, lmk: bytes) -> Vault:
+        return cls(
+            lmk=lmk,
+            pvk=_derive(lmk, b"pin verification"),
+            pan_key=_derive(lmk, b"pan index"),
+            digest_key=_derive(lmk, b"request fingerprint"),
+        )
+
+    def pan_ref(self, pan: str) -> str:
+        """The key a card is stored and found under, in place of its PAN."""
+        return hmac.new(self.pan_key, pan.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def pin_value(self, pan: str, pin: str) -> str:
+        data = f"{pan}|{pin}".encode("ascii")
+        return hmac.new(self.pvk, data, hashlib.sha256).hexdigest()
+
+    def pin_matches(self, pvv: str, pan: str, pin: str) -> bool:
+        return hmac.compare_digest(pvv, self.pin_value(pan, pin))
+
+    def request_ref(self, message: bytes) -> bytes:
+        """Fingerprint of a request's bytes for duplicate detection; keyed, since they hold a PAN."""
+        return hmac.new(self.digest_key, message, hashlib.sha256).digest()[:16]
+
+    def __repr__(self) -> str:
+        return "Vault(<LMK and derived keys>)"

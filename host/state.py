@@ -1,0 +1,136 @@
+"""What the handlers read (key state, cards, remembered requests) and what they ask to change.
+
+Handlers never touch the database: they get a `HostView` (read-only lookups) and return
+`Change` values; the server applies those in one transaction. That split is what lets the same
+decision code run under TCP, serial, the load generator and the unit tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from protocol.crypto import Key
+
+ACTIVE, RETIRED, REVOKED = "active", "retired", "revoked"
+KEY_STATES = (ACTIVE, RETIRED, REVOKED)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldKey:
+    """One key generation as the host holds it: unwrapped, with its bookkeeping."""
+
+    usage: str
+    generation: int
+    key: Key
+    created: float
+    lifetime: float
+    state: str
+
+    def expired(self, now: float) -> bool:
+        return now >= self.created + self.lifetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingSet:
+    """The working keys issued at one sign-on (or one `keys rotate`)."""
+
+    generation: int
+    key_set: str
+    state: str
+    created: float
+    lifetime: float
+    pik: Key
+    mak: Key
+    tdk: Key | None = None
+
+    def expired(self, now: float) -> bool:
+        return now >= self.created + self.lifetime
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalKeys:
+    """A terminal's key state: its newest TMK and its working-key generations, newest first."""
+
+    tid: str
+    merchant: str
+    tmk: HeldKey | None
+    working: tuple[WorkingSet, ...]
+
+    @property
+    def current(self) -> WorkingSet | None:
+        """The working set a terminal must be using: the newest one, if it is active."""
+        if self.working and self.working[0].state == ACTIVE:
+            return self.working[0]
+        return None
+
+    @property
+    def next_generation(self) -> int:
+        return self.working[0].generation + 1 if self.working else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    pan_ref: str
+    pan_masked: str
+    expiry: str  # YYMM
+    pvv: str
+    balance: int  # minor units
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """A 0200 already answered: its fingerprint and the response bytes it got."""
+
+    request_ref: bytes
+    response: bytes
+
+
+class HostView(Protocol):
+    """Read-only lookups a handler may make; each answers from one consistent state."""
+
+    def terminal(self, tid: str) -> TerminalKeys | None: ...
+
+    def card(self, pan_ref: str) -> Card | None: ...
+
+    def prior(self, tid: str, batch: str, stan: str) -> Prior | None: ...
+
+
+# --- changes -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssueWorkingKeys:
+    """A new working-key generation becomes active; the previous active one is retired."""
+
+    tid: str
+    working: WorkingSet
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeWorkingKeys:
+    tid: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTransaction:
+    """Remember an answered 0200 for duplicate detection (PROTOCOL.md §3)."""
+
+    tid: str
+    batch: str
+    stan: str
+    request_ref: bytes
+    response: bytes
+    rc: str
+    amount: int
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    pan_ref: str
+    amount: int
+
+
+Change = IssueWorkingKeys | RevokeWorkingKeys | RecordTransaction | Debit

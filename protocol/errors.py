@@ -1,0 +1,34 @@
+"""The one exception family that wire-facing code may raise.
+
+Everything that reads bytes from a peer raises `ProtocolError` (or a subclass) and nothing else,
+so a server can catch exactly one type and keep serving other terminals.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(ValueError):
+    """Malformed input, located: which field, at which byte offset, and why.
+
+    The text never includes field values, so a PAN or a key in a bad frame cannot reach a log
+    through an error message.
+    """
+
+    def __init__(self, reason: str, field: int | str | None = None, offset: int | None = None):
+        self.reason = reason
+        self.field = field
+        self.offset = offset
+        where = []
+        if field is not None:
+            where.append(f"field {field}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+class SpecError(ValueError):
+    """A dialect spec (built-in or loaded from a file) that cannot describe a wire format."""
+
+
+class FramingError(ProtocolError):
+    """A TCP frame whose length prefix, TPDU or header is wrong."""

@@ -1,0 +1,133 @@
+"""TCP framing: a 2-byte big-endian length, then (in TPDU dialects) TPDU and header, then the message.
+
+The fixed layouts are `construct` structs, compiled once. `FrameReader` is the incremental side:
+bytes in any chunking go in, whole frames come out, and a declared length beyond the limit is
+refused before a single byte of it is buffered, so a peer cannot make the host hold memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from construct import Int8ub, Int16ub, StreamError, Struct
+
+from protocol.errors import FramingError
+from protocol.spec import Dialect
+
+LENGTH = Int16ub.compile()
+TPDU_STRUCT = Struct("id" / Int8ub, "destination" / Int16ub, "source" / Int16ub).compile()
+TPDU_SIZE = 5
+TPDU_ID = 0x60
+MAX_FRAME = 0xFFFF
+DEFAULT_MAX_FRAME = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Tpdu:
+    destination: int = 0
+    source: int = 0
+    id: int = TPDU_ID
+
+    def reply(self) -> Tpdu:
+        """A response goes back the way the request came: destination and source swap."""
+        return Tpdu(destination=self.source, source=self.destination, id=self.id)
+
+    def build(self) -> bytes:
+        return TPDU_STRUCT.build({"id": self.id, "destination": self.destination,
+                                  "source": self.source})
+
+
+@dataclass(frozen=True, slots=True)
+class Unframed:
+    tpdu: Tpdu | None
+    header: bytes
+    message: bytes
+
+
+class Framing:
+    """What surrounds a message on TCP for one dialect; the serial link carries the same payload."""
+
+    def __init__(self, dialect: Dialect):
+        self.dialect = dialect
+        self.has_tpdu = dialect.tpdu
+        self.header = dialect.header
+        self.prefix_size = (TPDU_SIZE + len(dialect.header)) if dialect.tpdu else 0
+
+    def payload(self, message: bytes, tpdu: Tpdu | None = None, header: bytes | None = None) -> bytes:
+        """TPDU + header + message: what a frame carries after its length, and a serial frame holds."""
+        if not self.has_tpdu:
+            return message
+        head = self.header if header is None else header
+        if len(head) != len(self.header):
+            raise FramingError(f"header must be {len(self.header)} bytes", field="header")
+        return (tpdu or Tpdu()).build() + head + message
+
+    def frame(self, message: bytes, tpdu: Tpdu | None = None, header: bytes | None = None) -> bytes:
+        return length_prefixed(self.payload(message, tpdu, header))
+
+    def unframe(self, payload: bytes) -> Unframed:
+        """Split a payload (what follows the length prefix) into TPDU, header and message."""
+        if not self.has_tpdu:
+            return Unframed(None, b"", payload)
+        if len(payload) < self.prefix_size:
+            raise FramingError(
+                f"truncated: {len(payload)} bytes cannot hold the TPDU and header",
+                field="TPDU", offset=0,
+            )
+        try:
+            raw = TPDU_STRUCT.parse(payload[:TPDU_SIZE])
+        except StreamError:  # pragma: no cover - length checked above
+            raise FramingError("truncated TPDU", field="TPDU", offset=0) from None
+        if raw.id != TPDU_ID:
+            raise FramingError(f"TPDU id must be 0x60, got 0x{raw.id:02X}", field="TPDU", offset=0)
+        tpdu = Tpdu(destination=raw.destination, source=raw.source, id=raw.id)
+        header = payload[TPDU_SIZE:self.prefix_size]
+        return Unframed(tpdu, header, payload[self.prefix_size:])
+
+
+def length_prefixed(payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME:
+        raise FramingError(f"a frame holds at most {MAX_FRAME} bytes, not {len(payload)}",
+                           field="length")
+    return LENGTH.build(len(payload)) + payload
+
+
+class FrameReader:
+    """Incremental reader of length-prefixed frames; returns payloads (without the length)."""
+
+    def __init__(self, max_length: int = DEFAULT_MAX_FRAME):
+        if not 1 <= max_length <= MAX_FRAME:
+            raise ValueError(f"max_length must be 1..{MAX_FRAME}")
+        self.max_length = max_length
+        self._buffer = bytearray()
+        self._consumed = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes; return every frame now complete. Raises FramingError on a bad length,
+        after which the stream cannot be trusted and the connection should close."""
+        buf = self._buffer
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        while len(buf) - pos >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if length == 0 or length > self.max_length:
+                at = self._consumed + pos
+                self._buffer = bytearray()
+                reason = ("zero-length frame" if length == 0
+                          else f"declared length {length} exceeds the limit {self.max_length}")
+                raise FramingError(reason, field="length", offset=at)
+            end = pos + 2 + length
+            if end > len(buf):
+                break
+            frames.append(bytes(buf[pos + 2:end]))
+            pos = end
+        if pos:
+            del buf[:pos]
+            self._consumed += pos
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held: a peer that closes with some is a cut frame."""
+        return len(self._buffer)

@@ -1,0 +1,219 @@
+"""Explaining the last key error 14 the way a support desk would (`../shared/ERROR14.md`).
+
+The explanation is built from tables, not code paths: a row matches a reason (K1/K2/K3), the
+key class (TMK or working keys), who found the error (host or terminal) and words of the
+reason's text, and carries the real-world causes and the remedies in the order a support desk
+tries them. Adding a cause is adding a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from terminal.keystore import KeyStatus
+from terminal.store import Record
+
+KEY_NAMES = {
+    "TMK": "the terminal master key (TMK), which protects the working keys on their way in",
+    "WK": "the working keys as a set (PIK, MAK, TDK), downloaded at every sign-on",
+    "PIK": "the PIN key (PIK), which encrypts the PIN block",
+    "MAK": "the MAC key (MAK), which authenticates purchases and their answers",
+    "TDK": "the track data key (TDK)",
+}
+
+CAUSES = {
+    "K1": ("absent", "the key is not there: never loaded, removed, revoked or unreadable"),
+    "K2": ("stale", "the key exists but is out of date: expired, or an older generation"),
+    "K3": ("mismatched", "the key exists but differs from the other side's, or is malformed"),
+}
+
+SIGN_ON = "sign on again: `pos-terminal signon` downloads fresh working keys"
+CEREMONY = (
+    "load the TMK again through a new key ceremony: `pos-host terminal add` (or `tmk`), "
+    "then `pos-terminal load-tmk`, then `pos-terminal signon`"
+)
+CHECK_LINE = "check the line (cabling, modem, network) and retry the sign-on"
+HARDWARE = "if the keystore fails again: hardware service, then keys re-injected"
+SOFTWARE = "update the terminal's software if it cannot use the host's key scheme"
+AUTO = "to avoid it: `--auto-signon`, or sign on before the keys' lifetime runs out"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the diagnosis table. Empty `words` matches any text; None matches anything."""
+
+    code: str
+    tmk: bool | None
+    source: str | None
+    words: tuple[str, ...]
+    reasons: tuple[str, ...]
+    fixes: tuple[str, ...]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("K1", True, "terminal", ("keystore", "storage"),
+         ("key stored badly: the terminal's key memory was deleted, damaged or overwritten",
+          "hardware fault (memory chip, overheating): stored keys damaged"),
+         (CEREMONY, HARDWARE)),
+    Rule("K1", True, "terminal", (),
+         ("the terminal was never given its TMK (no key ceremony yet), or it was replaced",),
+         (CEREMONY,)),
+    Rule("K1", True, "host", (),
+         ("the host holds no active TMK for this terminal: revoked (disclosed) or never issued",),
+         (CEREMONY,)),
+    Rule("K1", False, "host", ("revoked",),
+         ("key disclosed (written down, shown in public): the host revoked the working keys",),
+         (SIGN_ON,)),
+    Rule("K1", False, "host", ("signed off", "sign-off", "signoff"),
+         ("the terminal signed off, which discards its working keys at the host",),
+         (SIGN_ON,)),
+    Rule("K1", False, None, (),
+         ("the terminal never signed on since its TMK was loaded",
+          "the host revoked or discarded the working keys (key disclosed, sign-off)"),
+         (SIGN_ON,)),
+    Rule("K2", True, None, (),
+         ("the TMK outlived its lifetime at the host",),
+         (CEREMONY,)),
+    Rule("K2", False, "host", ("rotat", "generation", "earlier", "old"),
+         ("key not updated in time: the host rotated the keys and the terminal kept the old ones",
+          "power cut during a key write: the terminal kept its old set after the host had "
+          "issued a new one"),
+         (SIGN_ON,)),
+    Rule("K2", False, None, (),
+         ("key expired: the working keys outlived their validity without a sign-on",
+          "the terminal's or the host's clock moved past the keys' lifetime"),
+         (SIGN_ON, AUTO)),
+    Rule("K3", None, "terminal", ("mac",),
+         ("communication fault: the answer was altered on the line",
+          "the terminal's MAK is not the host's: a key write was lost or tampered with"),
+         (SIGN_ON, CHECK_LINE)),
+    Rule("K3", None, "terminal", (),
+         ("communication fault (unstable line): the key download arrived corrupted or cut",
+          "key generated wrongly: a key of the wrong length or parity was sent",
+          "the TMK on the terminal and on the host differ",
+          "software too old for the key scheme the host offers"),
+         (CHECK_LINE, CEREMONY, SOFTWARE)),
+    Rule("K3", False, "host", ("pin",),
+         ("the PIN block does not decrypt under the host's PIK: the terminal's PIK differs",),
+         (SIGN_ON, CEREMONY)),
+    Rule("K3", None, None, (),
+         ("the terminal's key is not one the host issued: tampered with, corrupted in storage "
+          "or on the line",
+          "the TMK on the terminal and on the host differ"),
+         (SIGN_ON, CEREMONY, HARDWARE)),
+)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The explanation of one error, in the order a person needs it."""
+
+    error: str
+    source: str
+    command: str
+    at: float
+    key: str
+    key_meaning: str
+    cause: str
+    cause_meaning: str
+    reasons: tuple[str, ...]
+    fixes: tuple[str, ...]
+    evidence: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class NotAKeyError:
+    """A 14 without a K reason: the host uses ISO 8583's own meaning of the code."""
+
+    at: float
+    command: str
+    text: str = (
+        "the host answered 14 without a K reason: in ISO 8583 and CUP that is the host's own "
+        "code, 'invalid card number', not a key error; check the card number"
+    )
+
+
+def last_key_error(records: Sequence[Record]) -> Record | None:
+    for record in reversed(records):
+        if record.rc == "14":
+            return record
+    return None
+
+
+def match_rule(code: str, key: str, source: str, text: str) -> Rule | None:
+    lowered = text.lower()
+    for rule in RULES:
+        if rule.code != code:
+            continue
+        if rule.tmk is not None and rule.tmk != (key == "TMK"):
+            continue
+        if rule.source is not None and rule.source != source:
+            continue
+        if rule.words and not any(word in lowered for word in rule.words):
+            continue
+        return rule
+    return None
+
+
+def evidence(
+    record: Record, records: Sequence[Record], keys: Sequence[KeyStatus], now: float
+) -> tuple[str, ...]:
+    """Facts from the terminal's own state that support (or rule out) the table's reasons."""
+    facts = []
+    for status in keys:
+        if status.present and status.installed_at is not None:
+            age = now - status.installed_at
+            facts.append(
+                f"{status.name}: generation {status.generation}, installed {_age(age)} ago, "
+                f"check value {status.kcv}"
+            )
+        else:
+            facts.append(f"{status.name}: not present")
+    signons = [r for r in records if r.command == "signon" and r.at <= record.at]
+    if not signons:
+        facts.append("no sign-on in the terminal's journal before the error")
+    else:
+        last = signons[-1]
+        facts.append(f"last sign-on {_age(record.at - last.at)} before the error: {last.outcome}")
+    if record.detail:
+        facts.append(record.detail)
+    return tuple(facts)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def diagnose(
+    records: Sequence[Record], keys: Sequence[KeyStatus], now: float
+) -> Diagnosis | NotAKeyError | None:
+    """Explain the last 14 in the journal, or say there was none."""
+    record = last_key_error(records)
+    if record is None:
+        return None
+    parts = (record.reason or "").split(" ", 2)
+    if len(parts) < 2 or parts[0] not in CAUSES:
+        return NotAKeyError(record.at, record.command)
+    code, key = parts[0], parts[1]
+    text = parts[2] if len(parts) > 2 else ""
+    source = record.source or "host"
+    rule = match_rule(code, key, source, text)
+    cause, cause_meaning = CAUSES[code]
+    return Diagnosis(
+        error=f"14 {record.reason}",
+        source=source,
+        command=record.command,
+        at=record.at,
+        key=key,
+        key_meaning=KEY_NAMES.get(key, key),
+        cause=cause,
+        cause_meaning=cause_meaning,
+        reasons=rule.reasons if rule else (),
+        fixes=rule.fixes if rule else (SIGN_ON,),
+        evidence=evidence(record, records, keys, now),
+    )

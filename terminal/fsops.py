@@ -1,0 +1,90 @@
+"""Atomic file replacement, with every system call behind a small table.
+
+A terminal that loses power while it writes its keys must come back with the old set or the new
+set, never a mix. The POSIX recipe is: write a temporary file, fsync it, rename it over the old
+one, fsync the folder (the rename lives in the folder's data). Each step goes through `FsOps` so
+a test can stop the sequence at any step, or record it, and check the order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class FsOps:
+    """The system calls of a replace; swap one to inject a crash or record the sequence."""
+
+    open_file: Callable[[str], int]
+    write: Callable[[int, bytes], int]
+    fsync: Callable[[int], None]
+    close: Callable[[int], None]
+    rename: Callable[[str, str], None]
+    open_dir: Callable[[str], int]
+
+
+def _open_file(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+
+
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+REAL_OPS = FsOps(
+    open_file=_open_file,
+    write=os.write,
+    fsync=os.fsync,
+    close=os.close,
+    rename=os.replace,
+    open_dir=_open_dir,
+)
+
+
+def temp_path(path: Path) -> Path:
+    """One fixed temporary name per file: a leftover from a crash is simply overwritten."""
+    return path.with_name(path.name + ".tmp")
+
+
+def atomic_replace(path: Path, data: bytes, ops: FsOps = REAL_OPS) -> None:
+    """Make `path` hold `data`, durably, or leave it as it was.
+
+    The data is fsynced before the rename (or the rename could become durable before the data
+    it points at), and the folder after it (or the rename itself could be lost).
+    """
+    tmp = temp_path(path)
+    fd = ops.open_file(str(tmp))
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[ops.write(fd, view) :]
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+    ops.rename(str(tmp), str(path))
+    dir_fd = ops.open_dir(str(path.parent))
+    try:
+        ops.fsync(dir_fd)
+    finally:
+        ops.close(dir_fd)
+
+
+def write_secret_once(path: Path, data: bytes) -> None:
+    """Create a file only its owner can read, refusing to overwrite one (a storage key is never
+    replaced: the keys under it would become unreadable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = _open_dir(str(path.parent))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,212 @@
+"""The terminal's key memory: TR-31 key blocks under a device storage key, replaced atomically.
+
+The storage key (AES-256, its own file of mode 0600) stands in for a PED's tamper-protected
+master key. Each key is kept as a TR-31 version D block, which binds the key to its usage and
+carries its own MAC; the file as a whole is MACed too, so that generations, times and check
+values cannot be altered or blocks swapped between files without the load noticing. Any failure
+to load is reported as a `KeystoreError`, which the terminal shows as key error 14 `K1`: a key
+memory it cannot trust is a key memory it does not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from protocol.crypto import Key, tr31
+from terminal.fsops import REAL_OPS, FsOps, atomic_replace, write_secret_once
+
+FORMAT = 1
+STORAGE_KEY_BYTES = 32
+WORKING_KEYS = ("PIK", "MAK", "TDK")
+ALL_KEYS = ("TMK", *WORKING_KEYS)
+# TR-31 key usages (ANSI X9.143 table): K0 key-encryption key, P0 PIN encryption,
+# M3 ISO 9797-1 MAC algorithm 3, D0 data encryption. Usage binds the block: a MAK block cannot be
+# loaded back as a PIK.
+TR31_USAGE = {"TMK": "K0", "PIK": "P0", "MAK": "M3", "TDK": "D0"}
+_INTEGRITY_LABEL = b"posemu terminal keystore integrity v1"
+
+
+class KeystoreError(Exception):
+    """The keystore cannot be used; `reason` is short enough for a field-44-style message."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A clear key in memory with what the terminal knows about it."""
+
+    key: Key
+    generation: int
+    installed_at: float
+
+    @property
+    def kcv_hex(self) -> str:
+        return self.key.kcv_hex
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """Everything the keystore holds. `serial` counts replaces, so a test can tell sets apart."""
+
+    keys: Mapping[str, StoredKey] = field(default_factory=dict)
+    key_set: str | None = None
+    serial: int = 0
+
+    @property
+    def tmk(self) -> StoredKey | None:
+        return self.keys.get("TMK")
+
+    def working(self) -> dict[str, StoredKey]:
+        return {name: k for name, k in self.keys.items() if name in WORKING_KEYS}
+
+    def with_tmk(self, tmk: StoredKey) -> KeySet:
+        """A new TMK makes every working key useless (they were sent under the old one)."""
+        return KeySet({"TMK": tmk}, None, self.serial + 1)
+
+    def with_working(self, keys: Mapping[str, StoredKey], key_set: str) -> KeySet:
+        kept = {name: k for name, k in self.keys.items() if name not in WORKING_KEYS}
+        return KeySet({**kept, **keys}, key_set, self.serial + 1)
+
+    def without_working(self) -> KeySet:
+        return replace(self.with_working({}, ""), key_set=None)
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """What `status` may show of a key: never its material."""
+
+    name: str
+    present: bool
+    generation: int | None = None
+    installed_at: float | None = None
+    kcv: str | None = None
+
+
+def new_storage_key(path: Path) -> None:
+    write_secret_once(path, os.urandom(STORAGE_KEY_BYTES).hex().encode() + b"\n")
+
+
+def load_storage_key(path: Path) -> Key:
+    try:
+        material = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError as exc:
+        raise KeystoreError("storage key missing", str(path)) from exc
+    except (OSError, ValueError) as exc:
+        raise KeystoreError("storage key unreadable", type(exc).__name__) from exc
+    if len(material) != STORAGE_KEY_BYTES:
+        raise KeystoreError("storage key unreadable", "wrong length")
+    return Key("AES", "K0", material)
+
+
+def _integrity_key(storage_key: Key) -> bytes:
+    return hmac.new(storage_key.material, _INTEGRITY_LABEL, hashlib.sha256).digest()
+
+
+def _canonical(body: dict[str, object]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_keyset(keyset: KeySet, storage_key: Key) -> bytes:
+    entries = {
+        name: {
+            "block": tr31.wrap(storage_key, _tr31_key(name, stored.key)),
+            "generation": stored.generation,
+            "installed_at": stored.installed_at,
+            "kcv": stored.kcv_hex,
+        }
+        for name, stored in sorted(keyset.keys.items())
+    }
+    body: dict[str, object] = {
+        "format": FORMAT,
+        "serial": keyset.serial,
+        "key_set": keyset.key_set,
+        "keys": entries,
+    }
+    mac = hmac.new(_integrity_key(storage_key), _canonical(body), hashlib.sha256).hexdigest()
+    return json.dumps({**body, "mac": mac}, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _tr31_key(name: str, key: Key) -> Key:
+    return Key(key.algorithm, TR31_USAGE[name], key.material)
+
+
+def decode_keyset(data: bytes, storage_key: Key) -> KeySet:
+    """Check everything before trusting anything: the file MAC, then each block's own MAC,
+    usage and check value."""
+    try:
+        doc = json.loads(data)
+        mac = doc.pop("mac")
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise KeystoreError("keystore corrupt", "not a keystore file") from exc
+    expected = hmac.new(_integrity_key(storage_key), _canonical(doc), hashlib.sha256).hexdigest()
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, expected):
+        raise KeystoreError("keystore corrupt", "integrity check failed")
+    if doc.get("format") != FORMAT:
+        raise KeystoreError("keystore corrupt", f"unknown format {doc.get('format')!r}")
+    keys = {}
+    for name, entry in doc["keys"].items():
+        keys[name] = _open_entry(name, entry, storage_key)
+    return KeySet(keys, doc["key_set"], doc["serial"])
+
+
+def _open_entry(name: str, entry: Mapping[str, object], storage_key: Key) -> StoredKey:
+    try:
+        _header, key = tr31.unwrap(storage_key, str(entry["block"]))
+    except Exception as exc:  # a damaged block may fail in any layer below; all mean the same
+        raise KeystoreError("keystore corrupt", f"{name} block fails its check") from exc
+    if name not in TR31_USAGE or key.usage != TR31_USAGE[name]:
+        raise KeystoreError("keystore corrupt", f"{name} block has the wrong usage")
+    if key.kcv_hex != entry["kcv"]:
+        raise KeystoreError("keystore corrupt", f"{name} check value differs")
+    generation, installed_at = entry["generation"], entry["installed_at"]
+    assert isinstance(generation, int) and isinstance(installed_at, int | float)
+    return StoredKey(Key(key.algorithm, name, key.material), generation, float(installed_at))
+
+
+@dataclass(frozen=True)
+class Keystore:
+    """The key memory of one terminal folder."""
+
+    path: Path
+    storage_key_path: Path
+    ops: FsOps = REAL_OPS
+
+    def create(self) -> None:
+        """A fresh terminal: a new storage key and an empty, valid keystore."""
+        new_storage_key(self.storage_key_path)
+        self.save(KeySet())
+
+    def load(self) -> KeySet:
+        storage_key = load_storage_key(self.storage_key_path)
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError as exc:
+            raise KeystoreError("keystore missing", str(self.path)) from exc
+        except OSError as exc:
+            raise KeystoreError("keystore unreadable", exc.strerror or type(exc).__name__) from exc
+        return decode_keyset(data, storage_key)
+
+    def save(self, keyset: KeySet) -> None:
+        storage_key = load_storage_key(self.storage_key_path)
+        atomic_replace(self.path, encode_keyset(keyset, storage_key), self.ops)
+
+
+def key_status(keyset: KeySet) -> list[KeyStatus]:
+    rows = []
+    for name in ALL_KEYS:
+        stored = keyset.keys.get(name)
+        if stored is None:
+            rows.append(KeyStatus(name, False))
+        else:
+            rows.append(KeyStatus(name, True, stored.generation, stored.installed_at, stored.kcv_hex))
+    return rows

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from host.clock import Rng
+from host.hsm import seal, unseal
 from host.lmk import Vault
-from host.sealing import seal, unseal
 from host.state import (
     ACTIVE,
     RETIRED,
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS txns (
 ) WITHOUT ROWID;
 """
 
-WORKING_USAGES = ("PIK", "MAK", "TDK")
+GENERATIONS_CHECKED = 10
+"""Working-key generations a MAC is tried under (the current one and the nine before it)."""
 
 
 class KeyDbError(RuntimeError):
@@ -116,9 +118,10 @@ def connect(path: Path) -> sqlite3.Connection:
 class KeyDb:
     """All SQL lives here; callers hold keys, cards and changes as values."""
 
-    def __init__(self, path: Path, vault: Vault) -> None:
+    def __init__(self, path: Path, vault: Vault, rng: Rng) -> None:
         self.path = path
         self.vault = vault
+        self.rng = rng  # TR-31 padding
         self.conn = connect(path)
         self._prior_sql = "SELECT request_ref, response FROM txns WHERE tid=? AND batch=? AND stan=?"
         self._card_sql = (
@@ -149,7 +152,7 @@ class KeyDb:
             if c.execute("SELECT 1 FROM terminals WHERE tid=?", (tid,)).fetchone():
                 raise KeyDbError(f"terminal {tid} already exists (terminal rekey gives a new TMK)")
             c.execute("INSERT INTO terminals VALUES (?, ?, ?)", (tid, merchant, now))
-            self._insert_key(tid, tmk, 1, None, now, lifetime)
+            self._insert_key(tid, "TMK", tmk, 1, None, now, lifetime)
 
     def rekey_terminal(self, tid: str, tmk: Key, now: float, lifetime: float) -> int:
         """A new key ceremony: a new TMK generation; old TMKs retired, working keys revoked."""
@@ -164,7 +167,7 @@ class KeyDb:
                 (RETIRED, tid, ACTIVE),
             )
             self._set_working_state(tid, REVOKED)
-            self._insert_key(tid, tmk, gen, None, now, lifetime)
+            self._insert_key(tid, "TMK", tmk, gen, None, now, lifetime)
             return gen
 
     def remove_terminal(self, tid: str) -> None:
@@ -210,15 +213,15 @@ class KeyDb:
         for usage, gen, key_set, block, created, lifetime, state in rows:
             if usage == "TMK":
                 if tmk is None:
-                    key = unseal(self.vault.lmk, block)
+                    key = unseal(self.vault.lmk, "TMK", block)
                     tmk = HeldKey("TMK", gen, key, created, lifetime, state)
             else:
                 generations.setdefault(gen, {})[usage] = (key_set, block, created, lifetime, state)
         working = []
-        for gen in sorted(generations, reverse=True):
+        for gen in sorted(generations, reverse=True)[:GENERATIONS_CHECKED]:
             parts = generations[gen]
             key_set, _, created, lifetime, state = parts["MAK"]
-            keys = {u: unseal(self.vault.lmk, p[1]) for u, p in parts.items()}
+            keys = {u: unseal(self.vault.lmk, u, p[1]) for u, p in parts.items()}
             working.append(
                 WorkingSet(gen, key_set, state, created, lifetime,
                            keys["PIK"], keys["MAK"], keys.get("TDK"))
@@ -266,7 +269,7 @@ class KeyDb:
                 raise KeyDbError(f"terminal {tid} has no active working keys to tamper with")
             c.execute(
                 "UPDATE keys SET block=?, kcv=? WHERE tid=? AND usage='MAK' AND generation=?",
-                (seal(self.vault.lmk, mak), mak.kcv_hex, tid, row[0]),
+                (seal(self.vault.lmk, "MAK", mak, self.rng), mak.kcv_hex, tid, row[0]),
             )
             return row[0]
 
@@ -330,11 +333,12 @@ class KeyDb:
             raise KeyDbError(f"no terminal {tid}")
 
     def _insert_key(
-        self, tid: str, key: Key, gen: int, key_set: str | None, now: float, lifetime: float
+        self, tid: str, usage: str, key: Key, gen: int, key_set: str | None, now: float,
+        lifetime: float,
     ) -> None:
         self.conn.execute(
             "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (tid, key.usage, gen, key_set, seal(self.vault.lmk, key), key.kcv_hex, now,
+            (tid, usage, gen, key_set, seal(self.vault.lmk, usage, key, self.rng), key.kcv_hex, now,
              lifetime, ACTIVE),
         )
 
@@ -345,10 +349,10 @@ class KeyDb:
         )
         keys: Mapping[str, Key | None] = {"PIK": working.pik, "MAK": working.mak,
                                           "TDK": working.tdk}
-        for key in keys.values():
+        for usage, key in keys.items():
             if key is not None:
-                self._insert_key(tid, key, working.generation, working.key_set, working.created,
-                                 working.lifetime)
+                self._insert_key(tid, usage, key, working.generation, working.key_set,
+                                 working.created, working.lifetime)
 
     def _set_working_state(self, tid: str, state: str) -> int:
         return self.conn.execute(

@@ -175,10 +175,7 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
             end = start + n
             raw = data[start:end]
             if len(raw) != n:
-                raise _err(
-                    f"truncated: needs {n} bytes, {len(raw)} left"
-                    if dec_prefix is None else f"length prefix {n} runs past the end", num, at,
-                )
+                raise _err(f"length prefix {n} runs past the end", num, at)
             if is_b:
                 return raw, end
             reason = check(raw)
@@ -187,7 +184,18 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
             return raw.decode("ascii"), end
 
         if dec_prefix is None:
-            return lambda data, pos: take(data, pos, length, pos)
+            def dec_fixed(data: bytes, pos: int) -> tuple[FieldValue, int]:
+                end = pos + length
+                raw = data[pos:end]
+                if len(raw) != length:
+                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                if is_b:
+                    return raw, end
+                reason = check(raw)
+                if reason:
+                    raise _err(reason, num, pos)
+                return raw.decode("ascii"), end
+            return dec_fixed
 
         def dec_var(data: bytes, pos: int) -> tuple[FieldValue, int]:
             n, start = dec_prefix(data, pos)

@@ -17,9 +17,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing posemu and its test extra into .venv" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -c "import protocol, cryptography, serial, construct, hypothesis, psec, iso8583" \
-    && touch "$stamp"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  .venv/bin/python -c "import protocol, cryptography, serial, construct, hypothesis, psec, iso8583"
+  touch "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from protocol.crypto import Key, tr31
+from protocol.crypto import tr31
+from protocol.crypto.keys import Key
 from terminal.fsops import REAL_OPS, FsOps, atomic_replace, write_secret_once
 
 FORMAT = 1
@@ -92,8 +93,8 @@ class KeyStatus:
     kcv: str | None = None
 
 
-def new_storage_key(path: Path) -> None:
-    write_secret_once(path, os.urandom(STORAGE_KEY_BYTES).hex().encode() + b"\n")
+def _new_storage_key() -> bytes:
+    return os.urandom(STORAGE_KEY_BYTES).hex().encode() + b"\n"
 
 
 def load_storage_key(path: Path) -> Key:
@@ -112,51 +113,43 @@ def _integrity_key(storage_key: Key) -> bytes:
     return hmac.new(storage_key.material, _INTEGRITY_LABEL, hashlib.sha256).digest()
 
 
-def _canonical(body: dict[str, object]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def encode_keyset(keyset: KeySet, storage_key: Key) -> bytes:
+    """One line of canonical JSON, then its HMAC: any byte changed anywhere is caught."""
     entries = {
         name: {
-            "block": tr31.wrap(storage_key, _tr31_key(name, stored.key)),
+            "block": tr31.wrap(storage_key, stored.key, TR31_USAGE[name]),
             "generation": stored.generation,
             "installed_at": stored.installed_at,
             "kcv": stored.kcv_hex,
         }
         for name, stored in sorted(keyset.keys.items())
     }
-    body: dict[str, object] = {
-        "format": FORMAT,
-        "serial": keyset.serial,
-        "key_set": keyset.key_set,
-        "keys": entries,
-    }
-    mac = hmac.new(_integrity_key(storage_key), _canonical(body), hashlib.sha256).hexdigest()
-    return json.dumps({**body, "mac": mac}, indent=1, sort_keys=True).encode() + b"\n"
+    body = {"format": FORMAT, "serial": keyset.serial, "key_set": keyset.key_set,
+            "keys": entries}
+    line = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return line + b"\n" + _mac(storage_key, line).encode() + b"\n"
 
 
-def _tr31_key(name: str, key: Key) -> Key:
-    return Key(key.algorithm, TR31_USAGE[name], key.material)
+def _mac(storage_key: Key, line: bytes) -> str:
+    return hmac.new(_integrity_key(storage_key), line, hashlib.sha256).hexdigest()
 
 
 def decode_keyset(data: bytes, storage_key: Key) -> KeySet:
     """Check everything before trusting anything: the file MAC, then each block's own MAC,
     usage and check value."""
+    line, _, rest = data.partition(b"\n")
+    mac = rest.rstrip(b"\n").decode("ascii", "replace")
+    if not hmac.compare_digest(mac, _mac(storage_key, line)):
+        reason = "keystore corrupt" if line else "keystore empty"
+        raise KeystoreError(reason, "integrity check failed")
     try:
-        doc = json.loads(data)
-        mac = doc.pop("mac")
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise KeystoreError("keystore corrupt", "not a keystore file") from exc
-    expected = hmac.new(_integrity_key(storage_key), _canonical(doc), hashlib.sha256).hexdigest()
-    if not isinstance(mac, str) or not hmac.compare_digest(mac, expected):
-        raise KeystoreError("keystore corrupt", "integrity check failed")
-    if doc.get("format") != FORMAT:
-        raise KeystoreError("keystore corrupt", f"unknown format {doc.get('format')!r}")
-    keys = {}
-    for name, entry in doc["keys"].items():
-        keys[name] = _open_entry(name, entry, storage_key)
-    return KeySet(keys, doc["key_set"], doc["serial"])
+        doc = json.loads(line)
+        if doc["format"] != FORMAT:
+            raise KeystoreError("keystore corrupt", f"unknown format {doc['format']!r}")
+        keys = {name: _open_entry(name, entry, storage_key) for name, entry in doc["keys"].items()}
+        return KeySet(keys, doc["key_set"], int(doc["serial"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeystoreError("keystore corrupt", "malformed content") from exc
 
 
 def _open_entry(name: str, entry: Mapping[str, object], storage_key: Key) -> StoredKey:
@@ -168,9 +161,11 @@ def _open_entry(name: str, entry: Mapping[str, object], storage_key: Key) -> Sto
         raise KeystoreError("keystore corrupt", f"{name} block has the wrong usage")
     if key.kcv_hex != entry["kcv"]:
         raise KeystoreError("keystore corrupt", f"{name} check value differs")
-    generation, installed_at = entry["generation"], entry["installed_at"]
-    assert isinstance(generation, int) and isinstance(installed_at, int | float)
-    return StoredKey(Key(key.algorithm, name, key.material), generation, float(installed_at))
+    return StoredKey(
+        Key(key.algorithm, name, key.material),
+        int(entry["generation"]),  # type: ignore[call-overload]
+        float(entry["installed_at"]),  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)
@@ -183,7 +178,13 @@ class Keystore:
 
     def create(self) -> None:
         """A fresh terminal: a new storage key and an empty, valid keystore."""
-        new_storage_key(self.storage_key_path)
+        write_secret_once(self.storage_key_path, _new_storage_key())
+        self.save(KeySet())
+
+    def reset(self) -> None:
+        """A new storage key and an empty keystore: what re-injecting keys into a device whose
+        key memory failed amounts to. Whatever the old files held is unreadable afterwards."""
+        atomic_replace(self.storage_key_path, _new_storage_key(), self.ops)
         self.save(KeySet())
 
     def load(self) -> KeySet:

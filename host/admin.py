@@ -1,0 +1,208 @@
+"""Operator commands as functions: a data folder, a clock and an RNG in; a JSON-ready dict out.
+
+The CLI only parses arguments and prints what these return, so tests call the same code the
+operator runs. No result ever holds key material, except a key ceremony's components, which
+exist to be shown once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from host import hsm
+from host.clock import Rng
+from host.keydb import KeyDb, KeyDbError, KeyRow
+from host.state import ACTIVE, Card, WorkingSet
+from protocol.crypto import Key
+from protocol.mask import mask_pan
+
+INJECTION_FORMAT = "posemu-key-injection-1"
+DEFAULT_TMK_LIFETIME = 365 * 24 * 3600.0
+_TID = re.compile(r"[\x21-\x7e]{1,8}")
+_MID = re.compile(r"[\x21-\x7e]{1,15}")
+_PAN = re.compile(r"[0-9]{12,19}")
+_PIN = re.compile(r"[0-9]{4,12}")
+_EXPIRY = re.compile(r"[0-9]{2}(0[1-9]|1[0-2])")
+_CURRENCY = re.compile(r"[0-9]{3}")
+
+
+class UsageError(ValueError):
+    """An argument the operator must correct."""
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.fullmatch(value):
+        raise UsageError(f"{what} {value!r} is not valid")
+    return value
+
+
+# --- terminals and their key ceremony ------------------------------------------------------------
+
+
+def ceremony(tid: str, merchant: str, tmk: Key, components: list[hsm.Component]) -> dict[str, Any]:
+    """What `terminal add --json` prints: exactly tid, merchant, tmk_kcv and the components."""
+    return {
+        "tid": tid,
+        "merchant": merchant,
+        "tmk_kcv": tmk.kcv_hex,
+        "components": [{"component": c.material.hex().upper(), "kcv": c.kcv} for c in components],
+    }
+
+
+def add_terminal(
+    db: KeyDb, tid: str, merchant: str, components: int, now: float, rng: Rng,
+    lifetime: float = DEFAULT_TMK_LIFETIME,
+) -> tuple[dict[str, Any], Key]:
+    _check(_TID, tid, "terminal id")
+    _check(_MID, merchant, "merchant id")
+    tmk = hsm.new_tmk(rng)
+    parts = hsm.split_components(tmk, components, rng)
+    db.add_terminal(tid, merchant, tmk, now, lifetime)
+    return ceremony(tid, merchant, tmk, parts), tmk
+
+
+def rekey_terminal(
+    db: KeyDb, tid: str, components: int, now: float, rng: Rng,
+    lifetime: float = DEFAULT_TMK_LIFETIME,
+) -> tuple[dict[str, Any], Key]:
+    """A new key ceremony for a known terminal: the remedy for a TMK key error (K1/K2 TMK)."""
+    row = db.terminal_row(tid)
+    tmk = hsm.new_tmk(rng)
+    parts = hsm.split_components(tmk, components, rng)
+    db.rekey_terminal(tid, tmk, now, lifetime)
+    return ceremony(tid, row.merchant, tmk, parts), tmk
+
+
+def write_injection_file(path: Path, tid: str, merchant: str, tmk: Key) -> None:
+    """The TMK as one key in a file of mode 0600 (PROTOCOL.md §2); the operator deletes it."""
+    document = {
+        "format": INJECTION_FORMAT,
+        "tid": tid,
+        "merchant": merchant,
+        "key_type": "TMK",
+        "algorithm": tmk.algorithm,
+        "key": tmk.material.hex().upper(),
+        "kcv": tmk.kcv_hex,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+
+
+def _key_row(row: KeyRow, now: float) -> dict[str, Any]:
+    expires = row.created + row.lifetime
+    return {
+        "usage": row.usage,
+        "generation": row.generation,
+        "key_set": row.key_set,
+        "kcv": row.kcv,
+        "state": row.state,
+        "age_s": round(now - row.created, 1),
+        "lifetime_s": round(row.lifetime, 1),
+        "stale": now >= expires,
+    }
+
+
+def list_terminals(db: KeyDb) -> list[dict[str, Any]]:
+    return [{"tid": t.tid, "merchant": t.merchant, "created": t.created} for t in db.terminals()]
+
+
+def show_keys(db: KeyDb, tid: str, now: float) -> dict[str, Any]:
+    row = db.terminal_row(tid)
+    return {"tid": tid, "merchant": row.merchant,
+            "keys": [_key_row(k, now) for k in db.key_rows(tid)]}
+
+
+def remove_terminal(db: KeyDb, tid: str) -> dict[str, Any]:
+    db.remove_terminal(tid)
+    return {"tid": tid, "removed": True}
+
+
+# --- making each key error on purpose ------------------------------------------------------------
+
+
+def expire_keys(db: KeyDb, tid: str, now: float) -> dict[str, Any]:
+    count = db.expire_working(tid, now)
+    if not count:
+        raise KeyDbError(f"terminal {tid} has no active working keys to expire")
+    return {"tid": tid, "expired": count, "expect": "K2 WK expired"}
+
+
+def rotate_keys(db: KeyDb, tid: str, now: float, lifetime: float, rng: Rng) -> dict[str, Any]:
+    """A new generation shaped like the current one, which the terminal is not told about."""
+    keys = db.load_terminal(tid)
+    if keys is None:
+        raise KeyDbError(f"no terminal {tid}")
+    current = keys.current
+    if current is None:
+        raise KeyDbError(f"terminal {tid} has no active working keys to rotate")
+    fresh = WorkingSet(
+        keys.next_generation, current.key_set, ACTIVE, now, lifetime,
+        hsm.new_key_like(current.pik, rng), hsm.new_key_like(current.mak, rng),
+        hsm.new_key_like(current.tdk, rng) if current.tdk else None,
+    )
+    db.rotate(tid, fresh)
+    return {"tid": tid, "generation": fresh.generation, "expect": "K2 MAK missed rotation"}
+
+
+def revoke_keys(db: KeyDb, tid: str, tmk: bool) -> dict[str, Any]:
+    if tmk:
+        db.revoke_tmk(tid)
+        return {"tid": tid, "revoked": "TMK", "expect": "K1 TMK revoked"}
+    db.revoke_working(tid)
+    return {"tid": tid, "revoked": "WK", "expect": "K1 WK revoked or signed off"}
+
+
+def tamper_keys(db: KeyDb, tid: str, rng: Rng) -> dict[str, Any]:
+    keys = db.load_terminal(tid)
+    if keys is None:
+        raise KeyDbError(f"no terminal {tid}")
+    if keys.current is None:
+        raise KeyDbError(f"terminal {tid} has no active working keys to tamper with")
+    generation = db.replace_mak(tid, hsm.new_key_like(keys.current.mak, rng))
+    return {"tid": tid, "generation": generation, "expect": "K3 MAK mismatch"}
+
+
+# --- cards ---------------------------------------------------------------------------------------
+
+
+def parse_amount(text: str) -> int:
+    """"100.00" -> 10000 minor units; at most two decimals, never negative."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise UsageError(f"amount {text!r} is not a number") from None
+    minor = value * 100
+    if value < 0 or minor != minor.to_integral_value():
+        raise UsageError(f"amount {text!r} must be positive with at most two decimals")
+    return int(minor)
+
+
+def add_card(
+    db: KeyDb, pan: str, expiry: str, pin: str, balance: str, currency: str = "156",
+) -> dict[str, Any]:
+    _check(_PAN, pan, "PAN")
+    _check(_EXPIRY, expiry, "expiry (YYMM)")
+    _check(_PIN, pin, "PIN")
+    _check(_CURRENCY, currency, "currency code")
+    vault = db.vault
+    card = Card(vault.pan_ref(pan), mask_pan(pan), expiry, vault.pin_value(pan, pin),
+                parse_amount(balance), currency)
+    db.add_card(card)
+    return card_dict(card)
+
+
+def card_dict(card: Card) -> dict[str, Any]:
+    return {"pan": card.pan_masked, "expiry": card.expiry,
+            "balance": f"{card.balance / 100:.2f}", "currency": card.currency}
+
+
+def list_cards(db: KeyDb) -> list[dict[str, Any]]:
+    return [card_dict(c) for c in db.cards()]

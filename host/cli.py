@@ -1,0 +1,343 @@
+"""pos-host: the acquirer host's command line. Argument parsing and printing only; the work is
+in host.admin (operator commands) and host.server (serving)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from host import admin
+from host.clock import system_clock, system_rng
+from host.datadir import DataError, init_data, open_data, resolve
+from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
+from host.keydb import KeyDb, KeyDbError
+from host.lmk import LmkError
+from host.logs import MessageLog
+from host.server import HostCore, serve_until_signalled
+from protocol.codec import codec_for
+from protocol.crypto import CryptoError
+from protocol.dialects import get_dialect
+from protocol.errors import SpecError
+from protocol.framing import Framing
+from protocol.spec import Dialect, load_dialect
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_RESPONSE_CODE = re.compile(r"[0-9A-Z]{2}")
+
+
+def duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `24h`, `7d` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def response_code(text: str) -> str:
+    if not _RESPONSE_CODE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 2-character response code")
+    return text
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def dialect_arg(text: str) -> Dialect:
+    """A built-in dialect name, or a JSON/TOML spec file."""
+    try:
+        return get_dialect(text)
+    except KeyError:
+        pass
+    try:
+        return load_dialect(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, result: Any, text: Callable[[Any], str]) -> None:
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(text(result))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _ceremony_text(result: dict[str, Any]) -> str:
+    lines = [f"terminal {result['tid']}  merchant {result['merchant']}",
+             f"TMK check value: {result['tmk_kcv']}"]
+    for i, part in enumerate(result["components"], 1):
+        lines.append(f"component {i}: {part['component']}  check value {part['kcv']}")
+    lines.append("Give each component to its own custodian; this is the only time they are shown.")
+    return "\n".join(lines)
+
+
+def _keys_text(result: dict[str, Any]) -> str:
+    return f"terminal {result['tid']}  merchant {result['merchant']}\n" + _table(
+        result["keys"],
+        ["usage", "generation", "key_set", "kcv", "state", "age_s", "lifetime_s", "stale"],
+    )
+
+
+def _said(result: dict[str, Any]) -> str:
+    return "  ".join(f"{k}: {v}" for k, v in result.items())
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = resolve(args.data)
+    created = init_data(path, system_rng)
+    result = {"data": str(path), "created": created}
+    emit(args, result, lambda r: f"{'created' if created else 'already initialised'}: {r['data']}")
+    return EXIT_OK
+
+
+def _with_db(work: Callable[[argparse.Namespace, KeyDb], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        db = open_data(resolve(args.data), system_rng)
+        try:
+            return work(args, db)
+        finally:
+            db.close()
+    return run
+
+
+def _ceremony(args: argparse.Namespace, result: dict[str, Any], tmk: Any) -> int:
+    emit(args, result, _ceremony_text)
+    if args.out:
+        admin.write_injection_file(Path(args.out), result["tid"], result["merchant"], tmk)
+        print(f"wrote the key-injection file {args.out} (mode 0600): it holds the clear TMK; "
+              "delete it once the terminal has loaded it", file=sys.stderr)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_terminal_add(args: argparse.Namespace, db: KeyDb) -> int:
+    result, tmk = admin.add_terminal(db, args.tid, args.merchant, args.components,
+                                     system_clock(), system_rng, args.tmk_lifetime)
+    return _ceremony(args, result, tmk)
+
+
+@_with_db
+def cmd_terminal_rekey(args: argparse.Namespace, db: KeyDb) -> int:
+    result, tmk = admin.rekey_terminal(db, args.tid, args.components, system_clock(),
+                                       system_rng, args.tmk_lifetime)
+    return _ceremony(args, result, tmk)
+
+
+@_with_db
+def cmd_terminal_list(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.list_terminals(db), lambda r: _table(r, ["tid", "merchant", "created"]))
+    return EXIT_OK
+
+
+@_with_db
+def cmd_keys_show(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.show_keys(db, args.tid, system_clock()), _keys_text)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_terminal_remove(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.remove_terminal(db, args.tid), _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_keys_expire(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.expire_keys(db, args.tid, system_clock()), _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_keys_rotate(args: argparse.Namespace, db: KeyDb) -> int:
+    result = admin.rotate_keys(db, args.tid, system_clock(), args.key_lifetime, system_rng)
+    emit(args, result, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_keys_revoke(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.revoke_keys(db, args.tid, args.tmk), _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_keys_tamper(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.tamper_keys(db, args.tid, system_rng), _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_card_add(args: argparse.Namespace, db: KeyDb) -> int:
+    result = admin.add_card(db, args.pan, args.expiry, args.pin, args.balance, args.currency)
+    emit(args, result, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_card_list(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.list_cards(db), lambda r: _table(r, ["pan", "expiry", "balance", "currency"]))
+    return EXIT_OK
+
+
+def _open_log(path: str | None) -> TextIO:
+    if path is None:
+        return sys.stderr
+    return open(path, "a", encoding="utf-8")
+
+
+@_with_db
+def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
+    if args.tcp is None and not args.serial:
+        raise admin.UsageError("serve needs --tcp HOST:PORT and/or --serial SPEC")
+    dialect: Dialect = args.dialect
+    codec = codec_for(dialect)
+    config = HandlerConfig(codec, db.vault, system_rng, args.key_error_code, args.key_lifetime)
+    stream = _open_log(args.log)
+    log = MessageLog(stream, dialect, args.trace)
+    core = HostCore(db, config, system_clock, log, Framing(dialect))
+
+    def announce(line: str) -> None:
+        print(json.dumps({"listening": line}) if args.json else line, flush=True)
+
+    try:
+        asyncio.run(serve_until_signalled(core, args.tcp, args.serial, announce))
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --data and --json may come before or after the command; the command's copies default to
+    # SUPPRESS so that they do not overwrite what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", default=argparse.SUPPRESS,
+                        help="host data folder (default $POSEMU_HOST_DATA or .posemu/host)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON document")
+
+    parser = argparse.ArgumentParser(
+        prog="pos-host",
+        description="A simulated acquirer host: keys under an LMK, sign-on key download, "
+                    "MAC- and PIN-checked purchases, and key error 14 with its reason.",
+    )
+    parser.add_argument("--data", help="host data folder (default $POSEMU_HOST_DATA or "
+                                       ".posemu/host)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, handler: Callable[[argparse.Namespace], int],
+                help_text: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command(commands, "init", cmd_init, "create the data folder, the LMK and the key database")
+
+    terminal = commands.add_parser("terminal", help="provision terminals").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    for name, handler, help_text in (
+        ("add", cmd_terminal_add, "register a terminal and print its TMK key ceremony"),
+        ("rekey", cmd_terminal_rekey, "a new TMK key ceremony for a known terminal"),
+    ):
+        sub = command(terminal, name, handler, help_text)
+        sub.add_argument("tid")
+        if name == "add":
+            sub.add_argument("--merchant", required=True)
+        sub.add_argument("--components", type=int, choices=(2, 3), default=2)
+        sub.add_argument("--tmk-lifetime", type=duration, default=admin.DEFAULT_TMK_LIFETIME)
+        sub.add_argument("--out", help="also write a key-injection file (mode 0600)")
+    command(terminal, "list", cmd_terminal_list, "list terminals")
+    command(terminal, "show", cmd_keys_show, "a terminal and its keys").add_argument("tid")
+    command(terminal, "remove", cmd_terminal_remove, "forget a terminal").add_argument("tid")
+
+    keys = commands.add_parser("keys", help="inspect keys and cause key errors").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    command(keys, "show", cmd_keys_show,
+            "generations, check values, ages, states (never material)").add_argument("tid")
+    command(keys, "expire", cmd_keys_expire,
+            "make the working keys stale now (K2)").add_argument("tid")
+    rotate = command(keys, "rotate", cmd_keys_rotate,
+                     "a new working-key generation the terminal is not told about (K2)")
+    rotate.add_argument("tid")
+    rotate.add_argument("--key-lifetime", type=duration, default=DEFAULT_KEY_LIFETIME)
+    revoke = command(keys, "revoke", cmd_keys_revoke, "revoke the working keys (K1 WK) "
+                                                      "or, with --tmk, the TMK (K1 TMK)")
+    revoke.add_argument("tid")
+    revoke.add_argument("--tmk", action="store_true")
+    command(keys, "tamper", cmd_keys_tamper,
+            "the host's MAK stops matching the terminal's (K3)").add_argument("tid")
+
+    card = commands.add_parser("card", help="the test issuer's cards").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add = command(card, "add", cmd_card_add, "add a card")
+    add.add_argument("pan")
+    add.add_argument("--expiry", required=True, help="YYMM")
+    add.add_argument("--pin", required=True)
+    add.add_argument("--balance", required=True, help="e.g. 100.00")
+    add.add_argument("--currency", default="156")
+    command(card, "list", cmd_card_list, "list cards (PANs masked)")
+
+    serve = command(commands, "serve", cmd_serve, "answer terminals until SIGINT/SIGTERM")
+    serve.add_argument("--tcp", type=host_port, metavar="HOST:PORT",
+                       help="listen here (port 0: any free port; the line printed says which)")
+    serve.add_argument("--serial", action="append", default=[], metavar="SPEC",
+                       help="also serve a serial port (device path or pyserial URL; repeatable)")
+    serve.add_argument("--dialect", type=dialect_arg, default="iso87",
+                       help="iso87 (default), cup, or a JSON/TOML dialect file")
+    serve.add_argument("--key-error-code", type=response_code, default="14",
+                       help="the response code of a key error (e.g. A0)")
+    serve.add_argument("--key-lifetime", type=duration, default=DEFAULT_KEY_LIFETIME,
+                       help="working-key lifetime (e.g. 24h)")
+    serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")
+    serve.add_argument("--log", help="append the JSON log here instead of stderr")
+    return parser
+
+
+ERRORS = (admin.UsageError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ERRORS as exc:
+        message = str(exc) or type(exc).__name__
+        if args.json:
+            print(json.dumps({"error": message}))
+        print(f"pos-host: {message}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, admin.UsageError) else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""`pos-terminal`: a thin layer of argument parsing and printing over terminal.commands.
+
+Exit status: 0 done (approved, OK); 1 the host or the terminal said no (decline, key error);
+2 a usage or terminal-state problem; 3 the host could not be reached or answered nonsense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import ProtocolError
+from protocol.transport.tcp import TransportError
+from terminal import commands as cmd
+from terminal import render
+from terminal.ceremony import CeremonyError, Component
+from terminal.channel import Wire
+from terminal.injection import InjectionError
+from terminal.keystore import KeystoreError
+from terminal.session import Purchase, Result, parse_amount
+from terminal.store import Config, StateError, find_terminal, root_folder
+
+EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_HOST = 0, 1, 2, 3
+PIN_PROMPT = object()
+
+
+class Output:
+    """Human lines or one JSON document per command."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: dict[str, Any], lines: list[str]) -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        else:
+            print("\n".join(lines))
+
+    def fail(self, code: int, kind: str, message: str) -> int:
+        if self.as_json:
+            print(json.dumps({"error": kind, "message": message}, indent=2))
+        else:
+            print(f"pos-terminal: {message}", file=sys.stderr)
+        return code
+
+
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options every command takes, before or after its name. On subcommands they default
+    to SUPPRESS so a value given before the command is not overwritten by the default."""
+
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--data", type=Path, default=d(None),
+                        help="the terminal's folder (default: $POSEMU_TERMINAL_DATA/TID "
+                             "or .posemu/terminal/TID)")
+    parser.add_argument("--tid", default=d(None), help="which terminal, when several exist")
+    parser.add_argument("--host", default=d(None), help="tcp://HOST:PORT")
+    parser.add_argument("--serial", default=d(None), metavar="SPEC",
+                        help="reach the host over a serial link instead of TCP")
+    parser.add_argument("--dialect", default=d(None), help="iso87, cup or a spec file")
+    parser.add_argument("--connect-timeout", type=float, default=d(5.0), metavar="S")
+    parser.add_argument("--timeout", type=float, default=d(15.0), metavar="S",
+                        help="how long to wait for a response")
+    parser.add_argument("--json", action="store_true", default=d(False))
+    parser.add_argument("--trace", action="store_true", default=d(False),
+                        help="show each frame decoded and masked (on stderr)")
+    parser.add_argument("--auto-signon", action="store_true", default=d(False),
+                        help="on K1/K2 of a working key, sign on once and retry")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pos-terminal", description="A POS terminal emulator (ISO 8583-style).")
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p, suppress=True)
+        return p
+
+    p = command("init", "create a terminal: its folder, storage key and empty keystore")
+    p.add_argument("new_tid", metavar="TID")
+    p.add_argument("--merchant", required=True, metavar="MID")
+    p.add_argument("--key-set", default="003", choices=["001", "003", "004"])
+    p.add_argument("--operator", default="01")
+    p.add_argument("--wk-lifetime", type=int, default=24 * 3600, metavar="SECONDS",
+                   help="local working-key lifetime (K2 past it)")
+
+    p = command("load-tmk", "load the terminal master key from components or a file")
+    p.add_argument("--component", action="append", default=[], metavar="HEX")
+    p.add_argument("--kcv", action="append", default=[], metavar="KCV",
+                   help="the check value of the --component before it")
+    p.add_argument("--tmk-kcv", metavar="KCV", help="the check value of the combined TMK")
+    p.add_argument("--file", type=Path, metavar="INJECTION_FILE",
+                   help="a key-injection file written by `pos-host terminal add --out`")
+
+    p = command("signon", "download fresh working keys (0800)")
+    p.add_argument("--key-set", choices=["001", "003", "004"])
+    command("signoff", "tell the host to discard this terminal's working keys (0820)")
+    command("echo", "check the line (0820 echo test)")
+
+    p = command("purchase", "a keyed-card purchase (0200)")
+    p.add_argument("--amount", required=True, help="e.g. 12.34")
+    p.add_argument("--pan", required=True)
+    p.add_argument("--expiry", required=True, metavar="YYMM")
+    p.add_argument("--pin", nargs="?", const=PIN_PROMPT, default=None, metavar="NNNN",
+                   help="the PIN; without a value, asked at a hidden prompt")
+    p.add_argument("--pin-prompt", action="store_true", help="ask for the PIN, hidden")
+
+    command("status", "keys (presence, generation, age, check value), counters, last exchange")
+    command("diagnose", "explain the last key error 14 and how to fix it")
+    return parser
+
+
+def _wire(args: argparse.Namespace) -> Wire:
+    return Wire(host=args.host, serial=args.serial, connect_timeout=args.connect_timeout,
+                response_timeout=args.timeout)
+
+
+def _terminal(args: argparse.Namespace) -> cmd.Terminal:
+    layout = find_terminal(args.data, args.tid)
+    trace = (lambda line: print(line, file=sys.stderr)) if args.trace else None
+    return cmd.open_terminal(layout, wire=_wire(args), dialect_name=args.dialect, trace=trace)
+
+
+def do_init(args: argparse.Namespace, out: Output) -> int:
+    folder = args.data or root_folder() / args.new_tid
+    config = Config(tid=args.new_tid, mid=args.merchant, dialect=args.dialect or "iso87",
+                    key_set=args.key_set, operator=args.operator, host=args.host,
+                    wk_lifetime=args.wk_lifetime)
+    try:
+        cmd.init_terminal(folder, config)
+    except FileExistsError as exc:
+        return out.fail(EXIT_USAGE, "exists", str(exc))
+    out.emit({"tid": config.tid, "mid": config.mid, "folder": str(folder)},
+             [f"terminal {config.tid} (merchant {config.mid}) initialised in {folder}",
+              "next: load its TMK with `pos-terminal load-tmk`"])
+    return EXIT_OK
+
+
+def do_load_tmk(args: argparse.Namespace, out: Output) -> int:
+    terminal = _terminal(args)
+    if args.file:
+        stored = cmd.load_tmk_file(terminal, args.file)
+        origin = f"injection file {args.file} (delete it now)"
+    else:
+        if len(args.component) != len(args.kcv):
+            return out.fail(EXIT_USAGE, "usage", "give one --kcv after each --component")
+        pairs = [Component(c, k) for c, k in zip(args.component, args.kcv, strict=True)]
+        stored = cmd.load_tmk_components(terminal, pairs, args.tmk_kcv)
+        origin = f"{len(pairs)} components"
+    out.emit({"tmk_kcv": stored.kcv_hex, "generation": stored.generation},
+             [f"TMK loaded from {origin}: check value {stored.kcv_hex}, "
+              f"generation {stored.generation}",
+              "working keys cleared: sign on to download new ones"])
+    return EXIT_OK
+
+
+def _exit_for(result: Result) -> int:
+    return EXIT_OK if result.outcome in ("ok", "approved") else EXIT_NO
+
+
+def do_signon(args: argparse.Namespace, out: Output) -> int:
+    terminal = _terminal(args)
+    result = cmd.signon(terminal, args.key_set)
+    keys = terminal.load_keys().working() if result.outcome == "ok" else {}
+    data = render.result_data(result)
+    data["keys"] = {name: {"generation": k.generation, "kcv": k.kcv_hex}
+                    for name, k in keys.items()}
+    out.emit(data, render.signon_lines(result, keys))
+    return _exit_for(result)
+
+
+def do_network(args: argparse.Namespace, out: Output) -> int:
+    terminal = _terminal(args)
+    result = cmd.signoff(terminal) if args.command == "signoff" else cmd.echo(terminal)
+    out.emit(render.result_data(result), render.result_lines(result))
+    return _exit_for(result)
+
+
+def _pin(args: argparse.Namespace) -> str | None:
+    if args.pin_prompt or args.pin is PIN_PROMPT:
+        return getpass.getpass("PIN: ")
+    pin: str | None = args.pin
+    return pin
+
+
+def do_purchase(args: argparse.Namespace, out: Output) -> int:
+    terminal = _terminal(args)
+    try:
+        order = Purchase(parse_amount(args.amount), args.pan, args.expiry, _pin(args))
+    except ValueError as exc:
+        return out.fail(EXIT_USAGE, "usage", str(exc))
+    if args.auto_signon:
+        steps = cmd.purchase_with_auto_signon(terminal, order)
+    else:
+        steps = cmd.Steps((cmd.purchase(terminal, order),))
+    final = steps.final
+    data = render.result_data(final)
+    data.update(amount=args.amount, pan=render.mask_pan(order.pan),
+                steps=[render.result_data(r) for r in steps.results])
+    lines = render.steps_lines(steps, order, terminal.config.tid, terminal.config.mid,
+                               terminal.clock())
+    out.emit(data, lines)
+    return _exit_for(final)
+
+
+def do_status(args: argparse.Namespace, out: Output) -> int:
+    status = cmd.status(_terminal(args))
+    out.emit(render.status_data(status), render.status_lines(status))
+    return EXIT_OK
+
+
+def do_diagnose(args: argparse.Namespace, out: Output) -> int:
+    found = cmd.diagnose(_terminal(args))
+    out.emit(render.diagnosis_data(found), render.diagnosis_lines(found))
+    return EXIT_OK
+
+
+COMMANDS = {
+    "init": do_init,
+    "load-tmk": do_load_tmk,
+    "signon": do_signon,
+    "signoff": do_network,
+    "echo": do_network,
+    "purchase": do_purchase,
+    "status": do_status,
+    "diagnose": do_diagnose,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(args.json)
+    try:
+        return COMMANDS[args.command](args, out)
+    except TransportError as exc:
+        return out.fail(EXIT_HOST, "unreachable", str(exc))
+    except ProtocolError as exc:  # before ValueError, which it subclasses
+        return out.fail(EXIT_HOST, "bad_response", f"the host's answer is unusable: {exc}")
+    except (StateError, CeremonyError, InjectionError, KeystoreError, ValueError) as exc:
+        return out.fail(EXIT_USAGE, type(exc).__name__, str(exc))
+    except KeyboardInterrupt:
+        return out.fail(130, "interrupted", "interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""What each `pos-terminal` command does, as functions over a terminal folder.
+
+The CLI parses arguments and prints; these functions do the work and return values, so tests
+drive them directly. Every exchange goes the same way: load the keys (a keystore that fails is
+key error 14 K1), take a durable STAN, let the session build the request, send it, let the
+session judge the answer, store any new keys atomically, and journal what happened, masked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from protocol.codec import codec_for
+from protocol.codes import KeyErrorReason
+from protocol.dialects import get_dialect
+from protocol.errors import ProtocolError
+from protocol.framing import Framing
+from protocol.mask import mask_in_place, masked_fields
+from protocol.message import Message
+from protocol.spec import Dialect
+from protocol.transport.tcp import TransportError
+from terminal import diagnose as diag
+from terminal.ceremony import Component, combine
+from terminal.channel import Wire, open_channel
+from terminal.injection import read_injection_file
+from terminal.keystore import KeySet, Keystore, KeystoreError, StoredKey, key_status
+from terminal.session import Kind, Purchase, Request, Result, Session, TerminalKeyError
+from terminal.store import (
+    Config,
+    Layout,
+    Record,
+    append_record,
+    load_config,
+    load_counters,
+    read_journal,
+    reserve_stan,
+    save_config,
+)
+
+CLOCK_OFFSET_ENV = "POSEMU_TERMINAL_CLOCK_OFFSET"
+Trace = Callable[[str], None]
+
+
+def system_clock() -> float:
+    """Wall time, moved by $POSEMU_TERMINAL_CLOCK_OFFSET seconds: how a demo or a test makes
+    working keys outlive their local lifetime without waiting."""
+    return time.time() + float(os.environ.get(CLOCK_OFFSET_ENV) or 0)
+
+
+@dataclass
+class Terminal:
+    """One terminal folder with the settings of this run."""
+
+    layout: Layout
+    config: Config
+    wire: Wire = field(default_factory=Wire)
+    dialect_name: str | None = None
+    clock: Callable[[], float] = system_clock
+    trace: Trace | None = None
+
+    @property
+    def dialect(self) -> Dialect:
+        return get_dialect(self.dialect_name or self.config.dialect)
+
+    @property
+    def keystore(self) -> Keystore:
+        return Keystore(self.layout.keystore, self.layout.storage_key)
+
+    def load_keys(self) -> KeySet:
+        """The keys, or the key error 14 K1 a keystore that cannot be trusted amounts to."""
+        try:
+            return self.keystore.load()
+        except KeystoreError as exc:
+            raise TerminalKeyError(KeyErrorReason("K1", "TMK", exc.reason), str(exc)) from None
+
+
+def open_terminal(layout: Layout, **settings: Any) -> Terminal:
+    config = load_config(layout)
+    wire = settings.pop("wire", None) or Wire(host=config.host)
+    if wire.host is None and wire.serial is None:
+        wire = replace(wire, host=config.host)
+    return Terminal(layout, config, wire, **settings)
+
+
+# --- provisioning ---------------------------------------------------------------------------
+
+
+def init_terminal(folder: Path, config: Config) -> Layout:
+    layout = Layout(folder)
+    if layout.config.exists():
+        raise FileExistsError(f"a terminal is already initialised in {folder}")
+    get_dialect(config.dialect)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    Keystore(layout.keystore, layout.storage_key).create()
+    save_config(layout, config)
+    return layout
+
+
+def install_tmk(terminal: Terminal, tmk_key: Any) -> StoredKey:
+    """A new TMK replaces the whole key set: the old working keys came under the old TMK.
+
+    A keystore that no longer loads is replaced too, storage key included: loading a TMK is the
+    recovery from a damaged key memory.
+    """
+    store = terminal.keystore
+    try:
+        keys = store.load()
+    except KeystoreError:
+        store.reset()
+        keys = KeySet()
+    previous = keys.tmk
+    stored = StoredKey(tmk_key, (previous.generation if previous else 0) + 1, terminal.clock())
+    store.save(keys.with_tmk(stored))
+    return stored
+
+
+def load_tmk_components(
+    terminal: Terminal, components: list[Component], tmk_kcv: str | None
+) -> StoredKey:
+    return install_tmk(terminal, combine(components, tmk_kcv))
+
+
+def load_tmk_file(terminal: Terminal, path: Path) -> StoredKey:
+    injection = read_injection_file(path)
+    if injection.tid and injection.tid != terminal.config.tid:
+        raise ValueError(f"{path} is for terminal {injection.tid}, not {terminal.config.tid}")
+    return install_tmk(terminal, injection.tmk)
+
+
+# --- exchanges ------------------------------------------------------------------------------
+
+
+def _masked(message: Message, dialect: Dialect) -> dict[str, str]:
+    return {str(n): v for n, v in masked_fields(message, dialect).items()}
+
+
+def _trace(terminal: Terminal, arrow: str, payload: bytes, framing: Framing) -> None:
+    """Decoded and masked: field values through protocol.mask, raw bytes with sensitive fields
+    overwritten, so a trace pasted into a ticket leaks nothing."""
+    if terminal.trace is None:
+        return
+    dialect = terminal.dialect
+    unframed = framing.unframe(payload)
+    base = len(payload) - len(unframed.message)
+    try:
+        message, spans = codec_for(dialect).decode_spans(unframed.message)
+    except ProtocolError as exc:
+        terminal.trace(f"{arrow} {len(payload)} bytes that do not decode: {exc}")
+        return
+    terminal.trace(f"{arrow} {message.mti} ({len(payload)} bytes)")
+    for number, value in masked_fields(message, dialect).items():
+        terminal.trace(f"     {number:>3} {value}")
+    terminal.trace(f"     hex {mask_in_place(payload, spans, dialect, base).hex().upper()}")
+
+
+def _record(terminal: Terminal, kind: str, result: Result, request: Request | None) -> None:
+    dialect = terminal.dialect
+    append_record(terminal.layout, Record(
+        at=terminal.clock(),
+        command=kind,
+        outcome=result.outcome,
+        rc=result.rc,
+        reason=result.reason.field44() if result.reason else None,
+        source=result.source if result.rc else None,
+        stan=request.stan if request else None,
+        request=_masked(request.message, dialect) if request else {},
+        response=_masked(result.response, dialect) if result.response else {},
+        detail=result.detail or None,
+    ))
+
+
+def _record_failure(terminal: Terminal, kind: str, outcome: str, detail: str,
+                    request: Request | None) -> None:
+    append_record(terminal.layout, Record(
+        at=terminal.clock(), command=kind, outcome=outcome, detail=detail,
+        stan=request.stan if request else None,
+        request=_masked(request.message, terminal.dialect) if request else {},
+    ))
+
+
+Build = Callable[[Session, int, int], Request]
+
+
+def run_exchange(terminal: Terminal, kind: Kind, build: Build) -> Result:
+    """One request and its answer. Key errors come back as a Result (from the host or found
+    here); an unreachable host or an unreadable answer raises TransportError/ProtocolError
+    after being journaled."""
+    request: Request | None = None
+    try:
+        keys = terminal.load_keys()
+        session = Session(terminal.config, terminal.dialect, keys, terminal.clock)
+        batch = load_counters(terminal.layout).batch
+        request = build(session, reserve_stan(terminal.layout), batch)
+    except TerminalKeyError as exc:
+        result = Result(kind, "key_error", "14", exc.reason, "terminal", detail=exc.detail)
+        _record(terminal, kind, result, None)
+        return result
+    framing = Framing(terminal.dialect)
+    payload = framing.payload(request.encoded)
+    _trace(terminal, ">>", payload, framing)
+    channel = None
+    try:
+        channel = open_channel(terminal.wire)
+        reply = channel.exchange(payload, terminal.wire.response_timeout)
+        _trace(terminal, "<<", reply, framing)
+        result = session.receive(request, framing.unframe(reply).message)
+    except TransportError as exc:
+        _record_failure(terminal, kind, "unreachable", str(exc), request)
+        raise
+    except ProtocolError as exc:
+        _record_failure(terminal, kind, "bad response", str(exc), request)
+        raise
+    finally:
+        if channel is not None:
+            channel.close()
+    if result.keyset is not None:
+        terminal.keystore.save(result.keyset)
+    _record(terminal, kind, result, request)
+    return result
+
+
+def signon(terminal: Terminal, key_set: str | None = None) -> Result:
+    return run_exchange(terminal, "signon", lambda s, stan, batch: s.signon(stan, batch, key_set))
+
+
+def signoff(terminal: Terminal) -> Result:
+    return run_exchange(terminal, "signoff", lambda s, stan, batch: s.network("signoff", stan, batch))
+
+
+def echo(terminal: Terminal) -> Result:
+    return run_exchange(terminal, "echo", lambda s, stan, batch: s.network("echo", stan, batch))
+
+
+def purchase(terminal: Terminal, order: Purchase) -> Result:
+    return run_exchange(terminal, "purchase", lambda s, stan, batch: s.purchase(stan, batch, order))
+
+
+def fixable_by_signon(result: Result) -> bool:
+    """K1 or K2 of a working key: a fresh download fixes it. A TMK error or a mismatch does not
+    (a mismatch means something is wrong that a retry would only hide)."""
+    reason = result.reason
+    return (result.is_key_error and reason is not None and reason.code in ("K1", "K2")
+            and not reason.is_tmk)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """A purchase and what was done around it: with --auto-signon, up to three exchanges."""
+
+    results: tuple[Result, ...]
+
+    @property
+    def final(self) -> Result:
+        return self.results[-1]
+
+
+def purchase_with_auto_signon(terminal: Terminal, order: Purchase) -> Steps:
+    first = purchase(terminal, order)
+    if not fixable_by_signon(first):
+        return Steps((first,))
+    logon = signon(terminal)
+    if logon.outcome != "ok":
+        return Steps((first, logon))
+    return Steps((first, logon, purchase(terminal, order)))
+
+
+# --- reading state --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    config: Config
+    keys: tuple[Any, ...]
+    keystore_error: str | None
+    stan: int
+    batch: int
+    now: float
+    last: Record | None
+
+
+def status(terminal: Terminal) -> Status:
+    try:
+        keys = tuple(key_status(terminal.keystore.load()))
+        error = None
+    except KeystoreError as exc:
+        keys, error = (), str(exc)
+    counters = load_counters(terminal.layout)
+    journal = read_journal(terminal.layout)
+    return Status(terminal.config, keys, error, counters.stan, counters.batch, terminal.clock(),
+                  journal[-1] if journal else None)
+
+
+def diagnose(terminal: Terminal) -> diag.Diagnosis | diag.NotAKeyError | None:
+    try:
+        keys = key_status(terminal.keystore.load())
+    except KeystoreError:
+        keys = []
+    return diag.diagnose(read_journal(terminal.layout), keys, terminal.clock())

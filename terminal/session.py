@@ -1,0 +1,294 @@
+"""The terminal's logic without any I/O, in the manner of h11: requests out, responses in.
+
+`Session` builds the bytes of a request and turns the bytes of a response into a `Result`; the
+caller owns the socket or serial port, the files and the clock. Everything a purchase or a
+sign-on decides (which key error, whether new keys may be installed) is decided here, so the
+same logic serves TCP, serial and tests, and tests need no network to reach every branch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from protocol import codes, fields, macing
+from protocol.codec import Codec, codec_for
+from protocol.codes import KeyErrorReason
+from protocol.crypto.errors import CryptoError
+from protocol.crypto.kcv import kcv
+from protocol.crypto.keys import Key
+from protocol.crypto.pinblock import encrypt_pin_block
+from protocol.crypto.wrap import unwrap_ecb
+from protocol.errors import ProtocolError
+from protocol.message import Message
+from protocol.spec import Dialect
+from terminal.keystore import KeySet, StoredKey
+from terminal.store import Config
+
+Clock = Callable[[], float]
+Rng = Callable[[int], bytes]
+Kind = Literal["signon", "signoff", "echo", "purchase"]
+Source = Literal["host", "terminal"]
+
+RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210"}
+PIN_CAPTURE_CODE = "12"
+CURRENCY = "156"
+POS_CONDITION = "00"
+ENTRY_KEYED = "012"
+ENTRY_KEYED_PIN = "011"
+
+
+class TerminalKeyError(Exception):
+    """A key error 14 the terminal finds itself, before anything is sent."""
+
+    def __init__(self, reason: KeyErrorReason, detail: str = "") -> None:
+        super().__init__(reason.field44())
+        self.reason = reason
+        self.detail = detail
+
+
+def key_error(code: str, key: str, text: str, detail: str = "") -> TerminalKeyError:
+    return TerminalKeyError(KeyErrorReason(code, key, text), detail)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request ready to send, and what the session needs to check its answer."""
+
+    kind: Kind
+    message: Message
+    encoded: bytes
+    stan: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an exchange came to.
+
+    `outcome` is one of: approved, declined, ok, refused (any other code, reported as it is),
+    key_error (with `reason` and `source`), host_code (a 14 with no K reason).
+    `keyset` is the key set to store when the exchange changes the terminal's keys.
+    """
+
+    kind: Kind
+    outcome: str
+    rc: str | None = None
+    reason: KeyErrorReason | None = None
+    source: Source = "host"
+    response: Message | None = None
+    keyset: KeySet | None = None
+    detail: str = ""
+
+    @property
+    def is_key_error(self) -> bool:
+        return self.outcome == "key_error"
+
+
+@dataclass(frozen=True)
+class Purchase:
+    """A keyed-card purchase; the PIN is held only as long as it takes to build the request."""
+
+    amount: int
+    pan: str
+    expiry: str
+    pin: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'})"
+
+
+def parse_amount(text: str) -> int:
+    """'12.34' -> 1234 minor units; refuses anything a person may have mistyped."""
+    whole, _, cents = text.strip().partition(".")
+    if not whole.isdigit() or (cents and (not cents.isdigit() or len(cents) > 2)):
+        raise ValueError(f"amount must look like 12.34, not {text!r}")
+    value = int(whole) * 100 + int(cents.ljust(2, "0") or 0)
+    if not 0 < value < 10**12:
+        raise ValueError("amount must be more than 0 and fit 12 digits")
+    return value
+
+
+def format_amount(minor: int) -> str:
+    return f"{minor // 100}.{minor % 100:02d}"
+
+
+class Session:
+    """One terminal's protocol logic over its configuration and current keys."""
+
+    def __init__(
+        self,
+        config: Config,
+        dialect: Dialect,
+        keys: KeySet,
+        clock: Clock = time.time,
+        rng: Rng | None = None,
+    ) -> None:
+        self.config = config
+        self.dialect = dialect
+        self.codec: Codec = codec_for(dialect)
+        self.keys = keys
+        self.clock = clock
+        self.rng = rng
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def _base(self, mti: str, stan: int, batch: int, type_code: str, nmic: str) -> Message:
+        now = time.gmtime(self.clock())
+        field60 = fields.Field60(type_code, f"{batch:06d}", nmic).format()
+        return Message(mti, {
+            11: f"{stan:06d}",
+            12: time.strftime("%H%M%S", now),
+            13: time.strftime("%m%d", now),
+            41: self.config.tid,
+            42: self.config.mid,
+            60: field60,
+        })
+
+    def signon(self, stan: int, batch: int, key_set: str | None = None) -> Request:
+        if self.keys.tmk is None:
+            raise key_error("K1", "TMK", "not loaded", "no TMK: run the key ceremony first")
+        code = key_set or self.config.key_set
+        fields.key_set(code)  # refuses an unknown set before anything is sent
+        msg = self._base("0800", stan, batch, fields.TYPE_SIGN_ON, code)
+        msg.fields[63] = f"{self.config.operator:0>2} "
+        return Request("signon", msg, self.codec.encode(msg), stan)
+
+    def network(self, kind: Literal["signoff", "echo"], stan: int, batch: int) -> Request:
+        nmic = fields.NMIC_SIGN_OFF if kind == "signoff" else fields.NMIC_ECHO
+        msg = self._base("0820", stan, batch, fields.TYPE_SIGN_ON, nmic)
+        del msg.fields[12], msg.fields[13]
+        return Request(kind, msg, self.codec.encode(msg), stan)
+
+    def check_working_keys(self, need_pik: bool) -> StoredKey:
+        """The MAK to use, or the key error a purchase must stop with."""
+        if self.keys.tmk is None:
+            raise key_error("K1", "TMK", "not loaded", "no TMK: run the key ceremony first")
+        mak = self.keys.keys.get("MAK")
+        if mak is None:
+            raise key_error("K1", "WK", "not signed on", "no working keys in the keystore")
+        if need_pik and "PIK" not in self.keys.keys:
+            raise key_error("K1", "PIK", "not signed on", "no PIN key in the keystore")
+        age = self.clock() - mak.installed_at
+        if age > self.config.wk_lifetime:
+            raise key_error(
+                "K2", "WK", "lifetime over",
+                f"working keys are {age:.0f} s old; the local lifetime is "
+                f"{self.config.wk_lifetime} s",
+            )
+        return mak
+
+    def purchase(self, stan: int, batch: int, purchase: Purchase) -> Request:
+        mak = self.check_working_keys(need_pik=purchase.pin is not None)
+        msg = self._base("0200", stan, batch, fields.TYPE_PURCHASE, fields.NMIC_NONE)
+        del msg.fields[12], msg.fields[13]
+        msg.fields.update({
+            2: purchase.pan,
+            3: "000000",
+            4: f"{purchase.amount:012d}",
+            14: purchase.expiry,
+            22: ENTRY_KEYED,
+            25: POS_CONDITION,
+            49: CURRENCY,
+        })
+        if purchase.pin is not None:
+            pik = self.keys.keys["PIK"].key
+            msg.fields[22] = ENTRY_KEYED_PIN
+            msg.fields[26] = PIN_CAPTURE_CODE
+            msg.fields[52] = encrypt_pin_block(pik, purchase.pin, purchase.pan, fmt=0)
+            msg.fields[53] = fields.key_set(self.keys.key_set or self.config.key_set)\
+                .security_control
+        encoded = macing.sign(self.codec, msg, mak.key)
+        return Request("purchase", msg, encoded, stan)
+
+    # --- responses --------------------------------------------------------------------------
+
+    def receive(self, request: Request, data: bytes) -> Result:
+        """Check a response against its request; ProtocolError when it is not its answer."""
+        response = self.codec.decode(data)
+        expected = RESPONSE_MTI[request.message.mti]
+        if response.mti != expected:
+            raise ProtocolError(f"expected a {expected}, got a {response.mti}", field="MTI")
+        if response.text(11) != request.message.text(11):
+            raise ProtocolError("the response's STAN is not the request's", field=11)
+        if response.text(41).strip() != self.config.tid:
+            raise ProtocolError("the response is for another terminal", field=41)
+        rc = response.text(39)
+        if rc == codes.KEY_ERROR:
+            reason = KeyErrorReason.parse(response.text(44))
+            if reason is None:
+                return Result(request.kind, "host_code", rc, response=response,
+                              detail="14 without a K reason: the host's own code")
+            return Result(request.kind, "key_error", rc, reason, "host", response)
+        if request.kind == "signon":
+            return self._signon_result(request, response, rc)
+        if request.kind == "purchase":
+            return self._purchase_result(data, response, rc)
+        if request.kind == "signoff" and rc == codes.APPROVED:
+            return Result(request.kind, "ok", rc, response=response,
+                          keyset=self.keys.without_working())
+        return Result(request.kind, "ok" if rc == codes.APPROVED else "refused", rc,
+                      response=response)
+
+    def _signon_result(self, request: Request, response: Message, rc: str) -> Result:
+        if rc != codes.APPROVED:
+            return Result("signon", "refused", rc, response=response)
+        code = fields.Field60.parse(request.message.text(60)).nmic
+        try:
+            installed = self.verify_download(response.get(62), code)
+        except TerminalKeyError as exc:
+            return Result("signon", "key_error", codes.KEY_ERROR, exc.reason, "terminal",
+                          response, detail=f"{exc.detail} (the host answered {rc})")
+        return Result("signon", "ok", rc, response=response,
+                      keyset=self.keys.with_working(installed, code))
+
+    def verify_download(self, data: object, code: str) -> dict[str, StoredKey]:
+        """Every key is checked (length, odd parity, check value) before any is accepted, so a
+        corrupted download leaves the old keys in place and nothing half-installed."""
+        tmk = self.keys.tmk
+        if tmk is None:
+            raise key_error("K1", "TMK", "not loaded")
+        if not isinstance(data, bytes):
+            raise key_error("K3", "WK", "no keys in download", "the 0810 approved without field 62")
+        try:
+            wrapped = fields.parse_key_set(data, code, self.dialect)
+        except ProtocolError as exc:
+            raise key_error("K3", "WK", "download corrupt", str(exc)) from None
+        previous = self.keys.keys.get("MAK")
+        generation = (previous.generation if previous else 0) + 1
+        now = self.clock()
+        accepted = {}
+        for item in wrapped:
+            algorithm = "DES" if len(item.ciphertext) == 8 else "TDES"
+            try:
+                key = unwrap_ecb(tmk.key, item.ciphertext, item.usage, algorithm)
+            except CryptoError:
+                raise key_error(
+                    "K3", item.usage, "bad length/parity",
+                    f"the downloaded {item.usage} has a wrong length or parity",
+                ) from None
+            if kcv(key.material, len(item.kcv)) != item.kcv:
+                raise key_error(
+                    "K3", item.usage, "KCV mismatch",
+                    f"the downloaded {item.usage}'s check value differs from the one computed "
+                    "under this terminal's TMK",
+                )
+            accepted[item.usage] = StoredKey(Key(key.algorithm, item.usage, key.material),
+                                             generation, now)
+        return accepted
+
+    def _purchase_result(self, data: bytes, response: Message, rc: str) -> Result:
+        if rc in codes.MACED_RESPONSE_CODES:
+            mak = self.keys.keys.get("MAK")
+            if 64 not in response:
+                return Result("purchase", "key_error", codes.KEY_ERROR,
+                              KeyErrorReason("K3", "MAK", "no response MAC"), "terminal",
+                              response, detail=f"the host answered {rc} without a MAC")
+            if mak is None or not macing.verify(self.codec, data, mak.key):
+                return Result("purchase", "key_error", codes.KEY_ERROR,
+                              KeyErrorReason("K3", "MAK", "response MAC bad"), "terminal",
+                              response, detail=f"the host's {rc} fails MAC verification")
+            return Result("purchase", "approved" if rc == codes.APPROVED else "declined", rc,
+                          response=response)
+        return Result("purchase", "refused", rc, response=response)

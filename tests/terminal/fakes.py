@@ -1,0 +1,130 @@
+"""Network stand-ins for what a real host cannot be asked to do: damage a frame on the line,
+answer like a foreign host, or not answer at all."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from protocol.codec import get_codec
+from protocol.framing import FrameReader, length_prefixed
+from protocol.message import Message
+
+Mutate = Callable[[bytes], bytes]
+
+
+def _listener() -> socket.socket:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    return server
+
+
+def _read_frame(conn: socket.socket, reader: FrameReader) -> bytes | None:
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        frames = reader.feed(chunk)
+        if frames:
+            return frames[0]
+
+
+def _serve(server: socket.socket, stop: threading.Event,
+           handle: Callable[[socket.socket], None]) -> None:
+    while not stop.is_set():
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            conn.settimeout(10)
+            try:
+                handle(conn)
+            except OSError:
+                pass
+
+
+@contextmanager
+def _running(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    server = _listener()
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve, args=(server, stop, handle), daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@contextmanager
+def damaging_proxy(upstream: str, mutate_response: Mutate) -> Iterator[str]:
+    """Forwards each request to `upstream` and alters the response on its way back: a noisy
+    line between terminal and host."""
+    host, _, port = upstream.removeprefix("tcp://").rpartition(":")
+
+    def handle(conn: socket.socket) -> None:
+        request = _read_frame(conn, FrameReader())
+        if request is None:
+            return
+        with socket.create_connection((host, int(port)), timeout=10) as up:
+            up.sendall(length_prefixed(request))
+            response = _read_frame(up, FrameReader())
+        if response is not None:
+            conn.sendall(length_prefixed(mutate_response(response)))
+
+    with _running(handle) as url:
+        yield url
+
+
+@contextmanager
+def foreign_host(rc: str, dialect: str = "iso87") -> Iterator[str]:
+    """A host that answers every request with `rc` and no field 44: how a real acquirer says 14
+    ("invalid card number" in ISO 8583), with no K reason."""
+    codec = get_codec(dialect)
+
+    def handle(conn: socket.socket) -> None:
+        request = _read_frame(conn, FrameReader())
+        if request is None:
+            return
+        msg = codec.decode(request)
+        mti = f"{int(msg.mti) + 10:04d}"
+        keep = {n: v for n, v in msg.fields.items() if n in (3, 4, 11, 41, 42, 49, 60)}
+        reply = Message(mti, {**keep, 37: "000000000009", 39: rc})
+        conn.sendall(length_prefixed(codec.encode(reply)))
+
+    with _running(handle) as url:
+        yield url
+
+
+@contextmanager
+def silent_host() -> Iterator[str]:
+    """A port that accepts connections (the kernel does, from the backlog) and never answers."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def closed_port() -> str:
+    """A port nobody listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def flip_byte(offset_from_end: int) -> Mutate:
+    def mutate(payload: bytes) -> bytes:
+        data = bytearray(payload)
+        data[len(data) - offset_from_end] ^= 0x10
+        return bytes(data)
+
+    return mutate

@@ -7,8 +7,10 @@ import argparse
 import asyncio
 import json
 import re
+import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,13 +22,16 @@ from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
 from host.keydb import KeyDb, KeyDbError
 from host.lmk import LmkError
 from host.logs import MessageLog
-from host.server import HostCore, serve_until_signalled
+from host.server import HostCore, SerialPorts, serve_until_signalled
 from protocol.codec import codec_for
 from protocol.crypto import CryptoError
 from protocol.dialects import get_dialect
 from protocol.errors import SpecError
 from protocol.framing import Framing
+from protocol.link import TraceOptions
 from protocol.spec import Dialect, load_dialect
+from protocol.transport.bridge import run_bridge
+from protocol.transport.serial import PortSpecError, parse_port_spec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -212,10 +217,19 @@ def _open_log(path: str | None) -> TextIO:
     return open(path, "a", encoding="utf-8")
 
 
+def _check_ports(specs: list[str]) -> None:
+    for spec in specs:
+        try:
+            parse_port_spec(spec)
+        except PortSpecError as exc:
+            raise admin.UsageError(f"--serial {spec}: {exc}") from None
+
+
 @_with_db
 def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
     if args.tcp is None and not args.serial:
         raise admin.UsageError("serve needs --tcp HOST:PORT and/or --serial SPEC")
+    _check_ports(args.serial)
     dialect: Dialect = args.dialect
     codec = codec_for(dialect)
     config = HandlerConfig(codec, db.vault, system_rng, args.key_error_code, args.key_lifetime)
@@ -226,11 +240,34 @@ def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
     def announce(line: str) -> None:
         print(json.dumps({"listening": line}) if args.json else line, flush=True)
 
+    def trace_line(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    serial = SerialPorts(args.serial, TraceOptions.for_dialect(dialect, trace_line)
+                         if args.trace else None)
     try:
-        asyncio.run(serve_until_signalled(core, args.tcp, args.serial, announce))
+        asyncio.run(serve_until_signalled(core, args.tcp, serial, announce))
     finally:
         if stream is not sys.stderr:
             stream.close()
+    return EXIT_OK
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """Relay a serial device to a TCP host (ours or a real one) until SIGINT/SIGTERM."""
+    _check_ports([args.serial])
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    trace = (TraceOptions.for_dialect(args.dialect, lambda text: print(text, file=sys.stderr,
+                                                                       flush=True))
+             if args.trace else None)
+    host, port = args.tcp
+    error = run_bridge(args.serial, host, port, stop=stop, trace=trace,
+                       on_ready=lambda name: print(f"bridging serial {name}", flush=True))
+    if error is not None:
+        raise OSError(str(error))
     return EXIT_OK
 
 
@@ -321,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="working-key lifetime (e.g. 24h)")
     serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")
     serve.add_argument("--log", help="append the JSON log here instead of stderr")
+
+    bridge = command(commands, "bridge", cmd_bridge,
+                     "relay a serial device to a TCP host until SIGINT/SIGTERM")
+    bridge.add_argument("--serial", required=True, metavar="SPEC")
+    bridge.add_argument("--tcp", required=True, type=host_port, metavar="HOST:PORT")
+    bridge.add_argument("--dialect", type=dialect_arg, default="iso87",
+                        help="for masking the trace")
+    bridge.add_argument("--trace", action="store_true", help="print the line's bytes, masked")
     return parser
 
 

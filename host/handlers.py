@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from time import gmtime, strftime
 
 from host import hsm
@@ -260,7 +261,7 @@ def check_pin(p: Purchase) -> Verdict | None:
 def check_expiry(p: Purchase) -> Verdict | None:
     """Expired when the card's YYMM is before this month, or the card presented another expiry."""
     assert p.card is not None
-    this_month = strftime("%y%m", gmtime(p.now))
+    this_month = clock_fields(int(p.now)).yymm
     if p.card.expiry < this_month or (p.expiry and p.expiry != p.card.expiry):
         return Verdict(codes.EXPIRED_CARD)
     return None
@@ -422,15 +423,27 @@ def _respond(
     return Outcome(data, request, reply, [], rc, reason, verdict.note)
 
 
+@dataclass(frozen=True, slots=True)
+class ClockFields:
+    yymm: str
+    time: str  # field 12, hhmmss
+    date: str  # field 13, MMDD
+    rrn_prefix: str  # YDDDHH
+
+
+@lru_cache(maxsize=4)
+def clock_fields(second: int) -> ClockFields:
+    """The clock as messages show it (UTC); one formatting per second, not per message."""
+    t = gmtime(second)
+    return ClockFields(strftime("%y%m", t), strftime("%H%M%S", t), strftime("%m%d", t),
+                       f"{t.tm_year % 10}{t.tm_yday:03d}{t.tm_hour:02d}")
+
+
 def _stamp(stan: object, now: float) -> dict[int, str]:
-    """12 (time), 13 (date) in UTC and a retrieval reference: YDDDHH + the STAN."""
-    t = gmtime(now)
-    stan_text = stan if isinstance(stan, str) else "000000"
-    return {
-        12: strftime("%H%M%S", t),
-        13: strftime("%m%d", t),
-        37: f"{t.tm_year % 10}{t.tm_yday:03d}{t.tm_hour:02d}{stan_text:0>6}"[:12],
-    }
+    """12 (time), 13 (date) and a retrieval reference: YDDDHH + the STAN."""
+    clock = clock_fields(int(now))
+    stan_text = stan if isinstance(stan, str) and len(stan) == 6 else "000000"
+    return {12: clock.time, 13: clock.date, 37: clock.rrn_prefix + stan_text}
 
 
 def response_mti(mti: str) -> str:

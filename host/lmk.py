@@ -9,7 +9,6 @@ database without the LMK file reveals no key, PAN or PIN, and cannot be searched
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ def load_lmk(path: Path) -> bytes:
 
 
 def _derive(lmk: bytes, label: bytes) -> bytes:
-    return hmac.new(lmk, b"posemu host v1 " + label, hashlib.sha256).digest()
+    return hmac.digest(lmk, b"posemu host v1 " + label, "sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,18 +75,17 @@ class Vault:
 
     def pan_ref(self, pan: str) -> str:
         """The key a card is stored and found under, in place of its PAN."""
-        return hmac.new(self.pan_key, pan.encode("ascii"), hashlib.sha256).hexdigest()
+        return hmac.digest(self.pan_key, pan.encode("ascii"), "sha256").hex()
 
     def pin_value(self, pan: str, pin: str) -> str:
-        data = f"{pan}|{pin}".encode("ascii")
-        return hmac.new(self.pvk, data, hashlib.sha256).hexdigest()
+        return hmac.digest(self.pvk, f"{pan}|{pin}".encode("ascii"), "sha256").hex()
 
     def pin_matches(self, pvv: str, pan: str, pin: str) -> bool:
         return hmac.compare_digest(pvv, self.pin_value(pan, pin))
 
     def request_ref(self, message: bytes) -> bytes:
         """Fingerprint of a request's bytes for duplicate detection; keyed, since they hold a PAN."""
-        return hmac.new(self.digest_key, message, hashlib.sha256).digest()[:16]
+        return hmac.digest(self.digest_key, message, "sha256")[:16]
 
     def __repr__(self) -> str:
         return "Vault(<LMK and derived keys>)"

@@ -3,12 +3,13 @@
 `HostCore` is the one path every message takes, whatever carried it: unframe, handle, apply the
 changes, log, frame. The TCP server and the serial server (through `handle_payload`) share it.
 
-Consistency: a message is handled and its changes applied without yielding to the event loop,
-and the serial thread takes the same lock, so no two messages (of one terminal or of any) ever
-interleave: a connection can never see a half-updated key state. Changes of the messages that
-arrived in one turn of the event loop are committed together (group commit) before any of
-their responses is written, so every answer the host gives is already durable as WAL with
-`synchronous=NORMAL` makes it (host.keydb), at one commit per turn instead of one per message.
+Consistency: one thread owns the HostCore (the event loop's; serial ports hand their messages to
+it), and a message is handled and its changes applied without yielding, so no two messages (of
+one terminal or of any) ever interleave: a connection can never see a half-updated key state.
+Changes of the messages that arrived in one turn of the event loop are committed together (group
+commit) before any of their responses is written, so every answer the host gives is already
+durable as WAL with `synchronous=NORMAL` makes it (host.keydb), at one commit per turn instead
+of one per message.
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 from host.clock import Clock
 from host.handlers import HandlerConfig, Outcome, handle, malfunction
 from host.keydb import KeyDb
 from host.logs import MessageLog
-from host.state import Card, IssueWorkingKeys, Prior, RevokeWorkingKeys, TerminalKeys
+from host.state import Card, Debit, IssueWorkingKeys, Prior, RevokeWorkingKeys, TerminalKeys
 from protocol.errors import FramingError, ProtocolError
 from protocol.framing import FrameReader, Framing, Tpdu, length_prefixed
+from protocol.link import TraceOptions
+from protocol.transport.serial import SerialLinkError, start_serial_server
 
 LISTEN_BACKLOG = 4096
+ANSWER, IGNORED, CLOSE = "answer", "ignored", "close"
 Reply = Callable[[bytes | None], None]
 """Where an answer goes: a payload to frame and send, or None to close the connection."""
 
@@ -59,8 +65,8 @@ class HostCore:
         self.clock = clock
         self.log = log
         self.framing = framing
-        self.lock = threading.Lock()
         self._terminals: dict[str, TerminalKeys | None] = {}
+        self._cards: dict[str, Card | None] = {}
         self._data_version = db.data_version()
         self._in_transaction = False
         self._pending: list[Pending] = []
@@ -75,19 +81,24 @@ class HostCore:
             return keys
 
     def card(self, pan_ref: str) -> Card | None:
-        return self.db.card(pan_ref)
+        try:
+            return self._cards[pan_ref]
+        except KeyError:
+            card = self._cards[pan_ref] = self.db.card(pan_ref)
+            return card
 
     def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
         return self.db.prior(tid, batch, stan)
 
     # --- one message -------------------------------------------------------------------------
 
-    def submit(self, payload: bytes, reply: Reply, conn: str) -> bool:
+    def submit(self, payload: bytes, reply: Reply, conn: str) -> str:
         """Handle one framed payload; its answer goes to `reply` at the next `commit`.
 
-        Returns False when the payload cannot be answered: its connection closes at the next
-        `commit`, after the answers before it, and the caller feeds it nothing more.
-        Must be called with `lock` held.
+        Returns ANSWER (the answer is pending), IGNORED (nothing will be sent: a response MTI)
+        or CLOSE (the payload cannot be answered: `reply(None)` at the next `commit`, after the
+        answers before it, and the caller feeds that connection nothing more). Only the thread
+        that owns this core may call it.
         """
         started = time.process_time()
         try:
@@ -95,7 +106,7 @@ class HostCore:
         except FramingError as exc:
             self._log(None, conn, started, f"bad TPDU/header: {exc}")
             self.close_later(reply)
-            return False
+            return CLOSE
         self._refresh()
         now = self.clock()
         try:
@@ -104,16 +115,17 @@ class HostCore:
             # A bug or a broken row must cost one answer (96), not the host.
             outcome = malfunction(unframed.message, now, self.config, type(exc).__name__)
         if outcome.changes:
-            self._apply(outcome)
+            outcome = self._apply(outcome, unframed.message, now)
         self._log(outcome, conn, started)
         if outcome.close:
             self.close_later(reply)
-            return False
-        if outcome.response is not None:
-            self._pending.append(
-                Pending(outcome, reply, unframed.tpdu, unframed.header, unframed.message)
-            )
-        return True
+            return CLOSE
+        if outcome.response is None:
+            return IGNORED
+        self._pending.append(
+            Pending(outcome, reply, unframed.tpdu, unframed.header, unframed.message)
+        )
+        return ANSWER
 
     def close_later(self, reply: Reply) -> None:
         """Close a connection once the answers already due to it are sent."""
@@ -121,21 +133,13 @@ class HostCore:
 
     def commit(self) -> None:
         """Make the batch's changes durable, then release its answers (96s if that failed)."""
-        pending, self._pending = self._pending, []
         if self._in_transaction:
             self._in_transaction = False
             try:
                 self.db.conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback()
-                self.log.event(event="commit failed", error=type(exc).__name__,
-                               answers=len(pending))
-                now = self.clock()
-                pending = [
-                    Pending(malfunction(p.message, now, self.config, "commit failed"),
-                            p.reply, p.tpdu, p.header, p.message)
-                    for p in pending
-                ]
+                self._abort_batch(type(exc).__name__, self.clock())
+        pending, self._pending = self._pending, []
         self.log.flush()  # before the answers: whoever reads an answer finds its log line
         framing = self.framing
         for p in pending:
@@ -145,16 +149,16 @@ class HostCore:
                 tpdu = p.tpdu.reply() if p.tpdu else None
                 p.reply(framing.payload(p.outcome.response, tpdu, p.header))
 
-    def handle_payload(self, payload: bytes) -> bytes | None:
+    def handle_payload(self, payload: bytes, conn: str = "direct") -> bytes | None:
         """One request payload in (TPDU and header included, no length), its answer out.
 
-        None: nothing to send (a response MTI), or the payload cannot be answered. This is the
-        entry point of the serial server; it commits before returning.
+        None: nothing to send (a response MTI), or the payload cannot be answered. Commits
+        before returning; for a caller that owns the core (tests, the benchmark). A serving
+        host's serial ports go through `LoopHandler` instead.
         """
         answers: list[bytes | None] = []
-        with self.lock:
-            self.submit(payload, answers.append, "serial")
-            self.commit()
+        self.submit(payload, answers.append, conn)
+        self.commit()
         return answers[0] if answers else None
 
     # --- helpers -----------------------------------------------------------------------------
@@ -167,28 +171,45 @@ class HostCore:
         if version != self._data_version:
             self._data_version = version
             self._terminals.clear()
+            self._cards.clear()
 
-    def _apply(self, outcome: Outcome) -> None:
+    def _apply(self, outcome: Outcome, message: bytes, now: float) -> Outcome:
+        """Apply a message's changes inside the batch's transaction; if that fails, nothing of
+        the batch is kept and every message in it is answered 96."""
         conn = self.db.conn
-        if not self._in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-            self._in_transaction = True
-        conn.execute("SAVEPOINT message")
         try:
+            if not self._in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+                self._in_transaction = True
             self.db.apply(outcome.changes)
-        except sqlite3.Error:
-            conn.execute("ROLLBACK TO message")
-            conn.execute("RELEASE message")
-            raise
-        conn.execute("RELEASE message")
-        for change in outcome.changes:
-            if type(change) in (IssueWorkingKeys, RevokeWorkingKeys):
+        except sqlite3.Error as exc:
+            self._abort_batch(type(exc).__name__, now)
+            return malfunction(message, now, self.config, f"{type(exc).__name__} in apply")
+        for change in outcome.changes:  # keep the caches what the database now says
+            kind = type(change)
+            if kind is Debit:
+                card = self._cards.get(change.pan_ref)
+                if card is not None:
+                    self._cards[change.pan_ref] = replace(card,
+                                                          balance=card.balance - change.amount)
+            elif kind in (IssueWorkingKeys, RevokeWorkingKeys):
                 self._terminals.pop(change.tid, None)
+        return outcome
 
-    def _rollback(self) -> None:
+    def _abort_batch(self, error: str, now: float) -> None:
+        """Roll the batch back; the answers it held become 96 (nothing they said was kept)."""
+        self._in_transaction = False
         with contextlib.suppress(sqlite3.Error):
             self.db.conn.execute("ROLLBACK")
         self._terminals.clear()
+        self._cards.clear()
+        self.log.event(event="batch rolled back", error=error, answers=len(self._pending))
+        self._pending = [
+            p if p.outcome.response is None else
+            Pending(malfunction(p.message, now, self.config, f"{error}: batch rolled back"),
+                    p.reply, p.tpdu, p.header, p.message)
+            for p in self._pending
+        ]
 
     def _log(self, outcome: Outcome | None, conn: str, started: float, note: str = "") -> None:
         self.log.message(
@@ -220,8 +241,7 @@ class Batcher:
 
     def flush(self) -> None:
         self.scheduled = False
-        with self.core.lock:
-            self.core.commit()
+        self.core.commit()
 
 
 class HostConnection(asyncio.Protocol):
@@ -256,15 +276,14 @@ class HostConnection(asyncio.Protocol):
         if payloads == []:
             return
         core = self.core
-        with core.lock:
-            if payloads is None:
-                core.close_later(self.send)
-                self.closing = True
-            else:
-                for payload in payloads:
-                    if not core.submit(payload, self.send, self.conn):
-                        self.closing = True
-                        break
+        if payloads is None:
+            core.close_later(self.send)
+            self.closing = True
+        else:
+            for payload in payloads:
+                if core.submit(payload, self.send, self.conn) == CLOSE:
+                    self.closing = True
+                    break
         self.batcher.schedule()
 
     def send(self, payload: bytes | None) -> None:
@@ -278,6 +297,27 @@ class HostConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class LoopHandler:
+    """`handle(payload) -> answer` for serial threads: the message is handled on the event loop
+    thread, in the same batches as TCP, and the calling thread waits for its answer."""
+
+    def __init__(self, batcher: Batcher, name: str, timeout: float = 30.0) -> None:
+        self.batcher = batcher
+        self.name = name
+        self.timeout = timeout
+
+    def __call__(self, payload: bytes) -> bytes | None:
+        answer: Future[bytes | None] = Future()
+
+        def submit() -> None:
+            if self.batcher.core.submit(payload, answer.set_result, self.name) == IGNORED:
+                answer.set_result(None)
+            self.batcher.schedule()
+
+        self.batcher.loop.call_soon_threadsafe(submit)
+        return answer.result(self.timeout)
 
 
 @dataclass
@@ -307,9 +347,8 @@ class TcpHost:
         await self.server.wait_closed()
 
 
-async def start_tcp(core: HostCore, host: str, port: int) -> TcpHost:
+async def start_tcp(core: HostCore, batcher: Batcher, host: str, port: int) -> TcpHost:
     loop = asyncio.get_running_loop()
-    batcher = Batcher(core, loop)
     live: set[HostConnection] = set()
     numbers = itertools.count(1)
     server = await loop.create_server(
@@ -319,8 +358,16 @@ async def start_tcp(core: HostCore, host: str, port: int) -> TcpHost:
     return TcpHost(core, server, batcher, live)
 
 
+@dataclass(frozen=True, slots=True)
+class SerialPorts:
+    """What `serve --serial` needs beyond the core: the specs and how to trace a line."""
+
+    specs: list[str]
+    trace: TraceOptions | None = None
+
+
 async def serve_until_signalled(
-    core: HostCore, tcp: tuple[str, int] | None, serial: list[str],
+    core: HostCore, tcp: tuple[str, int] | None, serial: SerialPorts,
     announce: Callable[[str], None],
 ) -> None:
     """Serve until SIGINT/SIGTERM, then finish the requests in flight and close cleanly."""
@@ -328,14 +375,32 @@ async def serve_until_signalled(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    listener = await start_tcp(core, *tcp) if tcp else None
+    batcher = Batcher(core, loop)
+    listener = await start_tcp(core, batcher, *tcp) if tcp else None
     if listener is not None:
         bound_host, bound_port = listener.address
         core.log.event(event="listening", tcp=f"{bound_host}:{bound_port}")
         announce(f"listening tcp {bound_host}:{bound_port}")
-    if serial:
-        raise NotImplementedError("serial serving lands with protocol.transport.serial")
+    serial_stop = threading.Event()
+
+    def ready(name: str) -> None:
+        loop.call_soon_threadsafe(partial(core.log.event, event="listening", serial=name))
+        announce(f"listening serial {name}")
+
+    def failed(error: SerialLinkError) -> None:
+        loop.call_soon_threadsafe(
+            partial(core.log.event, event="serial port failed", error=str(error)))
+
+    threads = [
+        start_serial_server(spec, LoopHandler(batcher, f"serial-{i}"), stop=serial_stop,
+                            on_ready=ready, on_error=failed, trace=serial.trace)
+        for i, spec in enumerate(serial.specs, 1)
+    ]
     await stop.wait()
+    serial_stop.set()
+    for thread in threads:  # the loop keeps running, so their last answers still arrive
+        await asyncio.to_thread(thread.join, 10)
     if listener is not None:
         await listener.stop()
+    batcher.flush()
     core.log.event(event="stopped")

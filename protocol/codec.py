@@ -110,7 +110,11 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
     if not bcd:
         if enc_prefix is None:
             return text_value
-        return lambda value: enc_prefix(len(value)) + text_value(value)
+
+        def enc_var(value: FieldValue) -> bytes:
+            raw = text_value(value)  # checks the length before the prefix is built
+            return enc_prefix(len(raw)) + raw
+        return enc_var
 
     # BCD digits: fixed odd lengths are right-aligned (leading 0 nibble), variable ones
     # left-aligned (trailing 0 nibble); '=' in track data travels as nibble D.

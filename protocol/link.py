@@ -149,7 +149,7 @@ def encode_frame(payload: bytes, options: LinkOptions) -> bytes:
     """STX | LEN | message (DLE-stuffed when there is no LEN) | ETX | LRC."""
     if not 1 <= len(payload) <= options.max_length:
         raise LinkUsageError(f"a link frame carries 1..{options.max_length} bytes, "
-                             f"not {len(payload)}", field="length")
+                             f"not {len(payload)}")
     head = LENGTH_ENCODINGS[options.length].encode(len(payload))
     body = _STUFF_RE.sub(lambda m: bytes([DLE]) + m.group(), payload) if options.stuffing \
         else payload
@@ -194,14 +194,15 @@ class FrameParser:
         self._options = options
         self._length = LENGTH_ENCODINGS[options.length]
         self._last_byte_at = 0.0
-        self._steps = {_IDLE: self._idle, _LEN: self._len, _BODY: self._body, _ETX: self._etx,
-                       _LRC: self._check, _STUFFED: self._stuffed, _DISCARD: self._discard}
+        self._steps = {_IDLE: self._on_idle, _LEN: self._on_len, _BODY: self._on_body,
+                       _ETX: self._on_etx, _LRC: self._on_lrc, _STUFFED: self._on_stuffed,
+                       _DISCARD: self._on_discard}
         self._reset()
 
     def _reset(self) -> None:
         self._state = _IDLE
         self._head = bytearray()
-        self._body = bytearray()
+        self._message = bytearray()
         self._need = 0
         self._escaped = False
         self._size = 0
@@ -237,7 +238,7 @@ class FrameParser:
         self._state = _DISCARD
         self._reason = reason
 
-    def _idle(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+    def _on_idle(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         byte = data[pos]
         self._size = 1
         if byte == STX:
@@ -251,7 +252,7 @@ class FrameParser:
                                                             else ""))
         return pos + 1
 
-    def _len(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+    def _on_len(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         take = min(self._length.size - len(self._head), len(data) - pos)
         self._head += data[pos:pos + take]
         self._size += take
@@ -268,26 +269,26 @@ class FrameParser:
                 self._state = _BODY
         return pos + take
 
-    def _body(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+    def _on_body(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         take = min(self._need, len(data) - pos)
-        self._body += data[pos:pos + take]
+        self._message += data[pos:pos + take]
         self._need -= take
         self._size += take
         if not self._need:
             self._state = _ETX
         return pos + take
 
-    def _etx(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+    def _on_etx(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         self._size += 1
         if data[pos] == ETX:
             self._state = _LRC
         else:
-            self._start_discard(f"bad length: no ETX after the {len(self._body)} bytes LEN "
+            self._start_discard(f"bad length: no ETX after the {len(self._message)} bytes LEN "
                                 "announces")
         return pos + 1
 
-    def _check(self, data: bytes, pos: int, tokens: list[Token]) -> int:
-        payload = bytes(self._body)
+    def _on_lrc(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+        payload = bytes(self._message)
         if data[pos] == _lrc(self._options, bytes(self._head), payload):
             tokens.append(GoodFrame(payload))
         else:
@@ -295,12 +296,12 @@ class FrameParser:
         self._reset()
         return pos + 1
 
-    def _stuffed(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+    def _on_stuffed(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         byte = data[pos]
         self._size += 1
         if self._escaped:
             self._escaped = False
-            self._body.append(byte)
+            self._message.append(byte)
         elif byte == DLE:
             self._escaped = True
         elif byte == ETX:
@@ -311,12 +312,12 @@ class FrameParser:
             self._reset()
             self._state, self._size = _STUFFED, 1
         else:
-            self._body.append(byte)
-        if len(self._body) > self._options.max_length:
+            self._message.append(byte)
+        if len(self._message) > self._options.max_length:
             self._start_discard(f"frame longer than max_length {self._options.max_length}")
         return pos + 1
 
-    def _discard(self, data: bytes, pos: int, tokens: list[Token]) -> int:
+    def _on_discard(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         self._size += len(data) - pos
         return len(data)
 
@@ -346,6 +347,9 @@ class MessageSent(_PayloadEvent):
 class DuplicateIgnored(_PayloadEvent):
     """The last delivered frame again, within the duplicate window: our ACK was lost; ACKed again."""
 
+    def __str__(self) -> str:
+        return "the last frame came again (its ACK was lost): ACKed, not delivered twice"
+
 
 @dataclass(frozen=True, slots=True)
 class FrameRejected:
@@ -354,12 +358,18 @@ class FrameRejected:
     reason: str
     size: int
 
+    def __str__(self) -> str:
+        return f"rejected {self.size} bytes: {self.reason}"
+
 
 @dataclass(frozen=True, slots=True)
 class Retransmitted:
     attempt: int
     cause: str
     """"NAK" or "timeout"."""
+
+    def __str__(self) -> str:
+        return f"transmission {self.attempt} after {'a NAK' if self.cause == 'NAK' else 'no answer'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +409,7 @@ class Link:
         self._queue: deque[bytes] = deque()
         self._pending: _Pending | None = None
         self._last_delivered: tuple[bytes, float] | None = None
+        self._frame_unsent = False
 
     # inputs
     def send(self, payload: bytes, now: float) -> None:
@@ -411,6 +422,13 @@ class Link:
         self.handle_timers(now)
         for token in self._parser.feed(data, now):
             self._on_token(token, now)
+
+    def transmitted(self, now: float) -> None:
+        """The bytes last taken from `data_to_send` have left the port: a frame among them
+        waits for its ACK from now on, since at a low baud rate sending it takes a while."""
+        if self._pending is not None and self._frame_unsent:
+            self._pending.deadline = now + self.options.ack_timeout
+        self._frame_unsent = False
 
     def handle_timers(self, now: float) -> None:
         for token in self._parser.expire(now):
@@ -446,6 +464,7 @@ class Link:
             payload = self._queue.popleft()
             frame = encode_frame(payload, self.options)
             self._out += frame
+            self._frame_unsent = True
             if self.options.ack_nak:
                 self._pending = _Pending(payload, frame, 1, now + self.options.ack_timeout)
             else:
@@ -460,6 +479,7 @@ class Link:
         pending.transmissions += 1
         pending.deadline = now + self.options.ack_timeout
         self._out += pending.frame
+        self._frame_unsent = True
         self._events.append(Retransmitted(pending.transmissions, cause))
 
     def _on_token(self, token: Token, now: float) -> None:

@@ -197,8 +197,6 @@ def dialect_to_data(dialect: Dialect) -> dict[str, Any]:
 
 def load_dialect(path: str | Path) -> Dialect:
     """Load a dialect from a `.json` or `.toml` file; `base = "iso87"` inherits a built-in one."""
-    from protocol.dialects import get_dialect
-
     p = Path(path)
     try:
         text = p.read_bytes()
@@ -209,11 +207,13 @@ def load_dialect(path: str | Path) -> Dialect:
     except (ValueError, UnicodeDecodeError) as exc:
         kind = p.suffix.lstrip(".") or "JSON"
         raise SpecError(f"dialect spec {p}: not valid {kind}: {exc}") from None
+    from protocol.dialects import BUILTIN
+
     base_name = data.get("base") if isinstance(data, Mapping) else None
     base = None
     if base_name is not None:
-        try:
-            base = get_dialect(base_name)
-        except KeyError:
-            raise _fail("base", f"no built-in dialect {base_name!r}") from None
+        # Only built-in dialects can be inherited: a file naming a file could name itself.
+        if not isinstance(base_name, str) or base_name not in BUILTIN:
+            raise _fail("base", f"must name a built-in dialect ({', '.join(BUILTIN)}), not {base_name!r}")
+        base = BUILTIN[base_name]
     return dialect_from_data(data, base)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from hypothesis import strategies as st
 
@@ -105,6 +106,7 @@ def _signed(low: int, high: int) -> st.SearchStrategy[str]:
     return st.builds(str.__add__, st.sampled_from("CD"), digits)
 
 
+@lru_cache(maxsize=4096)
 def field_values(field_spec: FieldSpec) -> st.SearchStrategy[FieldValue]:
     """Valid values for one data element, as a :class:`Message` holds them.
 
@@ -228,6 +230,9 @@ class BrokenFrame:
     kind: str
     data: bytes
     detail: str = ""
+    field: int | str | None = None
+    """The field a decoder's ProtocolError should name, where one can say (e.g. "end" for bytes
+    appended, the number of an over-long field, "MTI", "TPDU")."""
 
     @property
     def invalid(self) -> bool:
@@ -235,7 +240,7 @@ class BrokenFrame:
         return self.kind in INVALID_KINDS
 
     def __repr__(self) -> str:
-        return f"BrokenFrame({self.kind!r}, {self.detail!r}, data={self.data.hex()})"
+        return f"BrokenFrame({self.kind!r}, {self.detail!r}, field={self.field!r}, data={self.data.hex()})"
 
 
 def _prefix_width(spec: FieldSpec, dialect: Dialect) -> int:
@@ -266,13 +271,16 @@ def _undefined_fields(dialect: Dialect) -> list[int]:
     return [n for n in range(2, 129) if n not in dialect.fields]
 
 
-def _digit_sites(dialect: Dialect, codec: Codec, message: bytes) -> list[tuple[str, int, str, str]]:
-    """Where digits live in `message`: (encoding, offset, what, kind) per byte or byte run.
+Site = tuple[str, int, int | str, str]
+
+
+def _digit_sites(dialect: Dialect, codec: Codec, message: bytes) -> list[Site]:
+    """Where digits live in `message`: (encoding, offset, field, kind) per byte.
 
     ASCII sites are single bytes that must be digits; BCD sites are bytes whose two nibbles must
     be digits (or D for '=' in z fields).
     """
-    sites: list[tuple[str, int, str, str]] = []
+    sites: list[Site] = []
     for i in range(codec.mti_length):
         sites.append((dialect.mti_encoding, i, "MTI", "n"))
     _, spans = codec.decode_spans(message)
@@ -282,14 +290,21 @@ def _digit_sites(dialect: Dialect, codec: Codec, message: bytes) -> list[tuple[s
         spec = dialect.fields[number]
         width = _prefix_width(spec, dialect)
         for i in range(start, start + width):
-            sites.append((dialect.prefix_encoding, i, f"field {number} length prefix", "n"))
+            sites.append((dialect.prefix_encoding, i, number, "prefix"))
         if spec.kind in ("n", "z"):
             encoding = dialect.digit_encoding
             for i in range(start + width, end):
-                sites.append((encoding, i, f"field {number}", spec.kind))
+                sites.append((encoding, i, number, spec.kind))
     return sites
 
 
+_INDEX = st.integers(0, 1 << 20)
+_BOOL = st.booleans()
+_DELTA = st.integers(1, 16).flatmap(lambda v: st.sampled_from((v, -v)))
+_EXTRA = st.binary(min_size=1, max_size=16)
+_FLIPS = st.lists(_INDEX, min_size=1, max_size=3)
+_GARBAGE = st.binary(max_size=64)
+_BITMAP16 = st.binary(min_size=16, max_size=16)
 NON_DIGIT_BYTES = bytes(b for b in range(256) if not 0x30 <= b <= 0x39 and b != 0x3D)
 
 
@@ -338,91 +353,104 @@ def broken_frames(
         lambda n: st.tuples(st.just(n), field_values(d.fields[n]))
     ) if overlong else st.nothing()
 
+    kind_strategy = st.sampled_from(applicable)
+    tpdu_strategy = tpdus() if d.tpdu else st.none()
+    undefined = _undefined_fields(d)
+
+    # Strategies are built once above; inside, a number in a range is INDEX modulo its size
+    # (a strategy built per draw costs more than the draw).
     @st.composite
     def build(draw: st.DrawFn) -> BrokenFrame:
-        kind = draw(st.sampled_from(applicable))
+        def pick(low: int, high: int) -> int:
+            return low + draw(_INDEX) % (high - low + 1)
+
+        kind = draw(kind_strategy)
         message = draw(plain)
         if kind == "overlong_field" and not any(n in message.fields for n in overlong):
             number, value = draw(extra_field)
             message.fields[number] = value
         encoded = codec.encode(message)
-        tpdu = draw(tpdus()) if d.tpdu else None
+        tpdu = draw(tpdu_strategy)
         head = len(framing.payload(b"", tpdu))  # TPDU + header size
         payload = framing.payload(encoded, tpdu)
         frame = _prefixed(payload)
 
         if kind == "truncated":
-            cut = draw(st.integers(0, len(frame) - 1))
+            cut = pick(0, len(frame) - 1)
             return BrokenFrame(kind, frame[:cut], f"{cut} of {len(frame)} bytes")
         if kind == "truncated_message":
-            cut = draw(st.integers(0, len(payload) - 1))
+            cut = pick(0, len(payload) - 1)
             return BrokenFrame(kind, _prefixed(payload[:cut]), f"payload {cut} of {len(payload)} bytes")
         if kind == "wrong_length":
             size = len(payload)
-            near = st.integers(max(0, size - 16), min(MAX_FRAME, size + 16))
-            declared = draw(st.one_of(near, st.integers(0, MAX_FRAME)).filter(lambda v: v != size))
+            # near the truth (off by 1 to 16), or anything a 2-byte prefix can say
+            declared = max(0, size + draw(_DELTA)) if draw(_BOOL) else pick(0, MAX_FRAME)
+            if declared == size:
+                declared = size - 1 if size else 1
             return BrokenFrame(kind, declared.to_bytes(2, "big") + payload,
                                f"declared {declared}, payload {len(payload)}")
         if kind == "appended":
-            extra = draw(st.binary(min_size=1, max_size=16))
-            return BrokenFrame(kind, _prefixed(payload + extra), f"{len(extra)} byte(s) appended")
+            extra = draw(_EXTRA)
+            return BrokenFrame(kind, _prefixed(payload + extra), f"{len(extra)} byte(s) appended", "end")
         if kind == "bit_flip":
             data = bytearray(frame)
-            flips = draw(st.lists(st.integers(0, len(frame) * 8 - 1), min_size=1, max_size=3,
-                                  unique=True))
+            flips = sorted({i % (len(frame) * 8) for i in draw(_FLIPS)})
             for bit in flips:
                 data[bit // 8] ^= 0x80 >> (bit % 8)
             return BrokenFrame(kind, bytes(data), f"bits {flips}")
         if kind == "garbage":
-            junk = draw(st.binary(min_size=0, max_size=64))
+            junk = draw(_GARBAGE)
             return BrokenFrame(kind, _prefixed(junk), f"{len(junk)} random bytes")
         if kind == "bad_tpdu":
-            ident = draw(st.integers(0, 255).filter(lambda v: v != 0x60))
-            return BrokenFrame(kind, _prefixed(bytes([ident]) + payload[1:]), f"TPDU id 0x{ident:02X}")
+            ident = (0x61 + draw(_INDEX) % 255) % 256  # anything but 0x60
+            return BrokenFrame(kind, _prefixed(bytes([ident]) + payload[1:]), f"TPDU id 0x{ident:02X}",
+                               "TPDU")
 
         at = head + codec.mti_length  # the bitmap, inside the payload
         has_secondary = bool(encoded[codec.mti_length] & 0x80)
         size = 16 if has_secondary else 8
         if kind == "junk_bitmap":
-            junk = draw(st.binary(min_size=size, max_size=size))
+            junk = draw(_BITMAP16)[:size]
             return BrokenFrame(kind, _prefixed(payload[:at] + junk + payload[at + size:]),
                                f"bitmap {junk.hex()}")
         if kind == "undefined_field":
-            number = draw(st.sampled_from(_undefined_fields(d)))
+            number = undefined[pick(0, len(undefined) - 1)]
             bitmap = int.from_bytes(payload[at:at + size], "big") << (128 - size * 8)
             bitmap |= 1 << (128 - number)
             if number > 64:
                 bitmap |= 1 << 127
             new = bitmap.to_bytes(16, "big") if bitmap & (1 << 127) else (bitmap >> 64).to_bytes(8, "big")
             return BrokenFrame(kind, _prefixed(payload[:at] + new + payload[at + size:]),
-                               f"bit {number} set")
+                               f"bit {number} set", number)
         if kind == "overlong_field":
             _, spans = codec.decode_spans(encoded)
-            number = draw(st.sampled_from([n for n in spans if n in overlong]))
+            present = [n for n in spans if n in overlong]
+            number = present[pick(0, len(present) - 1)]
             spec = d.fields[number]
             start = head + spans[number][0]
-            value = draw(st.integers(spec.length + 1, _prefix_capacity(spec, d)))
+            value = pick(spec.length + 1, _prefix_capacity(spec, d))
             prefix = _spell_prefix(value, spec, d)
             data = payload[:start] + prefix + payload[start + len(prefix):]
-            return BrokenFrame(kind, _prefixed(data), f"field {number} length {value} > {spec.length}")
+            return BrokenFrame(kind, _prefixed(data), f"length {value} > {spec.length}", number)
         # non_digit / bad_bcd
         encoding = "ascii" if kind == "non_digit" else "bcd"
         sites = [s for s in _digit_sites(d, codec, encoded) if s[0] == encoding]
         if not sites:  # e.g. ASCII prefixes only, and no variable field in this message
-            return BrokenFrame("appended", _prefixed(payload + b"\0"), f"no {encoding} digits to break")
-        _, offset, what, field_kind = draw(st.sampled_from(sites))
+            return BrokenFrame("appended", _prefixed(payload + b"\0"), f"no {encoding} digits to break",
+                               "end")
+        _, offset, number, site_kind = sites[pick(0, len(sites) - 1)]
+        what = f"field {number}" + (" length prefix" if site_kind == "prefix" else "")
         data = bytearray(payload)
         if encoding == "ascii":
-            data[head + offset] = draw(st.sampled_from(NON_DIGIT_BYTES))
+            data[head + offset] = NON_DIGIT_BYTES[pick(0, len(NON_DIGIT_BYTES) - 1)]
             detail = f"{what}: byte 0x{data[head + offset]:02X} at message offset {offset}"
         else:
-            bad = "ABCEF" if field_kind == "z" else "ABCDEF"
-            nibble = int(draw(st.sampled_from(bad)), 16)
-            high = draw(st.booleans())
+            bad = "ABCEF" if site_kind == "z" else "ABCDEF"
+            nibble = int(bad[pick(0, len(bad) - 1)], 16)
             old = data[head + offset]
-            data[head + offset] = (nibble << 4 | old & 0x0F) if high else (old & 0xF0 | nibble)
+            data[head + offset] = (nibble << 4 | old & 0x0F) if draw(_BOOL) else (old & 0xF0 | nibble)
             detail = f"{what}: nibble {nibble:X} at message offset {offset}"
-        return BrokenFrame(kind, _prefixed(bytes(data)), detail)
+        return BrokenFrame(kind, _prefixed(bytes(data)), detail, number)
 
     return build()
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol.framing import Framing
-from protocol.spec import Dialect
+from protocol.transport.serial import SerialChannel, SerialLinkError
 from protocol.transport.tcp import TcpChannel, TransportError, parse_endpoint
 
 
 class Channel(Protocol):
-    def exchange(self, payload: bytes, timeout: float | None = None) -> bytes: ...
+    def exchange(self, payload: bytes, timeout: float) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -29,13 +28,29 @@ class Wire:
     connect_timeout: float = 5.0
     response_timeout: float = 15.0
 
-    def describe(self) -> str:
-        return f"serial {self.serial}" if self.serial else str(self.host)
+
+class SerialAdapter:
+    """A serial channel whose failures read like TCP's, so callers handle one error type."""
+
+    def __init__(self, spec: str) -> None:
+        try:
+            self._channel = SerialChannel(spec)
+        except (SerialLinkError, ValueError) as exc:
+            raise TransportError(f"serial {spec}: {exc}") from None
+
+    def exchange(self, payload: bytes, timeout: float) -> bytes:
+        try:
+            return self._channel.exchange(payload, timeout)
+        except SerialLinkError as exc:
+            raise TransportError(str(exc)) from None
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def open_channel(wire: Wire) -> Channel:
     if wire.serial:
-        return _serial_channel(wire)
+        return SerialAdapter(wire.serial)
     if not wire.host:
         raise TransportError("no host given: use --host tcp://HOST:PORT (or init --host)")
     try:
@@ -43,26 +58,3 @@ def open_channel(wire: Wire) -> Channel:
     except ValueError as exc:
         raise TransportError(str(exc)) from None
     return TcpChannel(endpoint, wire.connect_timeout, wire.response_timeout)
-
-
-def _serial_channel(wire: Wire) -> Channel:
-    try:
-        from protocol.transport.serial import SerialChannel
-    except ImportError:
-        raise TransportError("serial transport is not available in this build") from None
-    return SerialChannel(wire.serial, None)  # type: ignore[no-any-return]
-
-
-def exchange(wire: Wire, framing: Framing, message: bytes) -> tuple[bytes, bytes]:
-    """Send one message and return (request payload, response message bytes)."""
-    payload = framing.payload(message)
-    channel = open_channel(wire)
-    try:
-        reply = channel.exchange(payload, wire.response_timeout)
-    finally:
-        channel.close()
-    return payload, framing.unframe(reply).message
-
-
-def framing_for(dialect: Dialect) -> Framing:
-    return Framing(dialect)

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from protocol.codec import codec_for
 from protocol.codes import KeyErrorReason
+from protocol.crypto.keys import Key
 from protocol.dialects import get_dialect
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, SpecError
 from protocol.framing import Framing
 from protocol.mask import mask_in_place, masked_fields
 from protocol.message import Message
@@ -28,12 +28,20 @@ from terminal import diagnose as diag
 from terminal.ceremony import Component, combine
 from terminal.channel import Wire, open_channel
 from terminal.injection import read_injection_file
-from terminal.keystore import KeySet, Keystore, KeystoreError, StoredKey, key_status
+from terminal.keystore import (
+    KeySet,
+    KeyStatus,
+    Keystore,
+    KeystoreError,
+    StoredKey,
+    key_status,
+)
 from terminal.session import Kind, Purchase, Request, Result, Session, TerminalKeyError
 from terminal.store import (
     Config,
     Layout,
     Record,
+    StateError,
     append_record,
     load_config,
     load_counters,
@@ -58,14 +66,10 @@ class Terminal:
 
     layout: Layout
     config: Config
+    dialect: Dialect
     wire: Wire = field(default_factory=Wire)
-    dialect_name: str | None = None
     clock: Callable[[], float] = system_clock
     trace: Trace | None = None
-
-    @property
-    def dialect(self) -> Dialect:
-        return get_dialect(self.dialect_name or self.config.dialect)
 
     @property
     def keystore(self) -> Keystore:
@@ -79,12 +83,23 @@ class Terminal:
             raise TerminalKeyError(KeyErrorReason("K1", "TMK", exc.reason), str(exc)) from None
 
 
-def open_terminal(layout: Layout, **settings: Any) -> Terminal:
+def dialect_named(name: str) -> Dialect:
+    """A dialect, or a StateError a person can read (get_dialect raises KeyError)."""
+    try:
+        return get_dialect(name)
+    except (KeyError, SpecError) as exc:
+        raise StateError(f"dialect {name!r}: {exc.args[0] if exc.args else exc}") from None
+
+
+def open_terminal(layout: Layout, wire: Wire | None = None, dialect_name: str | None = None,
+                  trace: Trace | None = None) -> Terminal:
+    """The terminal in `layout`; a wire that names no host uses the one given at init."""
     config = load_config(layout)
-    wire = settings.pop("wire", None) or Wire(host=config.host)
+    wire = wire or Wire()
     if wire.host is None and wire.serial is None:
         wire = replace(wire, host=config.host)
-    return Terminal(layout, config, wire, **settings)
+    dialect = dialect_named(dialect_name or config.dialect)
+    return Terminal(layout, config, dialect, wire, trace=trace)
 
 
 # --- provisioning ---------------------------------------------------------------------------
@@ -94,7 +109,7 @@ def init_terminal(folder: Path, config: Config) -> Layout:
     layout = Layout(folder)
     if layout.config.exists():
         raise FileExistsError(f"a terminal is already initialised in {folder}")
-    get_dialect(config.dialect)
+    dialect_named(config.dialect)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     Keystore(layout.keystore, layout.storage_key).create()
@@ -102,7 +117,7 @@ def init_terminal(folder: Path, config: Config) -> Layout:
     return layout
 
 
-def install_tmk(terminal: Terminal, tmk_key: Any) -> StoredKey:
+def install_tmk(terminal: Terminal, tmk_key: Key) -> StoredKey:
     """A new TMK replaces the whole key set: the old working keys came under the old TMK.
 
     A keystore that no longer loads is replaced too, storage key included: loading a TMK is the
@@ -146,9 +161,8 @@ def _trace(terminal: Terminal, arrow: str, payload: bytes, framing: Framing) -> 
     if terminal.trace is None:
         return
     dialect = terminal.dialect
-    unframed = framing.unframe(payload)
-    base = len(payload) - len(unframed.message)
     try:
+        unframed = framing.unframe(payload)
         message, spans = codec_for(dialect).decode_spans(unframed.message)
     except ProtocolError as exc:
         terminal.trace(f"{arrow} {len(payload)} bytes that do not decode: {exc}")
@@ -156,6 +170,7 @@ def _trace(terminal: Terminal, arrow: str, payload: bytes, framing: Framing) -> 
     terminal.trace(f"{arrow} {message.mti} ({len(payload)} bytes)")
     for number, value in masked_fields(message, dialect).items():
         terminal.trace(f"     {number:>3} {value}")
+    base = len(payload) - len(unframed.message)
     terminal.trace(f"     hex {mask_in_place(payload, spans, dialect, base).hex().upper()}")
 
 
@@ -197,6 +212,8 @@ def run_exchange(terminal: Terminal, kind: Kind, build: Build) -> Result:
         session = Session(terminal.config, terminal.dialect, keys, terminal.clock)
         batch = load_counters(terminal.layout).batch
         request = build(session, reserve_stan(terminal.layout), batch)
+    except ProtocolError as exc:  # our own request does not encode: bad input, not the host
+        raise ValueError(f"cannot build the {kind} request: {exc}") from None
     except TerminalKeyError as exc:
         result = Result(kind, "key_error", "14", exc.reason, "terminal", detail=exc.detail)
         _record(terminal, kind, result, None)
@@ -276,7 +293,7 @@ def purchase_with_auto_signon(terminal: Terminal, order: Purchase) -> Steps:
 @dataclass(frozen=True)
 class Status:
     config: Config
-    keys: tuple[Any, ...]
+    keys: tuple[KeyStatus, ...]
     keystore_error: str | None
     stan: int
     batch: int

@@ -30,8 +30,8 @@ CAUSES = {
 
 SIGN_ON = "sign on again: `pos-terminal signon` downloads fresh working keys"
 CEREMONY = (
-    "load the TMK again through a new key ceremony: `pos-host terminal add` (or `tmk`), "
-    "then `pos-terminal load-tmk`, then `pos-terminal signon`"
+    "load the TMK again through a new key ceremony: `pos-host terminal rekey TID` at the host, "
+    "`pos-terminal load-tmk` with the new components, then `pos-terminal signon`"
 )
 CHECK_LINE = "check the line (cabling, modem, network) and retry the sign-on"
 HARDWARE = "if the keystore fails again: hardware service, then keys re-injected"
@@ -63,10 +63,8 @@ RULES: tuple[Rule, ...] = (
          ("the host holds no active TMK for this terminal: revoked (disclosed) or never issued",),
          (CEREMONY,)),
     Rule("K1", False, "host", ("revoked",),
-         ("key disclosed (written down, shown in public): the host revoked the working keys",),
-         (SIGN_ON,)),
-    Rule("K1", False, "host", ("signed off", "sign-off", "signoff"),
-         ("the terminal signed off, which discards its working keys at the host",),
+         ("key disclosed (written down, shown in public): the host revoked the working keys",
+          "the terminal signed off, which discards its working keys at the host"),
          (SIGN_ON,)),
     Rule("K1", False, None, (),
          ("the terminal never signed on since its TMK was loaded",
@@ -134,10 +132,11 @@ class NotAKeyError:
     )
 
 
-def last_key_error(records: Sequence[Record]) -> Record | None:
-    for record in reversed(records):
-        if record.rc == "14":
-            return record
+def last_key_error(records: Sequence[Record]) -> int | None:
+    """Where the last 14 is in the journal (what came before it is evidence)."""
+    for index in range(len(records) - 1, -1, -1):
+        if records[index].rc == "14":
+            return index
     return None
 
 
@@ -157,31 +156,32 @@ def match_rule(code: str, key: str, source: str, text: str) -> Rule | None:
 
 
 def evidence(
-    record: Record, records: Sequence[Record], keys: Sequence[KeyStatus], now: float
+    index: int, records: Sequence[Record], keys: Sequence[KeyStatus], now: float
 ) -> tuple[str, ...]:
     """Facts from the terminal's own state that support (or rule out) the table's reasons."""
+    record = records[index]
     facts = []
     for status in keys:
         if status.present and status.installed_at is not None:
             age = now - status.installed_at
             facts.append(
-                f"{status.name}: generation {status.generation}, installed {_age(age)} ago, "
+                f"{status.name}: generation {status.generation}, installed {age_text(age)} ago, "
                 f"check value {status.kcv}"
             )
         else:
             facts.append(f"{status.name}: not present")
-    signons = [r for r in records if r.command == "signon" and r.at <= record.at]
+    signons = [r for r in records[:index] if r.command == "signon"]
     if not signons:
         facts.append("no sign-on in the terminal's journal before the error")
     else:
         last = signons[-1]
-        facts.append(f"last sign-on {_age(record.at - last.at)} before the error: {last.outcome}")
+        facts.append(f"last sign-on {age_text(record.at - last.at)} before the error: {last.outcome}")
     if record.detail:
         facts.append(record.detail)
     return tuple(facts)
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     seconds = max(0.0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -193,9 +193,10 @@ def diagnose(
     records: Sequence[Record], keys: Sequence[KeyStatus], now: float
 ) -> Diagnosis | NotAKeyError | None:
     """Explain the last 14 in the journal, or say there was none."""
-    record = last_key_error(records)
-    if record is None:
+    index = last_key_error(records)
+    if index is None:
         return None
+    record = records[index]
     parts = (record.reason or "").split(" ", 2)
     if len(parts) < 2 or parts[0] not in CAUSES:
         return NotAKeyError(record.at, record.command)
@@ -215,5 +216,5 @@ def diagnose(
         cause_meaning=cause_meaning,
         reasons=rule.reasons if rule else (),
         fixes=rule.fixes if rule else (SIGN_ON,),
-        evidence=evidence(record, records, keys, now),
+        evidence=evidence(index, records, keys, now),
     )

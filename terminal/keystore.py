@@ -15,11 +15,11 @@ import hmac
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.crypto import tr31
-from protocol.crypto.keys import Key
+from protocol.crypto.keys import Key, Rng
 from terminal.fsops import REAL_OPS, FsOps, atomic_replace, write_secret_once
 
 FORMAT = 1
@@ -79,7 +79,8 @@ class KeySet:
         return KeySet({**kept, **keys}, key_set, self.serial + 1)
 
     def without_working(self) -> KeySet:
-        return replace(self.with_working({}, ""), key_set=None)
+        kept = {name: k for name, k in self.keys.items() if name not in WORKING_KEYS}
+        return KeySet(kept, None, self.serial + 1)
 
 
 @dataclass(frozen=True)
@@ -93,19 +94,19 @@ class KeyStatus:
     kcv: str | None = None
 
 
-def _new_storage_key() -> bytes:
-    return os.urandom(STORAGE_KEY_BYTES).hex().encode() + b"\n"
+def _new_storage_key(rng: Rng) -> bytes:
+    return rng(STORAGE_KEY_BYTES).hex().encode() + b"\n"
 
 
 def load_storage_key(path: Path) -> Key:
     try:
         material = bytes.fromhex(path.read_text().strip())
     except FileNotFoundError as exc:
-        raise KeystoreError("storage key missing", str(path)) from exc
+        raise KeystoreError("storage key lost", str(path)) from exc
     except (OSError, ValueError) as exc:
-        raise KeystoreError("storage key unreadable", type(exc).__name__) from exc
+        raise KeystoreError("storage key bad", type(exc).__name__) from exc
     if len(material) != STORAGE_KEY_BYTES:
-        raise KeystoreError("storage key unreadable", "wrong length")
+        raise KeystoreError("storage key bad", "wrong length")
     return Key("AES", "K0", material)
 
 
@@ -113,11 +114,11 @@ def _integrity_key(storage_key: Key) -> bytes:
     return hmac.new(storage_key.material, _INTEGRITY_LABEL, hashlib.sha256).digest()
 
 
-def encode_keyset(keyset: KeySet, storage_key: Key) -> bytes:
+def encode_keyset(keyset: KeySet, storage_key: Key, rng: Rng = os.urandom) -> bytes:
     """One line of canonical JSON, then its HMAC: any byte changed anywhere is caught."""
     entries = {
         name: {
-            "block": tr31.wrap(storage_key, stored.key, TR31_USAGE[name]),
+            "block": tr31.wrap(storage_key, stored.key, TR31_USAGE[name], rng=rng),
             "generation": stored.generation,
             "installed_at": stored.installed_at,
             "kcv": stored.kcv_hex,
@@ -175,16 +176,17 @@ class Keystore:
     path: Path
     storage_key_path: Path
     ops: FsOps = REAL_OPS
+    rng: Rng = os.urandom
 
     def create(self) -> None:
         """A fresh terminal: a new storage key and an empty, valid keystore."""
-        write_secret_once(self.storage_key_path, _new_storage_key())
+        write_secret_once(self.storage_key_path, _new_storage_key(self.rng))
         self.save(KeySet())
 
     def reset(self) -> None:
         """A new storage key and an empty keystore: what re-injecting keys into a device whose
         key memory failed amounts to. Whatever the old files held is unreadable afterwards."""
-        atomic_replace(self.storage_key_path, _new_storage_key(), self.ops)
+        atomic_replace(self.storage_key_path, _new_storage_key(self.rng), self.ops)
         self.save(KeySet())
 
     def load(self) -> KeySet:
@@ -199,7 +201,7 @@ class Keystore:
 
     def save(self, keyset: KeySet) -> None:
         storage_key = load_storage_key(self.storage_key_path)
-        atomic_replace(self.path, encode_keyset(keyset, storage_key), self.ops)
+        atomic_replace(self.path, encode_keyset(keyset, storage_key, self.rng), self.ops)
 
 
 def key_status(keyset: KeySet) -> list[KeyStatus]:

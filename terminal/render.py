@@ -13,7 +13,7 @@ from typing import Any
 from protocol.codes import describe_code
 from protocol.mask import mask_pan
 from terminal.commands import Status, Steps
-from terminal.diagnose import Diagnosis, NotAKeyError
+from terminal.diagnose import Diagnosis, NotAKeyError, age_text
 from terminal.keystore import StoredKey
 from terminal.session import Purchase, Result, format_amount
 
@@ -95,19 +95,11 @@ def steps_lines(steps: Steps, order: Purchase, tid: str, mid: str, now: float) -
         if result.kind == "purchase":
             lines.append("  --auto-signon: signing on once and retrying")
     final = steps.final
-    if final.kind == "purchase":
+    if final.kind == "purchase" and final.response is not None:
         lines.extend(receipt(final, order, tid, mid, now))
     else:
         lines.extend(result_lines(final))
     return lines
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def status_data(status: Status) -> dict[str, Any]:
@@ -131,7 +123,7 @@ def status_data(status: Status) -> dict[str, Any]:
 def status_lines(status: Status) -> list[str]:
     c = status.config
     lines = [f"terminal {c.tid}  merchant {c.mid}  dialect {c.dialect}  key set {c.key_set}",
-             f"host {c.host or '(none: use --host)'}  working-key lifetime {_age(c.wk_lifetime)}",
+             f"host {c.host or '(none: use --host)'}  working-key lifetime {age_text(c.wk_lifetime)}",
              f"STAN {status.stan:06d}  batch {status.batch:06d}"]
     if status.keystore_error:
         lines.append(f"keystore: UNUSABLE ({status.keystore_error}): key error 14 K1 on use")
@@ -145,7 +137,7 @@ def status_lines(status: Status) -> list[str]:
         state = ""
         if row.name != "TMK" and age > c.wk_lifetime:
             state = "  (past its local lifetime: K2)"
-        lines.append(f"  {row.name}  generation {row.generation}  age {_age(age)}  "
+        lines.append(f"  {row.name}  generation {row.generation}  age {age_text(age)}  "
                      f"check value {row.kcv}{state}")
     if status.last:
         last = status.last

@@ -28,7 +28,6 @@ from terminal.keystore import KeySet, StoredKey
 from terminal.store import Config
 
 Clock = Callable[[], float]
-Rng = Callable[[int], bytes]
 Kind = Literal["signon", "signoff", "echo", "purchase"]
 Source = Literal["host", "terminal"]
 
@@ -95,6 +94,15 @@ class Purchase:
     expiry: str
     pin: str | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse a mistyped card before a STAN is spent on it."""
+        if not (12 <= len(self.pan) <= 19 and self.pan.isdigit()):
+            raise ValueError("the card number must be 12 to 19 digits")
+        if not (len(self.expiry) == 4 and self.expiry.isdigit() and 1 <= int(self.expiry[2:]) <= 12):
+            raise ValueError("the expiry must be YYMM")
+        if self.pin is not None and not (4 <= len(self.pin) <= 12 and self.pin.isdigit()):
+            raise ValueError("a PIN is 4 to 12 digits")
+
     def __repr__(self) -> str:
         return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'})"
 
@@ -123,28 +131,20 @@ class Session:
         dialect: Dialect,
         keys: KeySet,
         clock: Clock = time.time,
-        rng: Rng | None = None,
     ) -> None:
         self.config = config
         self.dialect = dialect
         self.codec: Codec = codec_for(dialect)
         self.keys = keys
         self.clock = clock
-        self.rng = rng
 
     # --- requests ---------------------------------------------------------------------------
 
     def _base(self, mti: str, stan: int, batch: int, type_code: str, nmic: str) -> Message:
-        now = time.gmtime(self.clock())
+        """The fields every request carries: STAN, terminal, merchant, field 60."""
         field60 = fields.Field60(type_code, f"{batch:06d}", nmic).format()
-        return Message(mti, {
-            11: f"{stan:06d}",
-            12: time.strftime("%H%M%S", now),
-            13: time.strftime("%m%d", now),
-            41: self.config.tid,
-            42: self.config.mid,
-            60: field60,
-        })
+        return Message(mti, {11: f"{stan:06d}", 41: self.config.tid, 42: self.config.mid,
+                             60: field60})
 
     def signon(self, stan: int, batch: int, key_set: str | None = None) -> Request:
         if self.keys.tmk is None:
@@ -152,13 +152,14 @@ class Session:
         code = key_set or self.config.key_set
         fields.key_set(code)  # refuses an unknown set before anything is sent
         msg = self._base("0800", stan, batch, fields.TYPE_SIGN_ON, code)
-        msg.fields[63] = f"{self.config.operator:0>2} "
+        now = time.gmtime(self.clock())  # UTC: the same test gives the same bytes anywhere
+        msg.fields.update({12: time.strftime("%H%M%S", now), 13: time.strftime("%m%d", now),
+                           63: f"{self.config.operator} "})
         return Request("signon", msg, self.codec.encode(msg), stan)
 
     def network(self, kind: Literal["signoff", "echo"], stan: int, batch: int) -> Request:
         nmic = fields.NMIC_SIGN_OFF if kind == "signoff" else fields.NMIC_ECHO
         msg = self._base("0820", stan, batch, fields.TYPE_SIGN_ON, nmic)
-        del msg.fields[12], msg.fields[13]
         return Request(kind, msg, self.codec.encode(msg), stan)
 
     def check_working_keys(self, need_pik: bool) -> StoredKey:
@@ -182,7 +183,6 @@ class Session:
     def purchase(self, stan: int, batch: int, purchase: Purchase) -> Request:
         mak = self.check_working_keys(need_pik=purchase.pin is not None)
         msg = self._base("0200", stan, batch, fields.TYPE_PURCHASE, fields.NMIC_NONE)
-        del msg.fields[12], msg.fields[13]
         msg.fields.update({
             2: purchase.pan,
             3: "000000",

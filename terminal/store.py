@@ -64,6 +64,17 @@ class Config:
     host: str | None = None
     wk_lifetime: int = DEFAULT_WK_LIFETIME
 
+    def __post_init__(self) -> None:
+        """Refuse at init what would only fail later, inside a request (41 is ans8, 42 ans15)."""
+        for name, value, size in (("TID", self.tid, 8), ("merchant id", self.mid, 15)):
+            if not 0 < len(value) <= size or not value.isascii() or not value.isprintable() \
+                    or " " in value:
+                raise ValueError(f"{name} must be 1 to {size} printable characters, not {value!r}")
+        if len(self.operator) != 2 or not self.operator.isdigit():
+            raise ValueError(f"operator must be two digits, not {self.operator!r}")
+        if self.wk_lifetime <= 0:
+            raise ValueError("the working-key lifetime must be positive")
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode() + b"\n"
 

@@ -95,6 +95,7 @@ class RunningHost:
     log_path: Path
     host: str = ""
     port: int = 0
+    _stdout: bytes = b""
 
     @property
     def endpoint(self) -> str:
@@ -103,6 +104,11 @@ class RunningHost:
     @property
     def returncode(self) -> int | None:
         return self.process.returncode
+
+    def next_line(self, timeout: float = START_TIMEOUT) -> str:
+        """The next line on the host's stdout, e.g. `listening serial /dev/pts/N`."""
+        line, self._stdout = _read_line(self.process, self._stdout, timeout)
+        return line
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
@@ -125,10 +131,11 @@ class RunningHost:
         return self.process.returncode
 
 
-def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+def _read_line(process: subprocess.Popen[bytes], buffer: bytes,
+               timeout: float) -> tuple[str, bytes]:
+    """One line from stdout, and what was read past it (kept for the next line)."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
-    buffer = b""
     deadline = time.monotonic() + timeout
     while b"\n" not in buffer:
         left = deadline - time.monotonic()
@@ -138,9 +145,10 @@ def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
         if ready:
             chunk = os.read(fd, 4096)
             if not chunk:
-                raise RuntimeError("pos-host exited before it was listening")
+                raise RuntimeError("pos-host closed its stdout")
             buffer += chunk
-    return buffer.split(b"\n", 1)[0].decode()
+    line, rest = buffer.split(b"\n", 1)
+    return line.decode(), rest
 
 
 def start_host(
@@ -159,7 +167,7 @@ def start_host(
     )
     running = RunningHost(process, data, log)
     try:
-        line = _read_line(process, timeout)
+        line = running.next_line(timeout)
         words = line.split()
         if words[:2] != ["listening", "tcp"]:
             raise RuntimeError(f"unexpected first line from pos-host: {line!r}")

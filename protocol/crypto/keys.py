@@ -1,7 +1,9 @@
 """The ``Key`` value passed around the project, DES parity, and key generation."""
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.crypto.errors import KeyMaterialError
 from protocol.crypto.kcv import kcv
@@ -41,7 +43,7 @@ def check_des_key(material: bytes) -> None:
         raise KeyMaterialError("DES/TDES key without odd parity")
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class Key:
     """A key with what it is for. Its text forms show usage, length and check value only."""
 
@@ -63,6 +65,20 @@ class Key:
         return f"Key({self.algorithm}, usage={self.usage!r}, {len(self.material)} bytes, kcv={self.kcv_hex})"
 
     __str__ = __repr__
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis and IPython pretty-print dataclasses field by field; keep material out."""
+        printer.text(repr(self))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Key):
+            return NotImplemented
+        return (self.algorithm, self.usage) == (other.algorithm, other.usage) and (
+            hmac.compare_digest(self.material, other.material)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.algorithm, self.usage, self.material))
 
     @property
     def length(self) -> int:

@@ -64,8 +64,18 @@ class _CbcMac:
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _cbc_mac(chain: bytes, final: bytes) -> _CbcMac:
-    return _CbcMac(chain, final)
+def _cbc_mac(material: bytes, algorithm: int) -> _CbcMac:
+    """The MAC context of a key: cached on the raw key so a hit costs one dictionary lookup."""
+    if algorithm == 1:
+        if len(material) not in (8, 16, 24):
+            raise KeyMaterialError(f"MAC algorithm 1 key of {len(material)} bytes")
+        return _CbcMac(tdes24(material), tdes24(material))
+    if algorithm == 3:
+        if len(material) not in (8, 16):
+            raise KeyMaterialError(f"MAC algorithm 3 key of {len(material)} bytes")
+        k1, k2 = material[:8], material[8:] or material
+        return _CbcMac(k1 * 3, k1 + k2 + k1)
+    raise MacError(f"unsupported ISO 9797-1 MAC algorithm {algorithm}")
 
 
 def iso9797_mac(key: Key | bytes, data: bytes, algorithm: int = 1, padding: int = 1) -> bytes:
@@ -75,19 +85,7 @@ def iso9797_mac(key: Key | bytes, data: bytes, algorithm: int = 1, padding: int 
     runs single DES under K1 and ends with D(K2), E(K1); an 8-byte key means K1 = K2, which makes
     it algorithm 1 under single DES (key set 001 in iso87).
     """
-    material = material_of(key)
-    if algorithm == 1:
-        if len(material) not in (8, 16, 24):
-            raise KeyMaterialError(f"MAC algorithm 1 key of {len(material)} bytes")
-        chain = final = tdes24(material)
-    elif algorithm == 3:
-        if len(material) not in (8, 16):
-            raise KeyMaterialError(f"MAC algorithm 3 key of {len(material)} bytes")
-        k1, k2 = material[:8], material[8:] or material
-        chain, final = k1 * 3, k1 + k2 + k1
-    else:
-        raise MacError(f"unsupported ISO 9797-1 MAC algorithm {algorithm}")
-    return _cbc_mac(chain, final).compute(pad(data, padding))
+    return _cbc_mac(material_of(key), algorithm).compute(pad(data, padding))
 
 
 def x919_mac(key: Key | bytes, data: bytes, padding: int = 1) -> bytes:
@@ -142,7 +140,9 @@ def dialect_mac(name: str, key: Key | bytes, data: bytes) -> bytes:
     try:
         algorithm = DIALECT_MACS[name]
     except KeyError:
-        raise MacError(f"unknown MAC algorithm {name!r}") from None
+        # The name is not echoed: a caller's mistake could put anything there, even a key.
+        known = ", ".join(DIALECT_MACS)
+        raise MacError(f"unknown dialect MAC algorithm (known: {known})") from None
     return algorithm(key, data)
 
 

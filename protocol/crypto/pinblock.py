@@ -14,11 +14,14 @@ from protocol.crypto.keys import Key, Rng, material_of
 
 _PIN = re.compile(r"[0-9]{4,12}")
 _PAN = re.compile(r"[0-9]{1,19}")
-# Format -> the fill nibbles a valid block may hold after the PIN.
+# Format -> the fill nibbles a valid block may hold after the PIN (one choice: a fixed fill;
+# several: random fill drawn from them).
 _FILL: dict[int, str] = {0: "F", 1: "0123456789ABCDEF", 3: "ABCDEF", 4: "A"}
 # Format -> clear block length in bytes.
 _FORMAT_LENGTH = {0: 8, 1: 8, 3: 8, 4: 16}
-_PAN_FORMATS = frozenset({0, 3, 4})
+# Formats whose clear block is the PIN field XOR the PAN field (format 4 binds the PAN in its
+# encryption instead).
+_PAN_FORMATS = frozenset({0, 3})
 
 
 def _check_pin(pin: str) -> None:
@@ -52,7 +55,8 @@ def build_pin_block(pin: str, pan: str | None = None, fmt: int = 0, rng: Rng = o
     _check_pin(pin)
     if fmt not in _FILL:
         raise PinBlockError(f"unsupported PIN block format {fmt}")
-    fill = {0: "F" * 14, 4: "A" * 14}.get(fmt) or _random_nibbles(rng, 14, _FILL[fmt])
+    alphabet = _FILL[fmt]
+    fill = alphabet * 14 if len(alphabet) == 1 else _random_nibbles(rng, 14, alphabet)
     field = bytes.fromhex(f"{fmt}{len(pin):X}{pin}{fill}"[:16])
     if fmt == 4:
         tail = rng(8)
@@ -73,7 +77,7 @@ def parse_pin_block(block: bytes, pan: str | None = None) -> str:
     if fmt not in _FILL or _FORMAT_LENGTH[fmt] != len(block):
         raise PinBlockError("invalid PIN block control field")
     field = block[:8]
-    if fmt in (0, 3):
+    if fmt in _PAN_FORMATS:
         field = xor(field, pan_field(_check_pan(pan)))
     nibbles = field.hex().upper()
     length = int(nibbles[1], 16)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from protocol.errors import FramingError
 from protocol.framing import DEFAULT_MAX_FRAME, FrameReader, length_prefixed
-from protocol.link import LinkError, LinkOptions, MessageReceived, TraceOptions
+from protocol.link import LinkOptions, MessageReceived, TraceOptions
 from protocol.transport.serial import (
     STOP_POLL,
     PortSpec,
@@ -128,8 +128,8 @@ def run_bridge(serial_spec: PortSpec | str, tcp_host: str, tcp_port: int, *,
             for event in line.poll(STOP_POLL):
                 if isinstance(event, MessageReceived):
                     upstream.send(event.payload)
-                elif isinstance(event, LinkError):
-                    log.warning("bridge: a host message was lost on %s: %s", line.name, event)
+                else:
+                    line.log_event(event)
     except SerialLinkError as error:
         on_error(error)
         return error

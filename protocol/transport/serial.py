@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import select
+import termios
 import threading
 import time
 import tty
@@ -30,7 +31,9 @@ from protocol.link import (
     LinkOptionError,
     LinkOptions,
     LinkTrace,
+    LinkUsageError,
     MessageReceived,
+    MessageSent,
     TraceOptions,
 )
 
@@ -177,8 +180,11 @@ class _PyserialPort:
         return first + self._serial.read(waiting) if waiting else first
 
     def write(self, data: bytes) -> None:
-        self._serial.write(data)
-        self._serial.flush()
+        try:
+            self._serial.write(data)
+            self._serial.flush()  # so the ACK timer starts when the frame has left the port
+        except termios.error as error:  # tcdrain on a device that is gone; not an OSError
+            raise OSError(*error.args) from None
 
     def close(self) -> None:
         self._serial.close()
@@ -289,6 +295,24 @@ class SerialLine:
         self.link.send(payload, self._clock())
         self._flush()
 
+    def send_or_log(self, payload: bytes) -> None:
+        """For servers: a message the link cannot carry is logged, not fatal to the port."""
+        self._send_or_log(payload, self._clock())
+        self._flush()
+
+    def _send_or_log(self, payload: bytes, now: float) -> None:
+        try:
+            self.link.send(payload, now)
+        except LinkUsageError as error:
+            log.error("serial %s: message not sent: %s", self.name, error)
+
+    def log_event(self, event: Event) -> None:
+        """What a server's operator should see of the line without a trace."""
+        if isinstance(event, LinkError):
+            log.warning("serial %s: a message was lost: %s", self.name, event)
+        elif not isinstance(event, MessageReceived | MessageSent):
+            log.info("serial %s: %s", self.name, event)
+
     def send_from_thread(self, payload: bytes) -> None:
         """For another thread (the bridge's TCP side): the link itself is not thread-safe."""
         self._inbox.put(_Send(payload))
@@ -313,7 +337,7 @@ class SerialLine:
                 self._trace.received(item, now)
             self.link.receive_data(item, now)
         elif isinstance(item, _Send):
-            self.link.send(item.payload, now)
+            self._send_or_log(item.payload, now)
         elif isinstance(item, _Gone):
             raise SerialLinkError(f"port {self.name} vanished: {item.reason}")
         self.link.handle_timers(now)
@@ -339,6 +363,7 @@ class SerialLine:
             self._port.write(data)
         except OSError as error:
             raise SerialLinkError(f"port {self.name} vanished: {error}") from None
+        self.link.transmitted(self._clock())
 
     def close(self) -> None:
         self._reader.closing.set()
@@ -377,8 +402,10 @@ class SerialChannel:
         line.send(payload)
         deadline = self._clock() + timeout
         response: bytes | None = None
-        while response is None or line.link.sending:
+        while response is None or line.link.sending:  # waits out a lost ACK's retransmission
             remaining = deadline - self._clock()
+            if remaining <= 0 and response is not None:
+                break
             if remaining <= 0:
                 raise SerialTimeout(f"port {self.name}: no response within {timeout:g} s")
             for event in line.poll(remaining):
@@ -430,9 +457,9 @@ def serve_serial(spec: PortSpec | str, handle: Handler, *,
                 if isinstance(event, MessageReceived):
                     answer = _answer(handle, event.payload, line.name)
                     if answer is not None:
-                        line.send(answer)
-                elif isinstance(event, LinkError):
-                    log.warning("serial %s: a response was lost: %s", line.name, event)
+                        line.send_or_log(answer)
+                else:
+                    line.log_event(event)
     except SerialLinkError as error:
         on_error(error)
         return error

@@ -147,8 +147,7 @@ TR31_ANNEX_A = [
     (  # A.7.3.1, version C with a KS optional block
         "TDES",
         "B8ED59E0A279A295E9F5ED7944FD06B9",
-        "C0096B0TX12S0100KS1800604B120F9292800000BFB9B689CB567E66FC3FEE5AD5F52161FC6545B9D609"
-        "89015D02155C",
+        "C0096B0TX12S0100KS1800604B120F9292800000BFB9B689CB567E66FC3FEE5AD5F52161FC6545B9D60989015D02155C",
         "EDB380DD340BC2620247D445F5B8D678",
         "FDA81CA5E73CE7D0ACB0A83C01B843FC",
         "F5A014ADEF34EFD8A4B8A03409B04BF4",
@@ -175,9 +174,7 @@ TR31_ANNEX_A = [
 
 
 @pytest.mark.parametrize(("alg", "kbpk", "block", "key", "kbek", "kbak"), TR31_ANNEX_A)
-def test_tr31_annex_a_unwrap(
-    alg: str, kbpk: str, block: str, key: str, kbek: str, kbak: str
-) -> None:
+def test_tr31_annex_a_unwrap(alg: str, kbpk: str, block: str, key: str, kbek: str, kbak: str) -> None:
     header, unwrapped = tr31.unwrap(Key(alg, "K0", H(kbpk)), block)
     assert unwrapped.material == H(key)
     assert header.version == block[0]
@@ -192,9 +189,7 @@ def test_tr31_annex_a_unwrap(
 
 
 @pytest.mark.parametrize(("alg", "kbpk", "block", "key", "kbek", "kbak"), TR31_ANNEX_A)
-def test_tr31_annex_a_key_derivation(
-    alg: str, kbpk: str, block: str, key: str, kbek: str, kbak: str
-) -> None:
+def test_tr31_annex_a_key_derivation(alg: str, kbpk: str, block: str, key: str, kbek: str, kbak: str) -> None:
     assert _derive(block[0], H(kbpk)) == (H(kbek), H(kbak))
 
 

@@ -104,7 +104,6 @@ class ClientTerminal:
             fields[2], fields[14] = card.pan, card.expiry
         if pin:
             fields[22] = "021" if swiped else "011"
-            fields[22] = ("02" if swiped else "01") + "1"
             fields[26] = "12"
             fields[52] = encrypt_pin_block(self.keys["PIK"], pin, card.pan)
             fields[53] = KEY_SETS[self.key_set].security_control

@@ -285,6 +285,7 @@ def test_decode_accepts_bytearray_and_memoryview():
 def test_decode_spans_locate_every_field():
     data = ISO.encode(Message("0200", {2: "12345", 11: "000001", 70: "301"}))
     msg, spans = ISO.decode_spans(data)
+    assert msg == ISO.decode(data)
     assert spans["MTI"] == (0, 4)
     assert spans["bitmap"] == (4, 20)
     assert spans[2] == (20, 27) and data[20:27] == b"0512345"

@@ -107,6 +107,18 @@ def test_nak_and_silence_retransmit_then_link_error_after_four_transmissions() -
     assert a.data_to_send() == b"" and not a.sending
 
 
+def test_the_ack_timer_runs_from_when_the_frame_has_left_the_port() -> None:
+    a = Link()
+    a.send(b"slow line", 0.0)
+    a.data_to_send()
+    a.transmitted(1.5)  # 1200 baud: the frame took 1.5 s to go out
+    assert a.next_deadline() == pytest.approx(3.5)
+    a.receive_data(encode_frame(b"peer", OPTIONS), 2.0)
+    a.data_to_send()
+    a.transmitted(2.1)  # only our ACK went out: the frame's timer stands
+    assert a.next_deadline() == pytest.approx(3.5)
+
+
 def test_retries_option_sets_the_transmission_count() -> None:
     a = Link(LinkOptions(retries=0))
     a.send(b"x", 0.0)

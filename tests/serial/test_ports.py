@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 from subprocess import Popen
 
 import pytest
@@ -74,12 +78,14 @@ def test_pyserial_urls_are_ports_too(serial_server: ServerFactory,
 # --- errors on the line --------------------------------------------------------------------------
 
 def test_a_corrupted_frame_is_nak_ed_and_the_resent_one_served_once(
-        serial_server: ServerFactory, raw_pty: RawPeer) -> None:
+        serial_server: ServerFactory, raw_pty: RawPeer, caplog: pytest.LogCaptureFixture) -> None:
     handler = Recorder()
     serial_server(handler, raw_pty.path, link_options=FAST)
     good = encode_frame(b"request", FAST)
-    raw_pty.write(good[:4] + b"X" + good[5:])
-    raw_pty.expect(bytes([NAK]))
+    with caplog.at_level(logging.INFO):
+        raw_pty.write(good[:4] + b"X" + good[5:])
+        raw_pty.expect(bytes([NAK]))
+    assert f"serial {raw_pty.path}: rejected 12 bytes: bad LRC" in caplog.text
     raw_pty.write(good)
     raw_pty.expect(bytes([ACK]) + encode_frame(b"tseuqer", FAST))
     raw_pty.write(bytes([ACK]))
@@ -114,6 +120,21 @@ def test_a_lost_ack_does_not_deliver_twice(serial_server: ServerFactory,
     raw_pty.expect(bytes([ACK]) + encode_frame(b"dnoces", FAST))
     raw_pty.write(bytes([ACK]))
     assert handler.calls == [b"first", b"second"]
+
+
+def test_a_response_whose_request_ack_was_lost_still_completes_the_exchange(
+        raw_pty: RawPeer) -> None:
+    with SerialChannel(raw_pty.path, FAST) as channel:
+        result: list[bytes] = []
+        client = threading.Thread(target=lambda: result.append(channel.exchange(b"req", WAIT)))
+        client.start()
+        raw_pty.expect_frame(b"req")
+        raw_pty.write(encode_frame(b"resp", FAST))  # our ACK for "req" is lost on the way
+        raw_pty.expect(bytes([ACK]))
+        raw_pty.expect_frame(b"req")  # retransmitted after ack_timeout
+        raw_pty.write(bytes([ACK]))
+        client.join(WAIT)
+    assert result == [b"resp"]
 
 
 def test_after_the_retry_limit_the_user_sees_a_link_error(raw_pty: RawPeer) -> None:
@@ -167,6 +188,23 @@ def test_a_socat_pair_that_dies_ends_the_terminal_exchange(
             channel.exchange(b"hello?", WAIT)
 
 
+def test_a_failing_handler_or_an_oversized_answer_costs_one_message_not_the_port(
+        serial_server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    def handle(payload: bytes) -> bytes:
+        if payload == b"boom":
+            raise RuntimeError("a bug in the host")
+        return b"x" * 10_000 if payload == b"big" else reverse(payload)
+
+    path = serial_server(handle)
+    with caplog.at_level(logging.INFO), SerialChannel(path, FAST) as channel:
+        for request in (b"boom", b"big"):
+            with pytest.raises(SerialTimeout):
+                channel.exchange(request, 0.3)
+        assert channel.exchange(b"ok", WAIT) == b"ko"  # the port is still served
+    assert "the handler failed" in caplog.text
+    assert "message not sent: a link frame carries 1..9999 bytes" in caplog.text
+
+
 # --- trace ---------------------------------------------------------------------------------------
 
 def test_trace_names_control_bytes_and_masks_the_whole_message_by_default(
@@ -216,3 +254,30 @@ def test_spec_link_settings_apply_over_the_programs_options() -> None:
 def test_bad_port_specs_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(PortSpecError, match=message):
         parse_port_spec(text)
+
+
+# --- scripts/vserial -----------------------------------------------------------------------------
+
+def test_vserial_makes_a_working_pair_and_ending_it_pulls_the_cable(
+        serial_server: ServerFactory, tmp_path: Path) -> None:
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed (scripts/_setup.sh installs it)")
+    script = Path(__file__).parents[2] / "scripts" / "vserial"
+    proc = subprocess.Popen([str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]  # socat is up when these are printed
+        paths = [line.split()[1] for line in lines]
+        assert paths == [str(tmp_path / "ttyA"), str(tmp_path / "ttyB")]
+        serial_server(reverse, paths[0])
+        with SerialChannel(paths[1]) as channel:
+            assert channel.exchange(b"through the cable", WAIT) == b"elbac eht hguorht"
+            proc.terminate()
+            proc.wait(WAIT)
+            with pytest.raises(SerialLinkError, match="vanished"):
+                channel.exchange(b"anyone?", WAIT)
+    finally:
+        proc.kill()
+        proc.wait(WAIT)
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from terminal import cli
-from tests.support import RunningHost, add_card, init_host, pos_host, provision_terminal, \
-    running_host
+from tests.support import RunningHost, add_card, init_host, pos_host, provision_terminal, running_host
 
 MERCHANT = "MERCHANT0000001"
 PAN = "6212345678901234"
@@ -91,7 +90,9 @@ class Rig:
         return self("purchase", "--amount", amount, "--pan", PAN, "--expiry", EXPIRY, *extra)
 
     def keys(self) -> dict[str, dict[str, Any]]:
-        return {row["name"]: row for row in self("status", "--json").json["keys"]}
+        """Each key's status, without its age (which moves between two calls)."""
+        rows = self("status", "--json").json["keys"]
+        return {row["name"]: {k: v for k, v in row.items() if k != "age_seconds"} for row in rows}
 
 
 def start(tmp_path_factory: pytest.TempPathFactory, dialect: str) -> Iterator[Host]:

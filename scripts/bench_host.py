@@ -1,0 +1,483 @@
+"""Host throughput and overhead: scripts/bench host [--json] [--terminals N] [--seconds S].
+
+(a) a real `pos-host serve` process and (b) a bare echo server with the same framing (answering
+every frame with a frame of the host's response size) are each driven for S seconds by a load
+generator in its own process: N connections, one terminal each, every terminal signed on and
+every request (valid MAC and PIN block) built before the timed window, each response matched
+to its request by STAN. Server CPU comes from the OS (/proc/PID/stat: user + system time), not
+wall time, so a slow load generator cannot flatter the host. (c) the host's handlers (decode,
+MAC, PIN, key lookup, database write and commit, encode, MAC) run in-process without sockets,
+and (d) pyiso8583 decodes the same request and encodes the same response.
+
+    host_efficiency      = (echo_cpu_us + handler_cpu_us) / host_cpu_us   goal >= 0.8
+    handler_vs_pyiso8583 = pyiso8583_cpu_us / handler_cpu_us              goal >= 1.0
+    lost                 = responses missing or matched to the wrong request   goal 0
+
+127.0.0.1 only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import iso8583
+
+from host import admin
+from host.clock import system_clock, system_rng
+from host.datadir import init_data, open_data
+from host.handlers import HandlerConfig, handle
+from host.keydb import KeyDb
+from host.server import HostCore
+from protocol.codec import get_codec
+from protocol.crypto import Key
+from protocol.dialects import get_dialect
+from protocol.framing import FrameReader, Framing, length_prefixed
+from protocol.pyiso8583_spec import pyiso8583_spec, to_pyiso8583_doc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.host.client import Card, ClientTerminal, Link  # noqa: E402
+
+MID = "M00000000000001"
+CARD = Card("6212345678901234", "2812", "1234")
+TPS_CEILING = 12_000  # requests built per terminal = ceiling * seconds / terminals (min 40)
+DRAIN_SECONDS = 5.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process as the kernel counts it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# --- provisioning --------------------------------------------------------------------------------
+
+
+def provision(data: Path, terminals: int) -> dict[str, Key]:
+    """N terminals and one card with a balance no run can spend, straight into the database."""
+    init_data(data, system_rng)
+    db = open_data(data, system_rng)
+    try:
+        tmks = {}
+        for i in range(terminals):
+            tid = f"B{i:07d}"
+            _, tmks[tid] = admin.add_terminal(db, tid, MID, 2, system_clock(), system_rng)
+        admin.add_card(db, CARD.pan, CARD.expiry, CARD.pin, "999999999.00")
+    finally:
+        db.close()
+    return tmks
+
+
+# --- load generator (its own process) ------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    latencies: list[float] = field(default_factory=list)
+    sent: int = 0
+    wrong: int = 0
+    exhausted: int = 0
+
+
+class LoadClient(asyncio.Protocol):
+    """One terminal: send a request, wait for its answer, send the next; until told to stop."""
+
+    def __init__(self, frames: list[bytes], stans: list[bytes], stats: Stats,
+                 stan_of: Callable[[bytes], bytes] | None, done: Callable[[], None]) -> None:
+        self.frames, self.stans, self.stats, self.stan_of = frames, stans, stats, stan_of
+        self.done = done
+        self.reader = FrameReader()
+        self.index = 0
+        self.sent_at = 0.0
+        self.outstanding = False
+        self.running = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def start(self) -> None:
+        self.running = True
+        self.send_next()
+
+    def send_next(self) -> None:
+        if not self.running:
+            return
+        if self.index >= len(self.frames):
+            self.stats.exhausted += 1
+            self.running = False
+            return
+        assert self.transport is not None
+        self.outstanding = True
+        self.sent_at = time.perf_counter()
+        self.stats.sent += 1
+        self.transport.write(self.frames[self.index])
+
+    def data_received(self, data: bytes) -> None:
+        for payload in self.reader.feed(data):
+            now = time.perf_counter()
+            if not self.outstanding:
+                self.stats.wrong += 1
+                continue
+            self.outstanding = False
+            if self.stan_of is not None and self.stan_of(payload) != self.stans[self.index]:
+                self.stats.wrong += 1
+            else:
+                self.stats.latencies.append(now - self.sent_at)
+            self.index += 1
+            if self.running:
+                self.send_next()
+            else:
+                self.done()
+
+    def stop(self) -> None:
+        self.running = False
+        if not self.outstanding:
+            self.done()
+
+
+def build_requests(port: int, tmks: dict[str, Key], per_terminal: int) -> tuple[
+        list[list[bytes]], list[list[bytes]]]:
+    """Sign every terminal on and build its MACed purchases with PIN blocks (untimed)."""
+    frames, stans = [], []
+    codec = get_codec("iso87")
+    for tid, tmk in tmks.items():
+        terminal = ClientTerminal(tid, MID, tmk)
+        with Link(f"127.0.0.1:{port}", terminal) as link:
+            if link.sign_on("003")[39] != "00":
+                raise RuntimeError(f"sign-on of {tid} failed")
+        requests = [terminal.purchase(CARD, 1) for _ in range(per_terminal)]
+        frames.append([length_prefixed(r) for r in requests])
+        stans.append([codec.decode(r)[11].encode() for r in requests])  # type: ignore[union-attr]
+    return frames, stans
+
+
+def stan_reader() -> Callable[[bytes], bytes]:
+    codec = get_codec("iso87")
+    return lambda payload: codec.decode(payload)[11].encode()  # type: ignore[union-attr]
+
+
+async def drive(port: int, frames: list[list[bytes]], stans: list[list[bytes]], check: bool,
+                seconds: float, control: Connection) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    finished = asyncio.Event()
+    remaining = len(frames)
+
+    def one_done() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            finished.set()
+
+    clients = []
+    for f, s in zip(frames, stans, strict=True):
+        _, client = await loop.create_connection(
+            lambda f=f, s=s: LoadClient(f, s, stats, stan_reader() if check else None, one_done),
+            "127.0.0.1", port)
+        clients.append(client)
+    control.send("ready")
+    if not control.poll(60) or control.recv() != "go":
+        raise RuntimeError("no go from the bench")
+    started = time.perf_counter()
+    for client in clients:
+        client.start()
+    await asyncio.sleep(seconds)
+    for client in clients:
+        client.stop()
+    elapsed = time.perf_counter() - started
+    control.send("stopped")  # the window closes here: the bench reads server CPU
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            await finished.wait()
+    except TimeoutError:
+        pass
+    unanswered = sum(1 for c in clients if c.outstanding)
+    for client in clients:
+        if client.transport:
+            client.transport.close()
+    lat = sorted(stats.latencies)
+    return {
+        "completed": len(lat), "elapsed": elapsed, "lost": unanswered + stats.wrong,
+        "exhausted": stats.exhausted,
+        "p50_ms": 1000 * lat[len(lat) // 2] if lat else math.nan,
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else math.nan,
+    }
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator is asked to do: real terminals (tmks) or echo-sized requests."""
+
+    port: int
+    terminals: int
+    per_terminal: int
+    seconds: float
+    tmks: dict[str, Key] | None = None
+    echo_request_size: int = 0
+
+
+def loadgen_main(load: Load, control: Connection) -> None:
+    """Entry point of the load-generator process."""
+    try:
+        if load.tmks is not None:
+            frames, stans = build_requests(load.port, load.tmks, load.per_terminal)
+        else:  # the echo server: any request of the right size will do, answers carry no STAN
+            request = length_prefixed(bytes(load.echo_request_size))
+            frames = [[request] * load.per_terminal for _ in range(load.terminals)]
+            stans = [[b""] * load.per_terminal for _ in frames]
+        result = asyncio.run(drive(load.port, frames, stans, load.tmks is not None,
+                                   load.seconds, control))
+        control.send(result)
+    except Exception as exc:  # reported to the bench, which fails with it
+        control.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+# --- the echo server (its own process) -----------------------------------------------------------
+
+
+class Echo(asyncio.Protocol):
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        for _ in self.reader.feed(data):
+            self.transport.write(self.answer)
+
+
+def echo_main(response_size: int, control: Connection) -> None:
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        answer = length_prefixed(bytes(response_size))
+        server = await loop.create_server(lambda: Echo(answer), "127.0.0.1", 0, backlog=4096)
+        control.send(server.sockets[0].getsockname()[1])
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+    asyncio.run(serve())
+
+
+# --- in-process measurements ---------------------------------------------------------------------
+
+
+def best_cpu_us(work: Callable[[], int], rounds: int) -> float:
+    """Best per-item process CPU of `rounds` runs of `work` (which returns its item count)."""
+    best = math.inf
+    for _ in range(rounds):
+        start = time.process_time()
+        n = work()
+        best = min(best, (time.process_time() - start) / n * 1e6)
+    return best
+
+
+def handler_and_pyiso8583(data: Path, tmks: dict[str, Key], batch: int,
+                          rounds: int = 5) -> tuple[float, float, int, int]:
+    """(handler_cpu_us, pyiso8583_cpu_us, request size, response size): the same request, in
+    the same machine state."""
+    db: KeyDb = open_data(data, system_rng)
+    codec = get_codec("iso87")
+    config = HandlerConfig(codec, db.vault, system_rng)
+    core = HostCore(db, config, system_clock, _NullLog(), Framing(get_dialect("iso87")))
+    terminals = []
+    for tid, tmk in list(tmks.items())[:batch]:
+        terminal = ClientTerminal(tid, MID, tmk)
+        reply = core.handle_payload(terminal.sign_on_request("003"))
+        assert reply is not None
+        terminal.install(codec.decode(reply), "003")
+        terminals.append(terminal)
+    per_round = 40 * batch // len(terminals) or 1
+
+    def requests() -> list[bytes]:
+        return [t.purchase(CARD, 1) for _ in range(per_round) for t in terminals]
+
+    def handlers(messages: list[bytes]) -> int:
+        conn = db.conn
+        for i in range(0, len(messages), batch):
+            conn.execute("BEGIN IMMEDIATE")
+            for message in messages[i:i + batch]:
+                outcome = handle(message, core, system_clock(), config)
+                db.apply(outcome.changes)
+            conn.execute("COMMIT")
+        return len(messages)
+
+    sample = requests()[0]
+    response = handle(sample, core, system_clock(), config)
+    assert response.reply is not None and response.response is not None
+    spec = pyiso8583_spec(get_dialect("iso87"))
+    doc = to_pyiso8583_doc(response.reply)
+
+    def pyiso(n: int = 2000) -> int:
+        for _ in range(n):
+            iso8583.decode(sample, spec)
+            iso8583.encode(dict(doc), spec)
+        return n
+
+    handler_best, pyiso_best = math.inf, math.inf
+    for _ in range(rounds):  # interleaved, so both meet the same machine state
+        messages = requests()
+        handler_best = min(handler_best, best_cpu_us(lambda m=messages: handlers(m), 1))
+        pyiso_best = min(pyiso_best, best_cpu_us(pyiso, 1))
+    db.close()
+    return handler_best, pyiso_best, len(sample), len(response.response)
+
+
+class _NullLog:
+    """The in-process core logs nothing: the log is the server's cost, not the handlers'."""
+
+    def message(self, **_: object) -> None: ...
+
+    def event(self, **_: object) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+# --- orchestration -------------------------------------------------------------------------------
+
+
+def run_window(server_pid: int, load: Load) -> dict[str, Any]:
+    """Drive one server for `load.seconds`; its CPU over exactly the timed window."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=loadgen_main, args=(load, child), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(600):
+            raise RuntimeError("the load generator did not get ready")
+        message = parent.recv()
+        if message != "ready":
+            raise RuntimeError(f"load generator: {message}")
+        cpu_before = cpu_seconds(server_pid)
+        parent.send("go")
+        if not parent.poll(load.seconds + 60) or parent.recv() != "stopped":
+            raise RuntimeError("the load generator did not finish its window")
+        cpu = cpu_seconds(server_pid) - cpu_before
+        if not parent.poll(DRAIN_SECONDS + 30):
+            raise RuntimeError("the load generator sent no results")
+        result = parent.recv()
+        if "error" in result:
+            raise RuntimeError(f"load generator: {result['error']}")
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+    result["cpu_s"] = cpu
+    result["cpu_us"] = cpu / result["completed"] * 1e6 if result["completed"] else math.nan
+    result["tps"] = result["completed"] / result["elapsed"]
+    return result
+
+
+def host_command() -> list[str]:
+    installed = shutil.which("pos-host", path=str(Path(sys.executable).parent))
+    return [installed] if installed else [sys.executable, "-m", "host.cli"]
+
+
+def start_pos_host(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [*host_command(), "--data", str(data), "serve", "--tcp", "127.0.0.1:0", "--log",
+         str(log)], stdout=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().split()
+    if line[:2] != ["listening", "tcp"]:
+        process.kill()
+        raise RuntimeError("pos-host did not start")
+    return process, int(line[2].rpartition(":")[2])
+
+
+def bench(terminals: int, seconds: float, batch: int) -> dict[str, Any]:
+    per_terminal = max(40, math.ceil(TPS_CEILING * seconds / terminals))
+    with tempfile.TemporaryDirectory(prefix="posemu-bench-") as tmp:
+        tmks = provision(Path(tmp) / "host", terminals)
+        shutil.copytree(Path(tmp) / "host", Path(tmp) / "inproc")
+        handler_us, pyiso_us, request_size, response_size = handler_and_pyiso8583(
+            Path(tmp) / "inproc", tmks, min(batch, terminals))
+
+        host, port = start_pos_host(Path(tmp) / "host", Path(tmp) / "host.log")
+        try:
+            hosted = run_window(host.pid, Load(port, terminals, per_terminal, seconds, tmks))
+        finally:
+            host.send_signal(signal.SIGTERM)
+            host.wait(30)
+
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        echo = ctx.Process(target=echo_main, args=(response_size, child), daemon=True)
+        echo.start()
+        try:
+            if not parent.poll(30):
+                raise RuntimeError("the echo server did not start")
+            echo_port = parent.recv()
+            echoed = run_window(echo.pid, Load(echo_port, terminals, per_terminal, seconds,
+                                               None, request_size))
+        finally:
+            if echo.pid is not None:
+                os.kill(echo.pid, signal.SIGTERM)
+            echo.join(10)
+
+    result = {
+        "terminals": terminals,
+        "seconds": seconds,
+        "transactions": hosted["completed"],
+        "host_cpu_us": round(hosted["cpu_us"], 1),
+        "echo_cpu_us": round(echoed["cpu_us"], 1),
+        "handler_cpu_us": round(handler_us, 1),
+        "pyiso8583_cpu_us": round(pyiso_us, 1),
+        "host_tps": round(hosted["tps"], 1),
+        "echo_tps": round(echoed["tps"], 1),
+        "p50_ms": round(hosted["p50_ms"], 3),
+        "p99_ms": round(hosted["p99_ms"], 3),
+        "lost": hosted["lost"],
+        "exhausted_terminals": hosted["exhausted"],
+        "handler_commit_batch": min(batch, terminals),
+    }
+    result["host_efficiency"] = round(
+        (result["echo_cpu_us"] + result["handler_cpu_us"]) / result["host_cpu_us"], 3)
+    result["handler_vs_pyiso8583"] = round(result["pyiso8583_cpu_us"]
+                                           / result["handler_cpu_us"], 3)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--terminals", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=16,
+                        help="messages per commit in the in-process handler measurement")
+    args = parser.parse_args()
+    result = bench(args.terminals, args.seconds, args.batch)
+    for key, value in result.items():
+        print(f"{key:>22}: {value}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

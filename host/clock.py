@@ -21,15 +21,3 @@ def seeded_rng(seed: int) -> Rng:
     """Deterministic bytes for tests and scenarios; never for keys that protect anything."""
     return random.Random(seed).randbytes
 
-
-class FixedClock:
-    """A clock a test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

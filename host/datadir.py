@@ -36,7 +36,10 @@ def init_data(path: Path, rng: Rng) -> bool:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
     create_lmk(lmk_path, rng)
-    connect(path / DB_FILE).close()
+    db_path = path / DB_FILE
+    db_path.touch(mode=0o600)  # SQLite gives its -wal and -shm files the database's mode
+    os.chmod(db_path, 0o600)
+    connect(db_path).close()
     return True
 
 

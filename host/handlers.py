@@ -449,12 +449,3 @@ def _stamp(stan: object, now: float) -> dict[int, str]:
 def response_mti(mti: str) -> str:
     return f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}"
 
-
-__all__ = [
-    "PURCHASE_STEPS",
-    "HandlerConfig",
-    "Outcome",
-    "Verdict",
-    "handle",
-    "response_mti",
-]

@@ -298,6 +298,11 @@ class KeyDb:
         row = self.conn.execute(self._card_sql, (pan_ref,)).fetchone()
         return Card(*row) if row else None
 
+    def stans(self, tid: str, batch: str) -> set[str]:
+        """The STANs already answered (and remembered) in one batch of one terminal."""
+        rows = self.conn.execute("SELECT stan FROM txns WHERE tid=? AND batch=?", (tid, batch))
+        return {row[0] for row in rows}
+
     def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
         row = self.conn.execute(self._prior_sql, (tid, batch, stan)).fetchone()
         return Prior(row[0], row[1]) if row else None
@@ -305,26 +310,28 @@ class KeyDb:
     # --- applying a handler's changes ------------------------------------------------------------
 
     def apply(self, changes: list[Change]) -> None:
-        """Apply one message's changes; the caller holds the transaction they belong to."""
+        """Apply changes in the caller's transaction: key changes one by one, in order, and the
+        transactions and debits each as one `executemany` (a batch of purchases costs two
+        statements, not two per purchase)."""
         c = self.conn
+        records, debits = [], []
         for change in changes:
-            if type(change) is RecordTransaction:
-                c.execute(
-                    "INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (change.tid, change.batch, change.stan, change.request_ref, change.response,
-                     change.rc, change.amount, change.created),
-                )
-            elif type(change) is Debit:
-                c.execute(
-                    "UPDATE cards SET balance = balance - ? WHERE pan_ref=?",
-                    (change.amount, change.pan_ref),
-                )
-            elif type(change) is IssueWorkingKeys:
+            kind = type(change)
+            if kind is RecordTransaction:
+                records.append((change.tid, change.batch, change.stan, change.request_ref,
+                                change.response, change.rc, change.amount, change.created))
+            elif kind is Debit:
+                debits.append((change.amount, change.pan_ref))
+            elif kind is IssueWorkingKeys:
                 self._issue(change.tid, change.working)
-            elif type(change) is RevokeWorkingKeys:
+            elif kind is RevokeWorkingKeys:
                 self._set_working_state(change.tid, REVOKED)
             else:
-                raise TypeError(f"unknown change {type(change).__name__}")
+                raise TypeError(f"unknown change {kind.__name__}")
+        if records:
+            c.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?, ?, ?)", records)
+        if debits:
+            c.executemany("UPDATE cards SET balance = balance - ? WHERE pan_ref=?", debits)
 
     # --- helpers ---------------------------------------------------------------------------------
 

@@ -8,11 +8,15 @@ show only their size. `--trace` adds the masked fields of both messages to the s
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TextIO
 
 from protocol.mask import mask_pan, masked_fields
 from protocol.message import Message
 from protocol.spec import Dialect
+
+_q = encode_basestring_ascii
+_LOGGED = (("tid", 41), ("stan", 11), ("amount", 4))
 
 
 class MessageLog:
@@ -23,31 +27,33 @@ class MessageLog:
 
     def message(
         self, *, ts: float, conn: str, request: Message | None, reply: Message | None,
-        rc: str | None, reason: str | None, note: str, cpu_us: float,
+        rc: str | None, reason: str | None, note: str, elapsed_us: float,
     ) -> None:
-        entry: dict[str, object] = {"ts": round(ts, 6), "conn": conn}
+        """One line per message. Built by hand (every value through the JSON string encoder):
+        json.dumps of a dict costs several times more, on every message the host answers."""
+        parts = [f'{{"ts":{ts:.6f},"conn":{_q(conn)}']
         if request is not None:
-            entry["mti"] = request.mti
-            for name, number in (("tid", 41), ("stan", 11), ("amount", 4)):
-                if number in request.fields:
-                    entry[name] = request.text(number).rstrip()
+            fields = request.fields
+            parts.append(f',"mti":{_q(request.mti)}')
+            for name, number in _LOGGED:
+                value = fields.get(number)
+                if type(value) is str:
+                    parts.append(f',"{name}":{_q(value.rstrip())}')
             pan = request.text(2) or request.text(35).partition("=")[0]
             if pan:
-                entry["pan"] = mask_pan(pan)
+                parts.append(f',"pan":{_q(mask_pan(pan))}')
         if reply is not None:
-            entry["reply"] = reply.mti
-        if rc is not None:
-            entry["rc"] = rc
-        if reason:
-            entry["reason"] = reason
-        if note:
-            entry["note"] = note
-        entry["us"] = round(cpu_us, 1)
+            parts.append(f',"reply":{_q(reply.mti)}')
+        for name, value in (("rc", rc), ("reason", reason), ("note", note)):
+            if value:
+                parts.append(f',"{name}":{_q(value)}')
+        parts.append(f',"us":{elapsed_us:.1f}')  # wall time from frame to answer built
         if self.trace:
             for name, msg in (("request_fields", request), ("reply_fields", reply)):
                 if msg is not None:
-                    entry[name] = masked_fields(msg, self.dialect)
-        self.write(entry)
+                    parts.append(f',"{name}":{json.dumps(masked_fields(msg, self.dialect))}')
+        parts.append("}\n")
+        self.stream.write("".join(parts))
 
     def event(self, **entry: object) -> None:
         """Lines other than messages: listening, connections refused, shutdown."""

@@ -13,7 +13,6 @@ from typing import Protocol
 from protocol.crypto import Key
 
 ACTIVE, RETIRED, REVOKED = "active", "retired", "revoked"
-KEY_STATES = (ACTIVE, RETIRED, REVOKED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +76,10 @@ class Card:
     pvv: str
     balance: int  # minor units
     currency: str
+
+    def debited(self, amount: int) -> Card:
+        return Card(self.pan_ref, self.pan_masked, self.expiry, self.pvv, self.balance - amount,
+                    self.currency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         dialect = get_dialect(args.dialect)
-    except (KeyError, SpecError) as exc:
+    except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     raw = sys.stdin.buffer.read() if args.source == "-" else read_source(args.source)

@@ -7,6 +7,7 @@ China UnionPay-style POS terminal uses, with CUP's packing; docs/protocol.md giv
 
 from __future__ import annotations
 
+from protocol.errors import SpecError
 from protocol.spec import Dialect, FieldSpec
 
 # number: (name, notation, mask). Notation as in the standard: kind, then ".."/"..." for LL/LLL,
@@ -184,4 +185,4 @@ def get_dialect(name: str) -> Dialect:
         from protocol.spec import load_dialect
 
         return load_dialect(name)
-    raise KeyError(f"unknown dialect {name!r}; built in: {', '.join(BUILTIN)}")
+    raise SpecError(f"unknown dialect {name!r}; built in: {', '.join(BUILTIN)}, or a .json/.toml spec file")

@@ -48,15 +48,17 @@ class Demo:
     def say(self, text: str) -> None:
         print(self.paint(DIM, f"# {text}"))
 
-    def run(self, *argv: str, shown: str | None = None, check: bool = True) -> str:
+    def run(self, *argv: str, shown: str | None = None, quiet: bool = False) -> str:
+        """Run a command and print it with its output (unless `quiet`: output holding clear
+        key components, which the caller summarises instead)."""
         print(self.paint(BOLD, f"$ {shown or ' '.join(argv)}"))
         done = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=60,
                               check=False)
-        output = (done.stdout + done.stderr).rstrip()
+        output = "" if quiet else (done.stdout + done.stderr).rstrip()
         for line in output.splitlines():
             style = RED if "KEY ERROR 14" in line else GREEN if "APPROVED" in line else ""
             print("  " + (self.paint(style, line) if style else line))
-        if check and done.returncode not in (0, 1):
+        if done.returncode not in (0, 1):
             raise SystemExit(f"demo: `{' '.join(argv)}` failed with status {done.returncode}")
         return done.stdout
 
@@ -189,7 +191,11 @@ def play(demo: Demo) -> None:
 
     demo.title("2. the key ceremony: a TMK in two components, one per custodian")
     ceremony = json.loads(demo.run("pos-host", "--json", "terminal", "add", TID,
-                                   "--merchant", MID))
+                                   "--merchant", MID, quiet=True))
+    print(f"  TMK check value {ceremony['tmk_kcv']}")
+    for number, part in enumerate(ceremony["components"], start=1):
+        print(f"  component {number}: {part['component'][:4]}… (to custodian {number}), "
+              f"check value {part['kcv']}")
     demo.run("pos-terminal", "init", TID, "--merchant", MID, "--host", demo.host_url)
     args: list[str] = []
     shown: list[str] = []

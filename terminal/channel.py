@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol.transport.serial import SerialChannel, SerialLinkError
 from protocol.transport.tcp import TcpChannel, TransportError, parse_endpoint
 
 
@@ -29,28 +28,21 @@ class Wire:
     response_timeout: float = 15.0
 
 
-class SerialAdapter:
-    """A serial channel whose failures read like TCP's, so callers handle one error type."""
+def open_serial(spec: str) -> Channel:
+    """A serial channel; its link errors are TransportErrors already, only a bad spec is not."""
+    # Imported here: pyserial and the link threads cost every command a start-up delay, and only
+    # --serial needs them.
+    from protocol.transport.serial import PortSpecError, SerialChannel
 
-    def __init__(self, spec: str) -> None:
-        try:
-            self._channel = SerialChannel(spec)
-        except (SerialLinkError, ValueError) as exc:
-            raise TransportError(f"serial {spec}: {exc}") from None
-
-    def exchange(self, payload: bytes, timeout: float) -> bytes:
-        try:
-            return self._channel.exchange(payload, timeout)
-        except SerialLinkError as exc:
-            raise TransportError(str(exc)) from None
-
-    def close(self) -> None:
-        self._channel.close()
+    try:
+        return SerialChannel(spec)
+    except PortSpecError as exc:
+        raise TransportError(f"serial port spec {spec!r}: {exc}") from None
 
 
 def open_channel(wire: Wire) -> Channel:
     if wire.serial:
-        return SerialAdapter(wire.serial)
+        return open_serial(wire.serial)
     if not wire.host:
         raise TransportError("no host given: use --host tcp://HOST:PORT (or init --host)")
     try:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from protocol.errors import ProtocolError
+from protocol.mask import mask_pan
 from protocol.transport.tcp import TransportError
 from terminal import commands as cmd
 from terminal import render
@@ -204,7 +206,7 @@ def do_purchase(args: argparse.Namespace, out: Output) -> int:
         steps = cmd.Steps((cmd.purchase(terminal, order),))
     final = steps.final
     data = render.result_data(final)
-    data.update(amount=args.amount, pan=render.mask_pan(order.pan),
+    data.update(amount=args.amount, pan=mask_pan(order.pan),
                 steps=[render.result_data(r) for r in steps.results])
     lines = render.steps_lines(steps, order, terminal.config.tid, terminal.config.mid,
                                terminal.clock())
@@ -249,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return out.fail(EXIT_USAGE, type(exc).__name__, str(exc))
     except KeyboardInterrupt:
         return out.fail(130, "interrupted", "interrupted")
+    except BrokenPipeError:  # `pos-terminal status | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

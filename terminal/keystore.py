@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from protocol.crypto import tr31
 from protocol.crypto.keys import Key, Rng
@@ -153,10 +154,10 @@ def decode_keyset(data: bytes, storage_key: Key) -> KeySet:
         raise KeystoreError("keystore corrupt", "malformed content") from exc
 
 
-def _open_entry(name: str, entry: Mapping[str, object], storage_key: Key) -> StoredKey:
+def _open_entry(name: str, entry: Mapping[str, Any], storage_key: Key) -> StoredKey:
     try:
         _header, key = tr31.unwrap(storage_key, str(entry["block"]))
-    except Exception as exc:  # a damaged block may fail in any layer below; all mean the same
+    except ValueError as exc:  # KeyBlockError, KeyBlockMacError, KeyMaterialError: all damage
         raise KeystoreError("keystore corrupt", f"{name} block fails its check") from exc
     if name not in TR31_USAGE or key.usage != TR31_USAGE[name]:
         raise KeystoreError("keystore corrupt", f"{name} block has the wrong usage")
@@ -164,8 +165,8 @@ def _open_entry(name: str, entry: Mapping[str, object], storage_key: Key) -> Sto
         raise KeystoreError("keystore corrupt", f"{name} check value differs")
     return StoredKey(
         Key(key.algorithm, name, key.material),
-        int(entry["generation"]),  # type: ignore[call-overload]
-        float(entry["installed_at"]),  # type: ignore[arg-type]
+        int(entry["generation"]),
+        float(entry["installed_at"]),
     )
 
 

@@ -205,8 +205,19 @@ class Session:
     # --- responses --------------------------------------------------------------------------
 
     def receive(self, request: Request, data: bytes) -> Result:
-        """Check a response against its request; ProtocolError when it is not its answer."""
-        response = self.codec.decode(data)
+        """Check a response against its request; ProtocolError when it is not its answer.
+
+        An answer to a sign-on that does not even decode is a key download cut or garbled on
+        the line: key error K3 (old keys kept), as a terminal shows it, not a protocol error.
+        """
+        try:
+            response = self.codec.decode(data)
+        except ProtocolError as exc:
+            if request.kind != "signon":
+                raise
+            return Result("signon", "key_error", codes.KEY_ERROR,
+                          KeyErrorReason("K3", "WK", "download corrupt"), "terminal",
+                          detail=f"the 0810 does not decode: {exc}")
         expected = RESPONSE_MTI[request.message.mti]
         if response.mti != expected:
             raise ProtocolError(f"expected a {expected}, got a {response.mti}", field="MTI")

@@ -36,6 +36,7 @@ from protocol.link import (
     MessageSent,
     TraceOptions,
 )
+from protocol.transport.errors import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ STOP_POLL = 0.1
 PTY = "pty"
 
 
-class SerialLinkError(ConnectionError):
+class SerialLinkError(TransportError):
     """The serial line failed: a port that cannot be opened or vanished, or a peer that never
     ACKs. A ConnectionError, so a caller that handles a dropped TCP connection handles this."""
 

@@ -13,10 +13,9 @@ from urllib.parse import urlsplit
 
 from protocol.errors import FramingError
 from protocol.framing import DEFAULT_MAX_FRAME, FrameReader, length_prefixed
+from protocol.transport.errors import TransportError
 
-
-class TransportError(ConnectionError):
-    """The peer could not be reached, did not answer in time, or closed the connection."""
+__all__ = ["Endpoint", "TcpChannel", "TransportError", "parse_endpoint"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,15 @@ from protocol.framing import length_prefixed
 from protocol.message import Message
 from protocol.transport.serial import SerialChannel
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
-from tests.support import RunningHost, add_card, init_host, pos_host, provision_terminal, start_host
+from tests.support import (
+    RunningHost,
+    add_card,
+    init_host,
+    pos_host,
+    provision_terminal,
+    running_host,
+    start_host,
+)
 
 MID = "M00000000000001"
 CARD = Card("6212345678901234", "2812", "1234")
@@ -271,3 +279,17 @@ def test_a_serial_port_is_served_by_the_same_handlers(fresh: tuple[Path, dict]) 
             assert terminal.codec.decode(raw)[39] == "00" and terminal.response_mac_ok(raw)
     finally:
         assert host.stop() == 0
+
+
+def test_duplicates_are_recognised_after_a_restart(fresh: tuple[Path, dict]) -> None:
+    data, ceremony = fresh
+    terminal = ClientTerminal("T0000001", MID, tmk_from_ceremony(ceremony))
+    request = b""
+    with running_host(data) as host, Link(host.endpoint, terminal) as link:
+        assert link.sign_on()[39] == "00"
+        request = terminal.purchase(CARD, 100)
+        _, first = link.exchange(request)
+    with running_host(data) as host, Link(host.endpoint, terminal) as link:
+        assert link.exchange(request)[1] == first
+        stan = terminal.codec.decode(request)[11]
+        assert link.exchange(terminal.purchase(CARD, 5, stan=stan))[0][39] == "94"

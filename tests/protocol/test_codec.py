@@ -197,16 +197,16 @@ def test_encode_field_the_dialect_does_not_define():
     (CUPC, 54, "x" * 1000),
 ], ids=["cup-44-LL", "cup-63-LLL", "cup-54-LLL"])
 def test_encode_too_long_for_the_bcd_prefix_is_a_protocol_error(codec, number, value):
-    # BUG (codec.py make_encoder): enc_prefix(len(value)) runs before the length check and
-    # raises IndexError from the BCD prefix table.
+    # Regression: the prefix used to be built before the length check, and the BCD prefix table
+    # raised IndexError.
     raises(codec.encode, Message("0200", {number: value}), field=number, match="too long")
 
 
 @pytest.mark.parametrize("codec", [ISO, CUPC], ids=["iso87", "cup"])
 @pytest.mark.parametrize("number", [2, 44, 63])
 def test_encode_wrong_type_in_a_variable_field_is_a_protocol_error(codec, number):
-    # BUG (codec.py make_encoder): ASCII variable fields call len(value) before the type check,
-    # so an int raises TypeError where fixed fields raise ProtocolError("... takes str").
+    # Regression: ASCII variable fields used to call len(value) before the type check, so an int
+    # raised TypeError where fixed fields raise ProtocolError("... takes str").
     raises(codec.encode, Message("0200", {number: 12345}), field=number)
 
 

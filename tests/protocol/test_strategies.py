@@ -34,7 +34,7 @@ def test_field_values_fit_their_spec(spec, data):
     if spec.kind == "n":
         assert value == "" or value.isdigit()
     elif spec.kind == "z":
-        assert value.count("=") <= 1 and value.replace("=", "").isdigit() | (value in ("", "="))
+        assert set(value) <= set("0123456789=") and value.count("=") <= 1
     elif spec.kind == "xn":
         assert value[0] in "CD" and value[1:].isdigit()
     elif spec.kind == "a":
@@ -47,7 +47,7 @@ def test_field_values_reach_the_maximum_sometimes():
     spec = ISO87.fields[62]
     sizes: set[int] = set()
 
-    @settings(max_examples=200, database=None)
+    @settings(max_examples=300, database=None)
     @given(ps.field_values(spec))
     def collect(value):
         sizes.add(len(value))

@@ -20,7 +20,7 @@ EXPECTED = {
 }
 
 
-def demo_processes() -> list[str]:
+def processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -29,14 +29,15 @@ def demo_processes() -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "posemu-demo" in cmdline:
+        if text in cmdline:
             found.append(cmdline)
     return found
 
 
 @pytest.mark.slow
-def test_demo_shows_each_14_with_its_diagnosis_and_recovery() -> None:
+def test_demo_shows_each_14_with_its_diagnosis_and_recovery(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSEMU_")}
+    env["TMPDIR"] = str(tmp_path)  # the demo's work folder, so its processes can be told apart
     done = subprocess.run(["bash", "scripts/demo", "--no-color"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -54,4 +55,5 @@ def test_demo_shows_each_14_with_its_diagnosis_and_recovery() -> None:
     assert "keeps its old keys" in sections["8."]
     printed = [line for line in out.splitlines() if not line.startswith("$ ")]
     assert not [line for line in printed if "6212345678901234" in line], "a PAN in clear"
-    assert not demo_processes(), "the demo left processes running"
+    assert not processes_mentioning(str(tmp_path)), "the demo left processes running"
+    assert not list(tmp_path.iterdir()), "the demo left its work folder behind"

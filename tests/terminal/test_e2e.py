@@ -4,8 +4,10 @@ terminal finds itself, the host's own, --auto-signon, and a host that does not a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -124,9 +126,10 @@ def test_tid_picks_one_of_several(host: Host, tmp_path: Path, monkeypatch: pytes
 
 def test_console_script_runs(ready: Rig) -> None:
     """The installed entry point, in its own process, with its exit status."""
+    installed = shutil.which("pos-terminal", path=str(Path(sys.executable).parent))
+    command = [installed] if installed else [sys.executable, "-m", "terminal.cli"]
     done = subprocess.run(
-        [sys.executable, "-m", "terminal.cli", "--data", str(ready.folder), "--json", "echo",
-         "--host", ready.host.url],
+        [*command, "--data", str(ready.folder), "--json", "echo", "--host", ready.host.url],
         capture_output=True, text=True, timeout=30, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -159,7 +162,8 @@ def test_k1_wk_never_signed_on(fresh: Rig) -> None:
         (lambda folder: (folder / "storage.key").unlink(), "K1 TMK storage key lost"),
     ],
 )
-def test_k1_damaged_keystore_then_reinjection(ready: Rig, damage, reason: str) -> None:
+def test_k1_damaged_keystore_then_reinjection(ready: Rig, damage: Callable[[Path], None],
+                                              reason: str) -> None:
     damage(ready.folder)
     run = ready.purchase("--json")
     assert run.code == 1 and run.json["reason"] == reason
@@ -211,6 +215,10 @@ def test_k3_corrupted_download_keeps_the_old_keys(ready: Rig) -> None:
             run = run_terminal("signon", "--data", str(ready.folder), "--host", noisy, "--json")
         assert run.code == 1 and run.json["reason"] == reason, run.out
         assert ready.keys() == before, "nothing from a failed download is installed"
+    with damaging_proxy(ready.host.url, lambda frame: frame[:-7]) as cutting:
+        cut = run_terminal("signon", "--data", str(ready.folder), "--host", cutting, "--json")
+    assert cut.code == 1 and cut.json["reason"] == "K3 WK download corrupt"
+    assert ready.keys() == before
     diagnosis = ready("diagnose").out
     assert "communication fault" in diagnosis and "check the line" in diagnosis
     assert ready("signon").code == 0 and ready.keys()["MAK"]["generation"] == 2
@@ -262,6 +270,10 @@ def test_auto_signon_refuses_a_tmk_error(ready: Rig) -> None:
     signon = ready("signon", "--json")
     assert signon.json["reason"].startswith("K1 TMK")
     assert "new key ceremony is needed" in ready("signon").out
+    assert "rekey" in ready("diagnose").out
+    ready.ceremony = ready.host.admin("terminal", "rekey", ready.tid)
+    assert ready.load_tmk().code == 0 and ready("signon").code == 0
+    assert ready.purchase().code == 0
 
 
 def test_a_14_without_a_reason_is_the_hosts_own_code(ready: Rig) -> None:

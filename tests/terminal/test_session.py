@@ -4,6 +4,7 @@ terminal makes of an answer (key checks before install, response MACs, K reasons
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,8 @@ from protocol import fields, macing
 from protocol.codec import get_codec
 from protocol.codes import KeyErrorReason
 from protocol.crypto import decrypt_pin_block, generate_key, kcv, wrap_ecb
-from protocol.crypto.keys import Key
+from protocol.crypto.ciphers import des_ecb
+from protocol.crypto.keys import Key, Rng
 from protocol.dialects import get_dialect
 from protocol.errors import ProtocolError
 from protocol.message import Message
@@ -27,11 +29,12 @@ from terminal.session import (
 )
 from terminal.store import Config
 
+Mangle = Callable[[list[fields.WrappedKey]], list[fields.WrappedKey]]
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 PAN = "6212345678901234"
 
 
-def rng_from(seed: int):
+def rng_from(seed: int) -> Rng:
     return random.Random(seed).randbytes
 
 
@@ -71,7 +74,7 @@ def working_keys(code: str = "003", dialect: str = "iso87", seed: int = 2) -> di
 
 def answer_signon(request: Request, keys: dict[str, Key], dialect: str = "iso87",
                   tmk: Key = TMK, rc: str = "00", field44: str | None = None,
-                  mangle=None) -> bytes:
+                  mangle: Mangle | None = None) -> bytes:
     codec = get_codec(dialect)
     code = fields.Field60.parse(request.message.text(60)).nmic
     msg = Message("0810", {n: request.message.fields[n] for n in (11, 12, 13, 41, 42, 60)})
@@ -184,6 +187,24 @@ def test_no_working_keys_is_k1_wk() -> None:
     assert reason_of(info) == "K1 WK not signed on"
 
 
+def test_a_pin_without_a_pik_is_k1_pik() -> None:
+    keyset, _ = signed_on()
+    without_pik = KeySet({n: k for n, k in keyset.keys.items() if n != "PIK"}, "003")
+    with pytest.raises(TerminalKeyError) as info:
+        session(without_pik).purchase(1, 1, Purchase(1, PAN, "2812", "1234"))
+    assert reason_of(info) == "K1 PIK not signed on"
+
+
+def test_an_undecodable_answer_to_a_signon_is_k3_but_to_a_purchase_a_protocol_error() -> None:
+    keyset, _ = signed_on()
+    s = session(keyset)
+    signon = s.signon(2, 1)
+    assert s.receive(signon, b"0810garbage").reason == KeyErrorReason("K3", "WK",
+                                                                      "download corrupt")
+    with pytest.raises(ProtocolError):
+        s.receive(s.purchase(3, 1, Purchase(1, PAN, "2812")), b"0210garbage")
+
+
 def test_working_keys_past_local_lifetime_are_k2() -> None:
     keyset, _ = signed_on()
     clock = Clock()
@@ -205,15 +226,11 @@ def flip_parity(wrapped: list[fields.WrappedKey]) -> list[fields.WrappedKey]:
     clear = bytearray(get_key_material(first))
     clear[0] ^= 0x01
     bad = bytes(clear)
-    from protocol.crypto.ciphers import des_ecb
-
     return [replace(first, ciphertext=des_ecb(TMK.material).encrypt(bad), kcv=kcv(bad, 4)),
             *wrapped[1:]]
 
 
 def get_key_material(item: fields.WrappedKey) -> bytes:
-    from protocol.crypto.ciphers import des_ecb
-
     return des_ecb(TMK.material).decrypt(item.ciphertext)
 
 
@@ -225,7 +242,8 @@ def get_key_material(item: fields.WrappedKey) -> bytes:
         (None, generate_key("TDES", 16, "TMK", rng_from(99)), "K3 PIK"),
     ],
 )
-def test_a_bad_download_is_k3_and_keeps_the_old_keys(mangle, tmk: Key, expected: str) -> None:
+def test_a_bad_download_is_k3_and_keeps_the_old_keys(mangle: Mangle | None, tmk: Key,
+                                                     expected: str) -> None:
     old, _ = signed_on()
     s = session(old)
     request = s.signon(2, 1, "003")

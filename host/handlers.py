@@ -36,10 +36,10 @@ from protocol.message import Message
 
 # Fields a request must carry, by MTI, before anything else is looked at (else 30). Field 64 of a
 # 0200 is checked later, at its place in the §4 order.
-MANDATORY: dict[str, tuple[int, ...]] = {
-    "0200": (3, 4, 11, 22, 25, 41, 42, 49, 60),
-    "0800": (11, 41, 42, 60),
-    "0820": (11, 41, 42, 60),
+MANDATORY: dict[str, frozenset[int]] = {
+    "0200": frozenset({3, 4, 11, 22, 25, 41, 42, 49, 60}),
+    "0800": frozenset({11, 41, 42, 60}),
+    "0820": frozenset({11, 41, 42, 60}),
 }
 # Request fields a response echoes, by request MTI (PROTOCOL.md §3's response columns).
 ECHOED: dict[str, tuple[int, ...]] = {
@@ -89,6 +89,9 @@ class Verdict:
     note: str = ""
 
 
+APPROVAL = Verdict(codes.APPROVED)
+
+
 def key_error(code: str, key: str, text: str) -> Verdict:
     return Verdict(codes.KEY_ERROR, KeyErrorReason(code, key, text))
 
@@ -117,14 +120,20 @@ def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Ou
     if served is None:
         return _respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
                         now, config, None)
-    missing = [n for n in MANDATORY[mti] if n not in request.fields]
-    if missing:
+    if not MANDATORY[mti] <= request.fields.keys():
+        missing = sorted(MANDATORY[mti] - request.fields.keys())
         return _respond(request, format_error(f"missing field(s) {missing}"), now, config, None)
     try:
-        field60 = Field60.parse(request.text(60))
+        field60 = parse_field60(request.text(60))
     except ProtocolError as exc:
         return _respond(request, format_error(str(exc)), now, config, None)
     return served(request, data, field60, view, now, config)
+
+
+@lru_cache(maxsize=4096)
+def parse_field60(value: str) -> Field60:
+    """Field 60 parsed once per distinct value: a terminal sends the same one all batch long."""
+    return Field60.parse(value)
 
 
 # --- 0200 purchase -------------------------------------------------------------------------------
@@ -294,8 +303,12 @@ def handle_purchase(
     config: HandlerConfig,
 ) -> Outcome:
     p = Purchase(request, raw, field60, view, now, config)
-    verdict = next((v for step in PURCHASE_STEPS if (v := step(p)) is not None),
-                   Verdict(codes.APPROVED))
+    for step in PURCHASE_STEPS:
+        verdict = step(p)
+        if verdict is not None:
+            break
+    else:
+        verdict = APPROVAL
     if p.original is not None:
         return Outcome(p.original, request, None, [], None, None, verdict.note)
     outcome = _respond(request, verdict, now, config, p.working)

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS cards (
     balance    INTEGER NOT NULL,     -- minor units
     currency   TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS txns (
+CREATE TABLE IF NOT EXISTS txns (   -- appended in time order: few pages written per commit
     tid         TEXT NOT NULL,
     batch       TEXT NOT NULL,
     stan        TEXT NOT NULL,
@@ -73,9 +73,9 @@ CREATE TABLE IF NOT EXISTS txns (
     response    BLOB NOT NULL,       -- the response message bytes, sent again to a retransmission
     rc          TEXT NOT NULL,
     amount      INTEGER NOT NULL,
-    created     REAL NOT NULL,
-    PRIMARY KEY (tid, batch, stan)
-) WITHOUT ROWID;
+    created     REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS txns_key ON txns (tid, batch, stan);
 """
 
 GENERATIONS_CHECKED = 10
@@ -310,18 +310,19 @@ class KeyDb:
     # --- applying a handler's changes ------------------------------------------------------------
 
     def apply(self, changes: list[Change]) -> None:
-        """Apply changes in the caller's transaction: key changes one by one, in order, and the
-        transactions and debits each as one `executemany` (a batch of purchases costs two
-        statements, not two per purchase)."""
+        """Apply changes in the caller's transaction: key changes one by one, in order, the
+        transactions as one `executemany` and the debits as one update per card (a batch of
+        purchases costs two statements, not two per purchase)."""
         c = self.conn
-        records, debits = [], []
+        records = []
+        debits: dict[str, int] = {}
         for change in changes:
             kind = type(change)
             if kind is RecordTransaction:
                 records.append((change.tid, change.batch, change.stan, change.request_ref,
                                 change.response, change.rc, change.amount, change.created))
             elif kind is Debit:
-                debits.append((change.amount, change.pan_ref))
+                debits[change.pan_ref] = debits.get(change.pan_ref, 0) + change.amount
             elif kind is IssueWorkingKeys:
                 self._issue(change.tid, change.working)
             elif kind is RevokeWorkingKeys:
@@ -330,8 +331,9 @@ class KeyDb:
                 raise TypeError(f"unknown change {kind.__name__}")
         if records:
             c.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?, ?, ?)", records)
-        if debits:
-            c.executemany("UPDATE cards SET balance = balance - ? WHERE pan_ref=?", debits)
+        if debits:  # one update per card, however many purchases it made in the batch
+            c.executemany("UPDATE cards SET balance = balance - ? WHERE pan_ref=?",
+                          [(amount, ref) for ref, amount in debits.items()])
 
     # --- helpers ---------------------------------------------------------------------------------
 

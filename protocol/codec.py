@@ -86,7 +86,13 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             return enc_prefix(n) + value
         return enc_b
 
-    pad_left = kind in ("n", "xn")
+    def pad(value: str) -> str:
+        """Right-align digits; an x+n value keeps its sign first (C5 -> C00000005)."""
+        if kind == "n":
+            return value.rjust(length, "0")
+        if kind == "xn":
+            return value[:1] + value[1:].rjust(length - 1, "0")
+        return value.ljust(length, " ")
 
     def text_value(value: FieldValue) -> bytes:
         if type(value) is not str:
@@ -95,7 +101,7 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
         if enc_prefix is None and n != length:
             if n > length:
                 raise _err(f"value too long: {n} characters, at most {length}", num)
-            value = value.rjust(length, "0") if pad_left else value.ljust(length, " ")
+            value = pad(value)
         elif n > length:
             raise _err(f"value too long: {n} characters, at most {length}", num)
         try:
@@ -316,6 +322,9 @@ class Codec:
             secondary = data[pos + 8:pos + 16]
             if len(secondary) != 8:
                 raise _err("truncated: secondary bitmap cut short", 1, pos + 8)
+            if not any(secondary):
+                # An encoder sets bit 1 only for a field 65-128 (PROTOCOL.md §1).
+                raise _err("secondary bitmap present but empty", 1, pos + 8)
             bitmap = primary + secondary
         if spans is not None:
             spans["MTI"] = (0, pos)

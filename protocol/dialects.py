@@ -66,7 +66,7 @@ ISO87_TABLE: dict[int, tuple[str, str, str | None]] = {
     52: ("Personal identification number data", "b8", "pin"),
     53: ("Security related control information", "n16", None),
     54: ("Additional amounts", "an...120", None),
-    55: ("Reserved ISO", "ans...999", None),
+    55: ("Reserved ISO (ICC data in later versions)", "ans...999", "icc"),
     56: ("Reserved ISO", "ans...999", None),
     57: ("Reserved national", "ans...999", None),
     58: ("Reserved national", "ans...999", None),
@@ -131,7 +131,7 @@ CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
     36: ("Track 3 data", "z...104", "track"),
     48: ("Additional data - private", "n...322", None),
     54: ("Balance amount", "an...20", None),
-    55: ("IC card data", "b...255", None),
+    55: ("IC card data", "b...255", "icc"),  # its TLVs carry the PAN and track 2 equivalent
     58: ("PBOC electronic data", "ans...100", None),
     60: ("Reserved private (60.1 type, 60.2 batch, 60.3 network code)", "n...17", None),
     61: ("Original message data", "n...29", None),

@@ -26,6 +26,7 @@ def _size(value: FieldValue) -> str:
 MASKERS = {
     "pan": lambda v: mask_pan(v) if isinstance(v, str) else f"<PAN, {_size(v)}>",
     "track": lambda v: f"<track data masked, {_size(v)}>",
+    "icc": lambda v: f"<ICC data masked, {_size(v)}>",
     "pin": lambda v: f"<PIN block masked, {_size(v)}>",
     "key": lambda v: f"<key material masked, {_size(v)}>",
     "mac": lambda v: f"<MAC masked, {_size(v)}>",

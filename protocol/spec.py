@@ -19,7 +19,7 @@ from protocol.errors import SpecError
 KINDS = frozenset({"n", "a", "an", "ans", "ns", "z", "b", "xn"})
 """`xn` is ISO 8583's `x+n`: a C/D sign character followed by digits (fields 28-31, 97)."""
 ENCODINGS = frozenset({"ascii", "bcd"})
-MASKS = frozenset({"pan", "track", "pin", "key", "mac"})
+MASKS = frozenset({"pan", "track", "icc", "pin", "key", "mac"})
 MAC_ALGORITHMS = frozenset({"x9.19", "cup-ecb"})
 PREFIXES = {"fixed": 0, "LL": 2, "LLL": 3}
 

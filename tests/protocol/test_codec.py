@@ -6,7 +6,7 @@ import pytest
 
 from protocol.codec import Codec, get_codec
 from protocol.dialects import CUP, ISO87, get_dialect
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, SpecError
 from protocol.message import Message
 
 ISO = get_codec("iso87")
@@ -50,7 +50,7 @@ def test_cup_table_matches_protocol():
     assert 5 not in CUP.fields
     assert CUP.tpdu and CUP.header == bytes.fromhex("603100000000")
     assert get_dialect("cup") is CUP
-    with pytest.raises(KeyError):
+    with pytest.raises(SpecError, match="unknown dialect 'nope'"):
         get_dialect("nope")
 
 
@@ -295,3 +295,20 @@ def test_decode_spans_locate_every_field():
 def test_codec_for_custom_dialect_is_independent():
     codec = Codec(CUP.with_header(b"\x00" * 6))
     assert codec.encode(Message("0800", {11: "000001"})) == CUPC.encode(Message("0800", {11: "000001"}))
+
+
+def test_short_x_plus_n_value_keeps_its_sign_first() -> None:
+    codec = get_codec("iso87")
+    wire = codec.encode(Message("0200", {28: "C5"}))
+    assert wire.endswith(b"C00000005")
+    assert codec.decode(wire).fields[28] == "C00000005"
+
+
+def test_secondary_bitmap_without_a_field_above_64_is_refused() -> None:
+    codec = get_codec("iso87")
+    wire = codec.encode(Message("0800", {11: "000001"}))
+    # Set bit 1 and insert an all-zero secondary bitmap by hand.
+    forged = wire[:4] + bytes([wire[4] | 0x80]) + wire[5:12] + bytes(8) + wire[12:]
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(forged)
+    assert info.value.field == 1 and info.value.offset == 12

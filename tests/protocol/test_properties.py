@@ -254,6 +254,7 @@ def test_masked_fields_never_show_secrets(any_dialect, data):
             else:
                 assert set(shown) <= {"*"}
         else:
-            kind = {"track": "track data", "pin": "PIN block", "key": "key material", "mac": "MAC"}[category]
+            kind = {"track": "track data", "icc": "ICC data", "pin": "PIN block", "key": "key material",
+                    "mac": "MAC"}[category]
             unit = "bytes" if isinstance(value, bytes) else "chars"
             assert shown == f"<{kind} masked, {len(value)} {unit}>"

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS keys (
     PRIMARY KEY (tid, usage, generation)
 );
 CREATE TABLE IF NOT EXISTS cards (
-    pan_ref    TEXT PRIMARY KEY,     -- HMAC of the PAN under an LMK-derived key
+    pan_ref    TEXT PRIMARY KEY,     -- keyed BLAKE2b of the PAN under an LMK-derived key
     pan_masked TEXT NOT NULL,
     expiry     TEXT NOT NULL,        -- YYMM
     pvv        TEXT NOT NULL,        -- PIN verification value (see host.lmk.Vault)

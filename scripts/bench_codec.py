@@ -1,6 +1,6 @@
 """Codec speed: posemu against pyiso8583 on the same typical 0200, in the same run.
 
-Each case runs for a fixed time slice, best of several rounds, so both libraries meet the same
+Each case runs in interleaved time slices, best of several rounds, so both libraries meet the same
 machine state; ratios (posemu ops/s over pyiso8583 ops/s) are what to compare across machines.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import iso8583
+from benchlib import rates
 
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
@@ -24,25 +23,6 @@ TYPICAL_0200 = Message("0200", {
     41: "TERM0001", 42: "MERCHANT0000001", 49: "156", 52: bytes.fromhex("0123456789ABCDEF"),
     53: "2600000000000000", 60: "22000001000", 64: bytes.fromhex("A1B2C3D4E5F60718"),
 })
-
-
-def rate(fn: Callable[[], object], seconds: float, rounds: int = 5) -> float:
-    """Best ops/s over `rounds` slices of `seconds`/rounds each: bounded in time."""
-    best = 0.0
-    slice_ = seconds / rounds
-    for _ in range(rounds):
-        n = 0
-        start = time.perf_counter()
-        deadline = start + slice_
-        while True:
-            for _ in range(100):
-                fn()
-            n += 100
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, n / (now - start))
-    return best
 
 
 def main() -> None:
@@ -74,8 +54,7 @@ def main() -> None:
     print(f"codec benchmark: iso87 0200, {len(wire)} bytes, {len(message.fields)} fields")
     print(f"{'case':<10} {'posemu ops/s':>14} {'pyiso8583 ops/s':>16} {'ratio':>7}")
     for name, (ours, other) in cases.items():
-        a = rate(ours, args.seconds)
-        b = rate(other, args.seconds)
+        a, b = rates(ours, other, args.seconds)
         result[f"{name}_ops"] = round(a)
         result[f"pyiso8583_{name}_ops"] = round(b)
         result[f"{name}_ratio"] = round(a / b, 2)

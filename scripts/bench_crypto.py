@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 from collections.abc import Callable
+
+from benchlib import rates
 
 from protocol.crypto import Key, kcv, tr31, x919_mac
 
@@ -25,34 +26,6 @@ MESSAGE = bytes(range(200))
 KBPK = Key("AES", "K0", bytes.fromhex("88E1AB2A2E3DD38C1FA039A536500CC8A87AB9D62DC92C01058FA79F44657DE6"))
 KEY = Key("TDES", "P0", MAK)
 PSEC_HEADER = "D0000P0TE00N0000"
-
-
-def _slice(fn: Callable[[], object], seconds: float) -> float:
-    """Ops/s of ``fn`` over one time slice of ``seconds``."""
-    n = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(50):
-            fn()
-        n += 50
-        now = time.perf_counter()
-        if now >= deadline:
-            return n / (now - start)
-
-
-def rates(
-    ours: Callable[[], object], theirs: Callable[[], object], seconds: float, rounds: int = 5
-) -> tuple[float, float]:
-    """Best ops/s of each side over ``rounds`` interleaved slices: bounded in time, and a load
-    spike on the machine hits both sides alike instead of skewing the ratio."""
-    best_ours = best_theirs = 0.0
-    for _ in range(rounds):
-        best_ours = max(best_ours, _slice(ours, seconds / rounds))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            best_theirs = max(best_theirs, _slice(theirs, seconds / rounds))
-    return best_ours, best_theirs
 
 
 def main() -> None:

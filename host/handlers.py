@@ -16,6 +16,7 @@ from time import gmtime, strftime
 from host import hsm
 from host.lmk import Vault
 from host.state import (
+    ACTIVE,
     REVOKED,
     Card,
     Change,
@@ -177,7 +178,7 @@ def check_keys_present(p: Purchase) -> Verdict | None:
     terminal = p.terminal
     assert terminal is not None
     tmk = terminal.tmk
-    if tmk is None or tmk.state != "active":
+    if tmk is None or tmk.state != ACTIVE:
         return key_error("K1", "TMK", "revoked" if tmk and tmk.state == REVOKED else "absent")
     if terminal.current is not None:
         return None
@@ -342,7 +343,7 @@ def handle_sign_on(
     if terminal is None:
         return _respond(request, verdict, now, config, None)
     tmk = terminal.tmk
-    if tmk is None or tmk.state != "active":
+    if tmk is None or tmk.state != ACTIVE:
         return _respond(request, key_error("K1", "TMK", "not active"), now, config, None)
     if tmk.expired(now):
         return _respond(request, key_error("K2", "TMK", "expired"), now, config, None)

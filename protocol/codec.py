@@ -20,9 +20,10 @@ Encoder = Callable[[FieldValue], bytes]
 Decoder = Callable[[bytes, int], tuple[FieldValue, int]]
 Spans = dict[int | str, tuple[int, int]]
 
-# BITS[b]: the 1-based positions (MSB first) of the bits set in byte b.
-BITS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(i + 1 for i in range(8) if b & (0x80 >> i)) for b in range(256)
+# FIELDS_AT[i][b]: the field numbers that byte value b at bitmap byte i marks present.
+FIELDS_AT: tuple[tuple[tuple[int, ...], ...], ...] = tuple(
+    tuple(tuple(8 * i + bit + 1 for bit in range(8) if b & (0x80 >> bit)) for b in range(256))
+    for i in range(16)
 )
 _TRACK_ASCII = b"0123456789="
 
@@ -193,6 +194,17 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 raise _err(reason, num, start)
             return raw.decode("ascii"), end
 
+        if dec_prefix is None and kind == "n":
+            def dec_fixed_n(data: bytes, pos: int) -> tuple[FieldValue, int]:
+                end = pos + length
+                raw = data[pos:end]
+                if len(raw) != length:
+                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                if not raw.isdigit():
+                    raise _err("non-digit in an n field", num, pos)
+                return raw.decode("ascii"), end
+            return dec_fixed_n
+
         if dec_prefix is None:
             def dec_fixed(data: bytes, pos: int) -> tuple[FieldValue, int]:
                 end = pos + length
@@ -333,10 +345,8 @@ class Codec:
         pos += len(bitmap)
         decoders = self._decoders
         fields: dict[int, FieldValue] = {}
-        base = 0
-        for byte in bitmap:
-            for bit in BITS[byte]:
-                n = base + bit
+        for i, byte in enumerate(bitmap):
+            for n in FIELDS_AT[i][byte]:
                 if n == 1:
                     continue
                 dec = decoders[n]
@@ -349,7 +359,6 @@ class Codec:
                 fields[n], pos = dec(data, pos)
                 if spans is not None:
                     spans[n] = (start, pos)
-            base += 8
         if pos != len(data):
             raise _err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
         return Message(mti, fields)

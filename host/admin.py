@@ -157,7 +157,7 @@ def revoke_keys(db: KeyDb, tid: str, tmk: bool) -> dict[str, Any]:
         db.revoke_tmk(tid)
         return {"tid": tid, "revoked": "TMK", "expect": "K1 TMK revoked"}
     db.revoke_working(tid)
-    return {"tid": tid, "revoked": "WK", "expect": "K1 WK revoked or signed off"}
+    return {"tid": tid, "revoked": "WK", "expect": "K1 WK revoked/signed off"}
 
 
 def tamper_keys(db: KeyDb, tid: str, rng: Rng) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Ou
     try:
         request = codec.decode(data)
     except ProtocolError as exc:
-        return _respond(Message(mti), format_error(str(exc)), now, config, None)
+        # Echo what did decode (STAN, terminal) so the terminal can match the 30 to its request.
+        return _respond(exc.partial or Message(mti), format_error(str(exc)), now, config, None)
     served = SERVED.get(mti)
     if served is None:
         return _respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
@@ -184,7 +185,7 @@ def check_keys_present(p: Purchase) -> Verdict | None:
         return None
     if not terminal.working:
         return key_error("K1", "WK", "not signed on")
-    return key_error("K1", "WK", "revoked or signed off")
+    return key_error("K1", "WK", "revoked/signed off")
 
 
 def check_mac(p: Purchase) -> Verdict | None:

@@ -119,9 +119,13 @@ def mac_sign(codec: Codec, message: Message, mak: Key) -> bytes:
     return macing.sign(codec, message, mak)
 
 
+PIN_FORMATS = (0,)
+"""PROTOCOL.md §1: PINs travel as ISO 9564 format 0 under the PIK."""
+
+
 def decrypt_pin(pik: Key, block: bytes, pan: str) -> str:
-    """The PIN of a valid ISO 9564 block (§4: anything else is K3, whatever the cause)."""
+    """The PIN of a valid ISO 9564 format 0 block (§1, §4: anything else is K3, whatever the cause)."""
     try:
-        return decrypt_pin_block(pik, block, pan)
+        return decrypt_pin_block(pik, block, pan, formats=PIN_FORMATS)
     except CryptoError:
         raise PinBlockInvalid("PIN block does not decrypt to a valid ISO 9564 block") from None

@@ -343,8 +343,21 @@ class Codec:
             spans["bitmap"] = (pos, pos + len(bitmap))
         bitmap_at = pos
         pos += len(bitmap)
-        decoders = self._decoders
         fields: dict[int, FieldValue] = {}
+        try:
+            pos = self._decode_fields(data, bitmap, bitmap_at, pos, fields, spans)
+        except ProtocolError as exc:
+            exc.partial = Message(mti, fields)
+            raise
+        if pos != len(data):
+            exc = _err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
+            exc.partial = Message(mti, fields)
+            raise exc
+        return Message(mti, fields)
+
+    def _decode_fields(self, data: bytes, bitmap: bytes, bitmap_at: int, pos: int,
+                       fields: dict[int, FieldValue], spans: Spans | None) -> int:
+        decoders = self._decoders
         for i, byte in enumerate(bitmap):
             for n in FIELDS_AT[i][byte]:
                 if n == 1:
@@ -359,9 +372,7 @@ class Codec:
                 fields[n], pos = dec(data, pos)
                 if spans is not None:
                     spans[n] = (start, pos)
-        if pos != len(data):
-            raise _err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
-        return Message(mti, fields)
+        return pos
 
 
 @cache

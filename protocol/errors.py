@@ -6,6 +6,11 @@ so a server can catch exactly one type and keep serving other terminals.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protocol.message import Message
+
 
 class ProtocolError(ValueError):
     """Malformed input, located: which field, at which byte offset, and why.
@@ -18,6 +23,8 @@ class ProtocolError(ValueError):
         self.reason = reason
         self.field = field
         self.offset = offset
+        self.partial: Message | None = None
+        """What decoded before the failure: lets a host echo STAN and terminal in its 30."""
         where = []
         if field is not None:
             where.append(f"field {field}")

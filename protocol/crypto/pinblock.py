@@ -7,6 +7,7 @@ PIN, the PAN or the block.
 
 import os
 import re
+from collections.abc import Collection
 
 from protocol.crypto.ciphers import Ecb, aes_ecb, des_ecb, xor
 from protocol.crypto.errors import PinBlockError
@@ -68,14 +69,17 @@ def build_pin_block(pin: str, pan: str | None = None, fmt: int = 0, rng: Rng = o
     return field
 
 
-def parse_pin_block(block: bytes, pan: str | None = None) -> str:
+def parse_pin_block(block: bytes, pan: str | None = None, formats: Collection[int] | None = None) -> str:
     """The PIN of a clear block (format read from its control nibble), after checking control,
-    length, digits and fill; format 0 and 3 need the PAN."""
+    length, digits and fill; format 0 and 3 need the PAN. `formats` limits what is accepted:
+    a host that agreed on format 0 refuses a valid format 1 block as a mismatch."""
     if len(block) not in (8, 16):
         raise PinBlockError(f"PIN block of {len(block)} bytes")
     fmt = block[0] >> 4
     if fmt not in _FILL or _FORMAT_LENGTH[fmt] != len(block):
         raise PinBlockError("invalid PIN block control field")
+    if formats is not None and fmt not in formats:
+        raise PinBlockError(f"PIN block format {fmt} is not accepted here")
     field = block[:8]
     if fmt in _PAN_FORMATS:
         field = xor(field, pan_field(_check_pan(pan)))
@@ -111,7 +115,8 @@ def encrypt_pin_block(
     return ecb.encrypt(clear)
 
 
-def decrypt_pin_block(key: Key | bytes, block: bytes, pan: str | None = None) -> str:
+def decrypt_pin_block(key: Key | bytes, block: bytes, pan: str | None = None,
+                      formats: Collection[int] | None = None) -> str:
     """Decipher and validate a PIN block (8 bytes: formats 0/1/3; 16 bytes: format 4) and return
     the PIN; any failure is a ``PinBlockError``."""
     if len(block) == 16:
@@ -121,7 +126,7 @@ def decrypt_pin_block(key: Key | bytes, block: bytes, pan: str | None = None) ->
         clear = _cipher_for(key, 0).decrypt(block)
     else:
         raise PinBlockError(f"enciphered PIN block of {len(block)} bytes")
-    return parse_pin_block(clear, pan)
+    return parse_pin_block(clear, pan, formats)
 
 
 __all__ = [

@@ -69,3 +69,12 @@ def test_key_and_format_must_agree() -> None:
         decrypt_pin_block(PIK, bytes(12), PAN)
     with pytest.raises(PinBlockError):
         decrypt_pin_block(aes, encrypt_pin_block(PIK, "1234", PAN), PAN)
+
+
+def test_a_host_limited_to_format_0_refuses_a_valid_format_1_block() -> None:
+    format1 = encrypt_pin_block(PIK, "1234", None, fmt=1, rng=lambda n: bytes(range(n)))
+    assert decrypt_pin_block(PIK, format1, PAN) == "1234"
+    with pytest.raises(PinBlockError, match="format 1 is not accepted"):
+        decrypt_pin_block(PIK, format1, PAN, formats=(0,))
+    format0 = encrypt_pin_block(PIK, "1234", PAN)
+    assert decrypt_pin_block(PIK, format0, PAN, formats=(0,)) == "1234"

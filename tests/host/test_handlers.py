@@ -135,11 +135,14 @@ def test_a_response_mti_is_ignored_without_closing(world: World) -> None:
     assert outcome.response is None and not outcome.close
 
 
-def test_a_message_that_decodes_only_to_its_mti_gets_30(world: World) -> None:
+def test_a_message_cut_short_gets_30_that_echoes_what_decoded(world: World) -> None:
     data = world.client.purchase(CARD, 100)
     reply = world.reply(data[:-3])
     assert (reply.mti, reply[39]) == ("0210", "30")
     assert 64 not in reply.fields
+    # STAN and terminal decoded before the cut: the 30 carries them so it can be matched.
+    request = world.config.codec.decode(data)
+    assert (reply[11], reply[41]) == (request[11], request[41])
 
 
 @pytest.mark.parametrize(("mti", "answer"), [("0400", "0410"), ("0100", "0110"),

@@ -312,3 +312,16 @@ def test_secondary_bitmap_without_a_field_above_64_is_refused() -> None:
     with pytest.raises(ProtocolError) as info:
         codec.decode(forged)
     assert info.value.field == 1 and info.value.offset == 12
+
+
+def test_a_decode_error_carries_the_fields_decoded_before_it() -> None:
+    codec = get_codec("iso87")
+    wire = codec.encode(Message("0200", {3: "000000", 11: "000042", 41: "TERM0001", 60: "22000001000"}))
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(wire[:-2])
+    assert info.value.field == 60
+    assert info.value.partial is not None
+    assert info.value.partial.fields == {3: "000000", 11: "000042", 41: "TERM0001"}
+    with pytest.raises(ProtocolError) as trailing:
+        codec.decode(wire + b"X")
+    assert trailing.value.partial is not None and 60 in trailing.value.partial.fields

@@ -35,7 +35,7 @@ CASES = [
     ("K1 TMK keystore missing", "terminal", "hardware fault"),
     ("K1 TMK not loaded", "terminal", "never given its TMK"),
     ("K1 TMK revoked", "host", "revoked"),
-    ("K1 WK revoked or signed o", "host", "key disclosed"),
+    ("K1 WK revoked/signed off", "host", "key disclosed"),
     ("K1 WK not signed on", "terminal", "never signed on"),
     ("K2 WK expired", "host", "key expired"),
     ("K2 WK lifetime over", "terminal", "key expired"),

@@ -31,7 +31,12 @@ from protocol.framing import Framing
 from protocol.link import TraceOptions
 from protocol.spec import Dialect, load_dialect
 from protocol.transport.bridge import run_bridge
-from protocol.transport.serial import PortSpecError, parse_port_spec
+from protocol.transport.serial import (
+    PortSpecError,
+    add_port_arguments,
+    parse_port_spec,
+    spec_from_arguments,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -256,6 +261,7 @@ def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
 
 def cmd_bridge(args: argparse.Namespace) -> int:
     """Relay a serial device to a TCP host (ours or a real one) until SIGINT/SIGTERM."""
+    args.serial = spec_from_arguments(args.serial, args)
     _check_ports([args.serial])
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -361,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bridge = command(commands, "bridge", cmd_bridge,
                      "relay a serial device to a TCP host until SIGINT/SIGTERM")
-    bridge.add_argument("--serial", required=True, metavar="SPEC")
+    bridge.add_argument("--serial", required=True, metavar="SPEC",
+                        help="device path, pyserial URL or pty, with ,key=value settings or the "
+                             "flags below")
+    add_port_arguments(bridge)
     bridge.add_argument("--tcp", required=True, type=host_port, metavar="HOST:PORT")
     bridge.add_argument("--dialect", type=dialect_arg, default="iso87",
                         help="for masking the trace")

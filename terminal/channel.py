@@ -37,7 +37,7 @@ def open_serial(spec: str) -> Channel:
     try:
         return SerialChannel(spec)
     except PortSpecError as exc:
-        raise TransportError(f"serial port spec {spec!r}: {exc}") from None
+        raise TransportError(str(exc)) from None  # it names the spec already
 
 
 def open_channel(wire: Wire) -> Channel:

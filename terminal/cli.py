@@ -17,6 +17,7 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 from protocol.mask import mask_pan
+from protocol.transport.serial import add_port_arguments, spec_from_arguments
 from protocol.transport.tcp import TransportError
 from terminal import commands as cmd
 from terminal import render
@@ -65,6 +66,7 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--host", default=d(None), help="tcp://HOST:PORT")
     parser.add_argument("--serial", default=d(None), metavar="SPEC",
                         help="reach the host over a serial link instead of TCP")
+    add_port_arguments(parser, default=d(None))
     parser.add_argument("--dialect", default=d(None), help="iso87, cup or a spec file")
     parser.add_argument("--connect-timeout", type=float, default=d(5.0), metavar="S")
     parser.add_argument("--timeout", type=float, default=d(15.0), metavar="S",
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _wire(args: argparse.Namespace) -> Wire:
-    return Wire(host=args.host, serial=args.serial, connect_timeout=args.connect_timeout,
+    serial = spec_from_arguments(args.serial, args) if args.serial else None
+    return Wire(host=args.host, serial=serial, connect_timeout=args.connect_timeout,
                 response_timeout=args.timeout)
 
 

@@ -153,6 +153,49 @@ def parse_port_spec(text: str) -> PortSpec:
     return PortSpec(port, **serial_values, link=tuple(link_values.items()))
 
 
+# --- the same settings as command-line flags ----------------------------------------------------
+
+PORT_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("--baud", "baud", "line speed (a pty ignores it)"),
+    ("--bytesize", "bytesize", "5, 6, 7 or 8"),
+    ("--parity", "parity", "N, E, O, M or S"),
+    ("--stopbits", "stopbits", "1, 1.5 or 2"),
+    ("--ack-timeout", "ack_timeout", "seconds to wait for ACK before resending"),
+    ("--retries", "retries", "resends after the first transmission"),
+    ("--link-length", "length", "bcd, binary or none (none: DLE stuffing)"),
+    ("--lrc", "lrc", "which bytes the LRC covers, e.g. len-etx"),
+)
+PORT_SWITCHES: tuple[tuple[str, str, str], ...] = (
+    ("--rtscts", "rtscts", "RTS/CTS hardware flow control"),
+    ("--xonxoff", "xonxoff", "XON/XOFF software flow control"),
+    ("--no-ack-nak", "ack_nak=off", "send without waiting for ACK/NAK"),
+)
+"""`--serial PORT --baud 9600 ...` is the spec `PORT,baud=9600,...`: one parser, two spellings."""
+
+
+def add_port_arguments(parser: Any, default: Any = None) -> None:
+    """The line and link flags that go with `--serial PORT` on a command line."""
+    for flag, key, text in PORT_FLAGS:
+        parser.add_argument(flag, dest=f"port_{key}", default=default, metavar="V", help=text)
+    for flag, key, text in PORT_SWITCHES:
+        parser.add_argument(flag, dest=f"port_{key.partition('=')[0]}", action="store_const",
+                            const=key, default=default, help=text)
+
+
+def spec_from_arguments(port: str, args: Any) -> str:
+    """`port` with the flags given on the command line appended as spec settings."""
+    parts = [port]
+    for _, key, _ in PORT_FLAGS:
+        value = getattr(args, f"port_{key}", None)
+        if value is not None:
+            parts.append(f"{key}={value}")
+    for _, key, _ in PORT_SWITCHES:
+        value = getattr(args, f"port_{key.partition('=')[0]}", None)
+        if value is not None:
+            parts.append(value)
+    return ",".join(parts)
+
+
 # --- ports ---------------------------------------------------------------------------------------
 
 class _Port(Protocol):

@@ -35,9 +35,14 @@ class UsageError(ValueError):
     """An argument the operator must correct."""
 
 
-def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+# What a refusal may say about the value: never a PIN, a PAN only masked (PROTOCOL.md §6).
+_SHOWN = {"PAN": lambda v: f"({len(v)} characters)", "PIN": lambda v: ""}
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str, rule: str) -> str:
     if not pattern.fullmatch(value):
-        raise UsageError(f"{what} {value!r} is not valid")
+        shown = _SHOWN.get(what, repr)(value)
+        raise UsageError(f"{what} {shown} is not valid: {rule}".replace("  ", " "))
     return value
 
 
@@ -58,8 +63,8 @@ def add_terminal(
     db: KeyDb, tid: str, merchant: str, components: int, now: float, rng: Rng,
     lifetime: float = DEFAULT_TMK_LIFETIME,
 ) -> tuple[dict[str, Any], Key]:
-    _check(_TID, tid, "terminal id")
-    _check(_MID, merchant, "merchant id")
+    _check(_TID, tid, "terminal id", "1 to 8 printable ASCII characters")
+    _check(_MID, merchant, "merchant id", "1 to 15 printable ASCII characters")
     tmk = hsm.new_tmk(rng)
     parts = hsm.split_components(tmk, components, rng)
     db.add_terminal(tid, merchant, tmk, now, lifetime)
@@ -188,10 +193,10 @@ def parse_amount(text: str) -> int:
 def add_card(
     db: KeyDb, pan: str, expiry: str, pin: str, balance: str, currency: str = "156",
 ) -> dict[str, Any]:
-    _check(_PAN, pan, "PAN")
-    _check(_EXPIRY, expiry, "expiry (YYMM)")
-    _check(_PIN, pin, "PIN")
-    _check(_CURRENCY, currency, "currency code")
+    _check(_PAN, pan, "PAN", "12 to 19 digits")
+    _check(_EXPIRY, expiry, "expiry (YYMM)", "YYMM with a month from 01 to 12")
+    _check(_PIN, pin, "PIN", "4 to 12 digits")
+    _check(_CURRENCY, currency, "currency code", "3 digits")
     vault = db.vault
     card = Card(vault.pan_ref(pan), mask_pan(pan), expiry, vault.pin_value(pan, pin),
                 parse_amount(balance), currency)

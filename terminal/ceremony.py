@@ -64,10 +64,11 @@ def combine(components: Sequence[Component], tmk_kcv: str | None = None) -> Key:
     except ComponentError as exc:
         if exc.index is None:
             raise CeremonyError("the combined TMK does not match --tmk-kcv") from None
-        raise CeremonyError(
-            f"component {exc.index + 1} does not match its check value {pairs[exc.index][1]}: "
-            "retype it"
-        ) from None
+        problem = {
+            "parity": "does not have odd parity",
+            "length": "is not as long as the others",
+        }.get(exc.check, f"does not match its check value {pairs[exc.index][1]}")
+        raise CeremonyError(f"component {exc.index + 1} {problem}: retype it") from None
     except CryptoError as exc:
         raise CeremonyError(f"the components cannot form a TMK: {exc}") from None
     return Key(key.algorithm, "TMK", key.material)

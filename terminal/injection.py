@@ -15,7 +15,7 @@ from pathlib import Path
 
 from protocol.crypto.components import kcv_matches
 from protocol.crypto.errors import CryptoError
-from protocol.crypto.keys import Key
+from protocol.crypto.keys import Key, check_des_key
 
 
 class InjectionError(Exception):
@@ -42,8 +42,9 @@ def read_injection_file(path: Path) -> Injection:
         raise InjectionError(f"{path}: holds no TMK (key_type {doc.get('key_type')!r})")
     try:
         key = Key(str(doc.get("algorithm", "TDES")), "TMK", bytes.fromhex(str(doc["key"])))
+        check_des_key(key.material)  # length and odd parity: a KCV cannot see parity bits
     except (KeyError, ValueError, CryptoError):
-        raise InjectionError(f"{path}: no valid TMK in the file") from None
+        raise InjectionError(f"{path}: no valid TMK in the file (length or parity)") from None
     expected = doc.get("kcv")
     if not expected or not kcv_matches(key.material, key.algorithm, str(expected)):
         raise InjectionError(f"{path}: the TMK does not match the file's check value")

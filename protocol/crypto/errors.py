@@ -20,11 +20,14 @@ class ComponentError(CryptoError):
 
     ``index`` is the 0-based position of the failing component in the list given to
     ``combine_components``; it is ``None`` when the combined key fails the expected check value.
+    ``check`` says which check failed ("length", "parity" or "kcv"), so a caller can word its
+    own message without parsing this one.
     """
 
-    def __init__(self, message: str, index: int | None = None) -> None:
+    def __init__(self, message: str, index: int | None = None, check: str = "kcv") -> None:
         super().__init__(message)
         self.index = index
+        self.check = check
 
 
 class MacError(CryptoError):

@@ -93,11 +93,12 @@ def test_kcv_rejects_bad_inputs() -> None:
 
 
 def _components(key: bytes, n: int) -> list[bytes]:
-    parts = [bytes((i * 37 + j * 11) & 0xFF for j in range(len(key))) for i in range(1, n)]
+    """Odd-parity components of `key`, as a ceremony hands them out."""
+    parts = [fix_parity(bytes((i * 37 + j * 11) & 0xFF for j in range(len(key)))) for i in range(1, n)]
     last = key
     for part in parts:
         last = bytes(a ^ b for a, b in zip(last, part, strict=True))
-    return [*parts, last]
+    return [*parts, fix_parity(last)]
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -109,10 +110,16 @@ def test_combine_components(count: int) -> None:
     assert combine_components([(p, None) for p in parts]).material == TR31_KEY
 
 
-def test_combine_components_sets_odd_parity() -> None:
+def test_combine_components_sets_odd_parity_and_refuses_a_component_without_it() -> None:
     parts = _components(TR31_KEY, 2)
-    parts[0] = bytes([parts[0][0] ^ 1]) + parts[0][1:]  # flip one parity bit only
+    combined = bytes(a ^ b for a, b in zip(*parts, strict=True))
+    assert not has_odd_parity(combined)  # two odd-parity components XOR to even parity
     assert combine_components([(p, None) for p in parts], "CB9DEA").material == TR31_KEY
+    parts[1] = bytes([parts[1][0] ^ 1]) + parts[1][1:]  # flip one parity bit only: same KCV
+    assert kcv(parts[1]) == kcv(_components(TR31_KEY, 2)[1])
+    with pytest.raises(ComponentError, match="component 1 does not have odd parity") as info:
+        combine_components([(p, kcv(p, 3).hex()) for p in parts])
+    assert info.value.index == 1
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2])

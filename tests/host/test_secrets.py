@@ -7,12 +7,13 @@ used, in every form it could take (hex in either case, raw bytes, BCD), is searc
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from host.clock import system_rng
 from host.datadir import DB_FILE, open_data
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
-from tests.support import add_card, init_host, pos_host, provision_terminal, start_host
+from tests.support import add_card, host_command, init_host, pos_host, provision_terminal, start_host
 
 MID = "M00000000000001"
 CARD = Card("6212345678901234", "2812", "739152846071")
@@ -82,3 +83,22 @@ def test_no_secret_in_the_database_wal_log_or_trace(tmp_path: Path) -> None:
     for name, haystack in haystacks.items():
         found = [s for s in secrets if s in haystack]
         assert not found, f"{len(found)} secret(s) found in {name}"
+
+
+def test_a_refused_card_never_shows_its_pin_or_full_pan(tmp_path: Path) -> None:
+    data = init_host(tmp_path / "host")
+    cases = [
+        ("6225880212345671", "12345678901234", "12345678901234"),  # PIN too long
+        ("62258802123456789012", "1234", "62258802123456789012"),  # PAN too long
+        ("6225880212345671", "12a4", "12a4"),  # PIN not digits
+    ]
+    for pan, pin, secret in cases:
+        for json_flag in ((), ("--json",)):
+            done = subprocess.run(
+                [*host_command(), "--data", str(data), *json_flag, "card", "add", pan,
+                 "--expiry", "2712", "--pin", pin, "--balance", "1.00"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )
+            assert done.returncode == 2  # a usage error
+            said = done.stdout + done.stderr
+            assert "not valid" in said and secret not in said

@@ -96,14 +96,31 @@ def test_injection_file_and_component_errors(host: Host, tmp_path: Path) -> None
     assert rig.init().code == 0
 
     parts = ceremony["components"]
-    typo = parts[1]["component"]
-    typo = typo[:4] + ("0" if typo[4] != "0" else "2") + typo[5:]
-    args: list[str] = []
-    for i, part in enumerate(parts):
-        args += ["--component", typo if i == 1 else part["component"], "--kcv", part["kcv"]]
-    refused = rig("load-tmk", *args)
+
+    def with_component_1(text: str) -> list[str]:
+        args: list[str] = []
+        for i, part in enumerate(parts):
+            args += ["--component", text if i == 1 else part["component"], "--kcv", part["kcv"]]
+        return args
+
+    original = parts[1]["component"]
+    # A typo in a key bit (the high nibble of byte 2, same bit-count parity): the KCV catches it.
+    nibble = int(original[4], 16)
+    same_parity = next(d for d in range(16) if d != nibble and d.bit_count() % 2 == nibble.bit_count() % 2)
+    typo = original[:4] + f"{same_parity:X}" + original[5:]
+    refused = rig("load-tmk", *with_component_1(typo))
     assert refused.code == 2 and "component 2 does not match" in refused.err
     assert typo not in refused.err
+    # A typo in a parity bit only: the check value cannot see it, the parity check does.
+    parity_typo = original[:-1] + f"{int(original[-1], 16) ^ 1:X}"
+    refused = rig("load-tmk", *with_component_1(parity_typo))
+    assert refused.code == 2 and "component 2 does not have odd parity" in refused.err
+    tampered = tmp_path / "parity.json"
+    doc = json.loads(injection.read_text())
+    doc["key"] = doc["key"][:-1] + f"{int(doc['key'][-1], 16) ^ 1:X}"
+    tampered.write_text(json.dumps(doc))
+    refused = rig("load-tmk", "--file", str(tampered))
+    assert refused.code != 0 and "parity" in refused.err
     wrong_total = rig("load-tmk", *rig.component_args()[:-1], "000000")
     assert wrong_total.code == 2 and "--tmk-kcv" in wrong_total.err
     assert rig.keys()["TMK"]["present"] is False

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from terminal import commands as cmd
 from terminal import render
 from terminal.ceremony import CeremonyError, Component
 from terminal.channel import Wire
+from terminal.fsops import exclusive
 from terminal.injection import InjectionError
 from terminal.keystore import KeystoreError
 from terminal.session import Purchase, Result, parse_amount
@@ -131,6 +133,8 @@ def _wire(args: argparse.Namespace) -> Wire:
 
 def _terminal(args: argparse.Namespace) -> cmd.Terminal:
     layout = find_terminal(args.data, args.tid)
+    # Held until main() returns: the whole command (STAN, exchange, keys, journal) is one unit.
+    args.stack.enter_context(exclusive(layout.folder, args.connect_timeout + args.timeout + 5))
     trace = (lambda line: print(line, file=sys.stderr)) if args.trace else None
     return cmd.open_terminal(layout, wire=_wire(args), dialect_name=args.dialect, trace=trace)
 
@@ -245,12 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args.json)
     try:
-        return COMMANDS[args.command](args, out)
+        with ExitStack() as args.stack:
+            return COMMANDS[args.command](args, out)
     except TransportError as exc:
         return out.fail(EXIT_HOST, "unreachable", str(exc))
     except ProtocolError as exc:  # before ValueError, which it subclasses
         return out.fail(EXIT_HOST, "bad_response", f"the host's answer is unusable: {exc}")
-    except (StateError, CeremonyError, InjectionError, KeystoreError, ValueError) as exc:
+    except (StateError, CeremonyError, InjectionError, KeystoreError, ValueError, TimeoutError) as exc:
         return out.fail(EXIT_USAGE, type(exc).__name__, str(exc))
     except KeyboardInterrupt:
         return out.fail(130, "interrupted", "interrupted")

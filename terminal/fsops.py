@@ -8,8 +8,11 @@ a test can stop the sequence at any step, or record it, and check the order.
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +91,30 @@ def write_secret_once(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+LOCK_FILE = ".lock"
+LOCK_POLL = 0.05
+
+
+@contextmanager
+def exclusive(folder: Path, wait: float) -> Iterator[None]:
+    """One command at a time per terminal, as on a real device: two commands racing would reuse
+    a STAN or lose a key update. Waits at most `wait` seconds for the other command to finish."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"another pos-terminal command is still using {folder} "
+                        f"after {wait:g} s"
+                    ) from None
+                time.sleep(LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -34,7 +34,7 @@ def result_data(result: Result) -> dict[str, Any]:
     if result.detail:
         data["detail"] = result.detail
     if result.response is not None:
-        for number, name in ((37, "rrn"), (38, "auth_code")):
+        for number, name in ((11, "stan"), (37, "rrn"), (38, "auth_code")):
             if number in result.response:
                 data[name] = result.response.text(number)
     return data

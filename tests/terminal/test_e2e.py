@@ -153,6 +153,25 @@ def test_console_script_runs(ready: Rig) -> None:
     assert json.loads(done.stdout)["outcome"] == "ok"
 
 
+def test_commands_racing_on_one_terminal_take_turns(ready: Rig) -> None:
+    """Eight processes at once: each sign-on gets its own STAN and the keys end consistent."""
+    installed = shutil.which("pos-terminal", path=str(Path(sys.executable).parent))
+    command = [installed] if installed else [sys.executable, "-m", "terminal.cli"]
+    racers = [
+        subprocess.Popen([*command, "--data", str(ready.folder), "--json", "signon",
+                          "--host", ready.host.url],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    results = [racer.communicate(timeout=60) for racer in racers]
+    for racer, (out, err) in zip(racers, results, strict=True):
+        assert racer.returncode == 0 and "Traceback" not in err, err
+        assert json.loads(out)["outcome"] == "ok"
+    stans = [json.loads(out)["stan"] for out, _ in results]
+    assert len(set(stans)) == len(stans)
+    assert ready.purchase("--pin", PIN).code == 0  # the keys kept are the host's current ones
+
+
 # --- key errors the terminal finds itself -----------------------------------------------------
 
 

@@ -133,9 +133,11 @@ class NotAKeyError:
 
 
 def last_key_error(records: Sequence[Record]) -> int | None:
-    """Where the last 14 is in the journal (what came before it is evidence)."""
+    """Where the last key error is in the journal (what came before it is evidence): a 14, or a
+    host's own key-error code (e.g. A0) that came with a K reason."""
     for index in range(len(records) - 1, -1, -1):
-        if records[index].rc == "14":
+        record = records[index]
+        if record.rc == "14" or (record.outcome == "key_error" and record.reason):
             return index
     return None
 
@@ -206,7 +208,7 @@ def diagnose(
     rule = match_rule(code, key, source, text)
     cause, cause_meaning = CAUSES[code]
     return Diagnosis(
-        error=f"14 {record.reason}",
+        error=f"{record.rc or '14'} {record.reason}",
         source=source,
         command=record.command,
         at=record.at,

@@ -226,8 +226,12 @@ class Session:
         if response.text(41).strip() != self.config.tid:
             raise ProtocolError("the response is for another terminal", field=41)
         rc = response.text(39)
-        if rc == codes.KEY_ERROR:
-            reason = KeyErrorReason.parse(response.text(44))
+        reason = KeyErrorReason.parse(response.text(44))
+        # A host may answer key errors with its own code (`pos-host --key-error-code A0`, CUP's
+        # MAC-error code): an unMACed refusal that gives a K reason is a key error all the same.
+        if rc == codes.KEY_ERROR or (
+            reason is not None and rc != codes.APPROVED and 64 not in response.fields
+        ):
             if reason is None:
                 return Result(request.kind, "host_code", rc, response=response,
                               detail="14 without a K reason: the host's own code")

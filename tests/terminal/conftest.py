@@ -95,10 +95,10 @@ class Rig:
         return {row["name"]: {k: v for k, v in row.items() if k != "age_seconds"} for row in rows}
 
 
-def start(tmp_path_factory: pytest.TempPathFactory, dialect: str) -> Iterator[Host]:
+def start(tmp_path_factory: pytest.TempPathFactory, dialect: str, *serve: str) -> Iterator[Host]:
     data = init_host(tmp_path_factory.mktemp("host") / "data")
     add_card(data, PAN, expiry=EXPIRY, pin=PIN, balance="1000.00")
-    with running_host(data, "--dialect", dialect) as running:
+    with running_host(data, "--dialect", dialect, *serve) as running:
         yield Host(running, data, dialect)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import random
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -140,34 +141,60 @@ def test_reset_replaces_a_damaged_storage_key(store: Keystore) -> None:
 # --- SIGKILL at random instants ---------------------------------------------------------------
 
 
-def _replace_forever(store: Keystore, first: int) -> None:
+def _replace_forever(store: Keystore, first: int, report: int) -> None:
+    """Replace the keystore again and again, saying on `report` after each completed replace."""
     serial = first
     while True:
         serial += 1
         store.save(keyset_for(serial))
+        os.write(report, b".")
+
+
+def _reports(fd: int, want: int, seconds: float) -> int:
+    """Read completion reports until `want` have come (or `seconds` pass, or the pipe closes)."""
+    got = 0
+    deadline = time.monotonic() + seconds
+    while got < want and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
 
 
 def test_sigkill_during_replaces_leaves_old_or_new_never_a_mix(store: Keystore) -> None:
-    """One child replaces the keystore in a loop and is killed after a random short delay; the
-    next load must give one whole set, never older than the last one seen."""
+    """One child replaces the keystore in a loop and is killed at a random instant after a random
+    number of completed replaces; the next load must give one whole set, never older than the
+    last replace the child reported complete."""
     rng = random.Random(1405)
     store.save(keyset_for(1))
     seen = 1
     for _ in range(KILLS):
+        read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             try:
-                _replace_forever(store, seen)
+                os.close(read_end)
+                _replace_forever(store, seen, write_end)
             finally:
                 os._exit(1)
-        time.sleep(rng.uniform(0, 0.012))
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        os.close(write_end)
+        try:
+            done = _reports(read_end, rng.randint(0, 2), 10.0)
+            time.sleep(rng.uniform(0, 0.004))  # then somewhere inside the next replace, or not
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            done += _reports(read_end, 1 << 30, 1.0)  # what it reported before it died
+        finally:
+            os.close(read_end)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         serial = assert_whole(store.load())
-        assert serial >= seen
+        assert serial >= seen + done, "a replace reported complete was lost"
         seen = serial
-    assert seen > 10, "the child should have completed replaces between the kills"
+    assert seen > KILLS // 2, "the child completed replaces between the kills"
 
 
 # --- a crash injected at every step, against a disk that forgets what was not fsynced ---------

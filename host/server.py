@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 from host.clock import Clock
 from host.handlers import HandlerConfig, Outcome, handle, malfunction
@@ -50,9 +51,9 @@ Reply = Callable[[bytes | None], None]
 """Where an answer goes: a payload to frame and send, or None to close the connection."""
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """An answer held back until the batch it belongs to is committed."""
+class Pending(NamedTuple):
+    """An answer held back until the batch it belongs to is committed (a tuple: one is made per
+    message, and a frozen dataclass costs several times as much to build)."""
 
     outcome: Outcome
     reply: Reply
@@ -79,7 +80,7 @@ class HostCore:
         self._data_version = db.data_version()
         self._in_transaction = False
         self._buffered: list[Change] = []  # this batch's records and debits, written at commit
-        self._recent: dict[tuple[str, str, str], Prior] = {}  # ... and its records, by key
+        self._recent: dict[tuple[str, str, str], RecordTransaction] = {}  # ... and its records
         self._pending: list[Pending] = []
         self.messages = 0  # handled, and
         self.commits = 0  # transactions committed: messages / commits is the mean group commit
@@ -108,7 +109,10 @@ class HostCore:
             stans = self._stans[tid, batch] = self.db.stans(tid, batch)
         if stan not in stans:
             return None
-        return self._recent.get((tid, batch, stan)) or self.db.prior(tid, batch, stan)
+        record = self._recent.get((tid, batch, stan))
+        if record is not None:
+            return Prior(record.request_ref, record.response)
+        return self.db.prior(tid, batch, stan)
 
     # --- one message -------------------------------------------------------------------------
 
@@ -218,9 +222,8 @@ class HostCore:
                     self._cards[change.pan_ref] = card.debited(change.amount)
                 self._buffered.append(change)
             elif kind is RecordTransaction:
-                key = (change.tid, change.batch, change.stan)
-                self._recent[key] = Prior(change.request_ref, change.response)
-                stans = self._stans.get(key[:2])
+                self._recent[change.tid, change.batch, change.stan] = change
+                stans = self._stans.get((change.tid, change.batch))
                 if stans is not None:
                     stans.add(change.stan)
                 self._buffered.append(change)
@@ -257,15 +260,14 @@ class HostCore:
         ]
 
     def _log(self, outcome: Outcome | None, conn: str, started: float, note: str = "") -> None:
-        self.log.message(
-            ts=self.clock(), conn=conn,
-            request=outcome.request if outcome else None,
-            reply=outcome.reply if outcome else None,
-            rc=outcome.rc if outcome else None,
-            reason=outcome.reason if outcome else None,
-            note=outcome.note if outcome else note,
-            elapsed_us=(time.perf_counter() - started) * 1e6,
-        )
+        if outcome is None:
+            self.log.message(ts=self.clock(), conn=conn, request=None, reply=None, rc=None,
+                             reason=None, note=note,
+                             elapsed_us=(time.perf_counter() - started) * 1e6)
+        else:
+            self.log.message(ts=self.clock(), conn=conn, request=outcome.request,
+                             reply=outcome.reply, rc=outcome.rc, reason=outcome.reason,
+                             note=outcome.note, elapsed_us=(time.perf_counter() - started) * 1e6)
 
 
 # --- TCP -----------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ def _err(reason: str, number: int | str, offset: int | None = None) -> ProtocolE
 # --- value checks on raw ASCII bytes: None when fine, else the reason ----------------------------
 
 _PRINTABLE = bytes(range(32, 127))
+PRINTABLE_KINDS = frozenset({"an", "ans", "ns"})
+PRINTABLE_REASON = "non-printable or non-ASCII character in a text field"
 CHECKS: dict[str, Callable[[bytes], str | None]] = {
     "n": lambda raw: None if raw.isdigit() or not raw else "non-digit in an n field",
     "z": lambda raw: (
@@ -46,9 +48,8 @@ CHECKS: dict[str, Callable[[bytes], str | None]] = {
         else "x+n field must be C or D followed by digits"
     ),
     "a": lambda raw: None if raw.isalpha() or not raw else "non-letter in an a field",
-    **dict.fromkeys(("an", "ans", "ns"), lambda raw: (
-        "non-printable or non-ASCII character in a text field"
-        if raw.translate(None, _PRINTABLE) else None
+    **dict.fromkeys(PRINTABLE_KINDS, lambda raw: (
+        PRINTABLE_REASON if raw.translate(None, _PRINTABLE) else None
     )),
     "b": lambda raw: None,
 }
@@ -95,6 +96,9 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             return value[:1] + value[1:].rjust(length - 1, "0")
         return value.ljust(length, " ")
 
+    printable = kind in PRINTABLE_KINDS
+    is_n = kind == "n"
+
     def text_value(value: FieldValue) -> bytes:
         if type(value) is not str:
             raise _err(f"a {kind} field takes str", num)
@@ -109,6 +113,14 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             raw = value.encode("ascii")
         except UnicodeEncodeError:
             raise _err("non-ASCII character", num) from None
+        if printable:  # CHECKS' test on the str (ASCII by now): no call, no translate table
+            if not value.isprintable():
+                raise _err(PRINTABLE_REASON, num)
+            return raw
+        if is_n:
+            if not raw.isdigit() and raw:
+                raise _err("non-digit in an n field", num)
+            return raw
         reason = check(raw)
         if reason:
             raise _err(reason, num)
@@ -181,18 +193,26 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
 
     if not bcd:
         is_b = kind == "b"
+        printable = kind in PRINTABLE_KINDS
 
-        def take(data: bytes, start: int, n: int, at: int) -> tuple[FieldValue, int]:
-            end = start + n
-            raw = data[start:end]
-            if len(raw) != n:
-                raise _err(f"length prefix {n} runs past the end", num, at)
+        def value(raw: bytes, at: int) -> FieldValue:
+            """The field's value from its bytes, or the ProtocolError its check gives."""
             if is_b:
-                return raw, end
+                return raw
+            if printable:
+                # CHECKS' printable test, by way of the str the value becomes anyway: ASCII
+                # decodes, and for ASCII, str.isprintable() is exactly 0x20-0x7E.
+                try:
+                    text = raw.decode("ascii")
+                except UnicodeDecodeError:
+                    raise _err(PRINTABLE_REASON, num, at) from None
+                if not text.isprintable():
+                    raise _err(PRINTABLE_REASON, num, at)
+                return text
             reason = check(raw)
             if reason:
-                raise _err(reason, num, start)
-            return raw.decode("ascii"), end
+                raise _err(reason, num, at)
+            return raw.decode("ascii")
 
         if dec_prefix is None and kind == "n":
             def dec_fixed_n(data: bytes, pos: int) -> tuple[FieldValue, int]:
@@ -205,23 +225,58 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 return raw.decode("ascii"), end
             return dec_fixed_n
 
+        if dec_prefix is None and printable:
+            def dec_fixed_text(data: bytes, pos: int) -> tuple[FieldValue, int]:
+                end = pos + length
+                raw = data[pos:end]
+                if len(raw) != length:
+                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                try:
+                    text = raw.decode("ascii")
+                except UnicodeDecodeError:
+                    raise _err(PRINTABLE_REASON, num, pos) from None
+                if not text.isprintable():
+                    raise _err(PRINTABLE_REASON, num, pos)
+                return text, end
+            return dec_fixed_text
+
         if dec_prefix is None:
             def dec_fixed(data: bytes, pos: int) -> tuple[FieldValue, int]:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
                     raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
-                if is_b:
-                    return raw, end
-                reason = check(raw)
-                if reason:
-                    raise _err(reason, num, pos)
-                return raw.decode("ascii"), end
+                return value(raw, pos), end
             return dec_fixed
+
+        if dialect.prefix_encoding == "ascii":
+            # _prefix_decoder's ASCII case inlined: one call per variable field, not three.
+            width = prefix
+
+            def dec_var_ascii(data: bytes, pos: int) -> tuple[FieldValue, int]:
+                start = pos + width
+                head = data[pos:start]
+                if len(head) != width:
+                    raise _err("truncated: length prefix cut short", num, pos)
+                if not head.isdigit():
+                    raise _err("length prefix is not ASCII digits", num, pos)
+                n = int(head)
+                if n > length:
+                    raise _err(f"length {n} exceeds the maximum {length}", num, pos)
+                end = start + n
+                raw = data[start:end]
+                if len(raw) != n:
+                    raise _err(f"length prefix {n} runs past the end", num, pos)
+                return value(raw, start), end
+            return dec_var_ascii
 
         def dec_var(data: bytes, pos: int) -> tuple[FieldValue, int]:
             n, start = dec_prefix(data, pos)
-            return take(data, start, n, pos)  # type: ignore[arg-type]
+            end = start + n  # type: ignore[operator]
+            raw = data[start:end]
+            if len(raw) != n:
+                raise _err(f"length prefix {n} runs past the end", num, pos)
+            return value(raw, start), end  # type: ignore[arg-type]
         return dec_var
 
     is_track = kind == "z"
@@ -263,7 +318,8 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
 # --- the codec -----------------------------------------------------------------------------------
 
 class Codec:
-    """Compiled encoder/decoder for one dialect; stateless after construction, so shareable."""
+    """Compiled encoder/decoder for one dialect; shareable: after construction its only state is
+    bounded caches of per-bitmap plans (which fields, which coders) that any thread may fill."""
 
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
@@ -274,6 +330,9 @@ class Codec:
         for n, spec in dialect.fields.items():
             decoders[n] = make_decoder(spec, dialect)
         self._decoders = decoders
+        self._plans: dict[bytes, Plan] = {}
+        self._encode_plans: dict[tuple[int, ...], tuple[bytes, EncodeSteps]] = {}
+        self._mtis: dict[str, bytes] = {}  # MTIs encoded before: valid, and their bytes
         self.mti_length = 2 if dialect.mti_encoding == "bcd" else 4
         self._bcd_mti = dialect.mti_encoding == "bcd"
 
@@ -294,7 +353,70 @@ class Codec:
 
     def encode(self, message: Message) -> bytes:
         fields = message.fields
-        numbers = sorted(fields)
+        numbers = tuple(sorted(fields))
+        plan = self._encode_plans.get(numbers)
+        if plan is not None:
+            bitmap, steps = plan
+            mti = message.mti
+            head = self._mtis.get(mti) if type(mti) is str else None
+            if head is None:
+                head = self.encode_mti(mti)
+            parts = [head, bitmap]
+            for n, enc, run in steps:
+                if run is None:
+                    parts.append(enc(fields[n]))
+                    continue
+                # Adjacent fixed fields of one check, given at their exact lengths: checked
+                # and encoded as one string. Anything else and their own encoders run one by
+                # one, which raise exactly what they would have raised alone.
+                members, digits, each = run
+                for number, length in members:
+                    value = fields[number]
+                    if type(value) is not str or len(value) != length:
+                        break
+                else:
+                    text = "".join([fields[number] for number, _ in members])
+                    if text.isascii() and (text.isdigit() if digits else text.isprintable()):
+                        parts.append(text.encode("ascii"))
+                        continue
+                parts.extend([one(fields[number]) for number, one in each])
+            return b"".join(parts)
+        if len(self._encode_plans) >= PLAN_CACHE_SIZE:
+            self._encode_plans.clear()
+        encoded = self._encode(message, numbers)
+        # Only now (every field encoded, so every field defined): the same set of fields costs
+        # a dict lookup next time instead of a bitmap built bit by bit.
+        self._encode_plans[numbers] = (
+            encoded[self.mti_length:self.mti_length + (16 if numbers[-1] > 64 else 8)],
+            self._encode_steps(numbers),
+        ) if numbers else (bytes(8), ())
+        mti = message.mti
+        if type(mti) is str and len(self._mtis) < PLAN_CACHE_SIZE:
+            self._mtis[mti] = encoded[:self.mti_length]
+        return encoded
+
+    def _encode_steps(self, numbers: tuple[int, ...]) -> EncodeSteps:
+        """Each field with its encoder, runs of adjacent fixed fields of one check as one step
+        (see `_plan`, the decoding side)."""
+        singles = [(n, self._encoders[n], *self._run_class(n)) for n in numbers]
+        steps: list[tuple[int, Encoder, EncodeRun | None]] = []
+        i = 0
+        while i < len(singles):
+            n, enc, cls, _ = singles[i]
+            j = i + 1
+            while cls is not None and j < len(singles) and singles[j][2] == cls:
+                j += 1
+            if j - i < 2:
+                steps.append((n, enc, None))
+            else:
+                members = tuple((number, length) for number, _, _, length in singles[i:j])
+                each = tuple((number, one) for number, one, _, _ in singles[i:j])
+                steps.append((n, enc, (members, cls == "digits", each)))
+            i = j
+        return tuple(steps)
+
+    def _encode(self, message: Message, numbers: tuple[int, ...]) -> bytes:
+        fields = message.fields
         encoders = self._encoders
         parts = [self.encode_mti(message.mti), b""]
         bitmap = 0
@@ -357,6 +479,31 @@ class Codec:
 
     def _decode_fields(self, data: bytes, bitmap: bytes, bitmap_at: int, pos: int,
                        fields: dict[int, FieldValue], spans: Spans | None) -> int:
+        if spans is None:
+            plan = self._plans.get(bitmap)
+            if plan is None:
+                plan = self._plan(bitmap)
+            if plan:
+                for n, dec, run in plan:
+                    if run is None:
+                        fields[n], pos = dec(data, pos)
+                        continue
+                    # Adjacent fixed fields of one check, checked and decoded as one slice;
+                    # any doubt (short, a bad byte) and their own decoders run one by one,
+                    # which raise exactly what they would have raised alone.
+                    total, digits, cuts, each = run
+                    end = pos + total
+                    raw = data[pos:end]
+                    if len(raw) == total and (raw.isdigit() if digits else raw.isascii()):
+                        text = raw.decode("ascii")
+                        if digits or text.isprintable():
+                            for number, start, stop in cuts:
+                                fields[number] = text[start:stop]
+                            pos = end
+                            continue
+                    for number, one in each:
+                        fields[number], pos = one(data, pos)
+                return pos
         decoders = self._decoders
         for i, byte in enumerate(bitmap):
             for n in FIELDS_AT[i][byte]:
@@ -373,6 +520,63 @@ class Codec:
                 if spans is not None:
                     spans[n] = (start, pos)
         return pos
+
+    def _plan(self, bitmap: bytes) -> Plan:
+        """The fields a bitmap marks, with their decoders, in wire order: worked out once per
+        distinct bitmap (a host sees a handful), not once per message. Runs of adjacent fixed
+        fields that one test validates (ASCII digits, or printable ASCII) become one step.
+        Empty when a marked field is undefined, so that the general loop reports it where it
+        stands."""
+        decoders = self._decoders
+        singles: list[tuple[int, Decoder, str | None, int]] = []
+        for i, byte in enumerate(bitmap):
+            for n in FIELDS_AT[i][byte]:
+                dec = decoders[n]
+                if n != 1:
+                    if dec is None:
+                        return ()
+                    singles.append((n, dec, *self._run_class(n)))
+        plan: list[tuple[int, Decoder, Run | None]] = []
+        i = 0
+        while i < len(singles):
+            n, dec, cls, _ = singles[i]
+            j = i + 1
+            while cls is not None and j < len(singles) and singles[j][2] == cls:
+                j += 1
+            if j - i < 2:
+                plan.append((n, dec, None))
+            else:
+                cuts, at = [], 0
+                for number, _, _, length in singles[i:j]:
+                    cuts.append((number, at, at + length))
+                    at += length
+                each = tuple((number, one) for number, one, _, _ in singles[i:j])
+                plan.append((n, dec, (at, cls == "digits", tuple(cuts), each)))
+            i = j
+        if len(self._plans) >= PLAN_CACHE_SIZE:  # bitmaps come from the wire: keep it bounded
+            self._plans.clear()
+        result = self._plans[bitmap] = tuple(plan)
+        return result
+
+    def _run_class(self, n: int) -> tuple[str | None, int]:
+        """Which one-slice check can stand for field n's own (None: none can), and its length."""
+        spec = self.dialect.fields[n]
+        if spec.prefix:
+            return None, 0
+        if spec.kind == "n" and self.dialect.digit_encoding != "bcd":
+            return "digits", spec.length
+        if spec.kind in PRINTABLE_KINDS:
+            return "printable", spec.length
+        return None, 0
+
+
+Run = tuple[int, bool, tuple[tuple[int, int, int], ...], tuple[tuple[int, Decoder], ...]]
+"""A run's total length, digits (else printable), (field, start, stop) cuts, and decoders."""
+Plan = tuple[tuple[int, Decoder, Run | None], ...]
+EncodeRun = tuple[tuple[tuple[int, int], ...], bool, tuple[tuple[int, Encoder], ...]]
+"""A run's (field, length) members, digits (else printable), and encoders."""
+EncodeSteps = tuple[tuple[int, Encoder, EncodeRun | None], ...]
+PLAN_CACHE_SIZE = 256
 
 
 @cache

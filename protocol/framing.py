@@ -8,6 +8,7 @@ refused before a single byte of it is buffered, so a peer cannot make the host h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from construct import Int8ub, Int16ub, StreamError, Struct
 
@@ -37,8 +38,10 @@ class Tpdu:
                                   "source": self.source})
 
 
-@dataclass(frozen=True, slots=True)
-class Unframed:
+class Unframed(NamedTuple):
+    """A payload split into its parts (a named tuple: a host makes one per message, and a
+    frozen dataclass costs several times as much to build)."""
+
     tpdu: Tpdu | None
     header: bytes
     message: bytes
@@ -89,7 +92,8 @@ def length_prefixed(payload: bytes) -> bytes:
     if len(payload) > MAX_FRAME:
         raise FramingError(f"a frame holds at most {MAX_FRAME} bytes, not {len(payload)}",
                            field="length")
-    return LENGTH.build(len(payload)) + payload
+    # LENGTH's bytes (2, big-endian) without construct's build call: one per answer sent.
+    return len(payload).to_bytes(2, "big") + payload
 
 
 class FrameReader:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from host.clock import Clock
 from host.handlers import HandlerConfig, Outcome, handle, malfunction
@@ -62,6 +62,28 @@ class Pending(NamedTuple):
     message: bytes
 
 
+CACHE_LIMIT = 10_000
+"""Entries per in-memory cache: past it the cache starts again, so unauthenticated traffic
+(made-up terminal ids, batches) cannot grow the host's memory without bound."""
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _cached(cache: dict[K, V], key: K, load: Callable[[K], V | None]) -> V | None:
+    """A hit, or a database read; only what exists is kept (a miss costs a read each time)."""
+    try:
+        return cache[key]
+    except KeyError:
+        pass
+    value = load(key)
+    if value is not None:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
 class HostCore:
     """Handlers plus state: a `HostView` over the database with a cache of unwrapped keys."""
 
@@ -74,8 +96,8 @@ class HostCore:
         self.clock = clock
         self.log = log
         self.framing = framing
-        self._terminals: dict[str, TerminalKeys | None] = {}
-        self._cards: dict[str, Card | None] = {}
+        self._terminals: dict[str, TerminalKeys] = {}
+        self._cards: dict[str, Card] = {}
         self._stans: dict[tuple[str, str], set[str]] = {}  # answered STANs by (terminal, batch)
         self._data_version = db.data_version()
         self._in_transaction = False
@@ -88,24 +110,18 @@ class HostCore:
     # --- HostView ----------------------------------------------------------------------------
 
     def terminal(self, tid: str) -> TerminalKeys | None:
-        try:
-            return self._terminals[tid]
-        except KeyError:
-            keys = self._terminals[tid] = self.db.load_terminal(tid)
-            return keys
+        return _cached(self._terminals, tid, self.db.load_terminal)
 
     def card(self, pan_ref: str) -> Card | None:
-        try:
-            return self._cards[pan_ref]
-        except KeyError:
-            card = self._cards[pan_ref] = self.db.card(pan_ref)
-            return card
+        return _cached(self._cards, pan_ref, self.db.card)
 
     def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
         """Only a STAN already answered costs a row read (none if answered in this batch); the
         common case, a new STAN, is a set lookup, the set read once per terminal and batch."""
         stans = self._stans.get((tid, batch))
         if stans is None:
+            if len(self._stans) >= CACHE_LIMIT:
+                self._stans.clear()
             stans = self._stans[tid, batch] = self.db.stans(tid, batch)
         if stan not in stans:
             return None

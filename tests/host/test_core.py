@@ -147,3 +147,19 @@ def test_a_response_mti_gets_no_answer_and_bad_tpdu_closes(site: Site) -> None:
     response = site.codec.encode(Message("0210", {11: "000001", 39: "00"}))
     assert site.core.handle_payload(response) is None
     assert site.core.submit(b"\x00", lambda _: None, "x") == "close"
+
+
+def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> None:
+    """Unauthenticated traffic (any TID, any batch) costs reads, never memory that stays."""
+    from host import server
+
+    echo = {11: "000001", 41: "", 42: MID, 60: "00000001301"}
+    for i in range(300):
+        fields = {**echo, 41: f"X{i:07d}"}
+        site.core.submit(site.terminal.payload(site.codec.encode(Message("0820", fields))),
+                         lambda _: None, "test")
+    site.core.commit()
+    assert "X0000001" not in site.core._terminals and len(site.core._terminals) <= 1
+    for batch in range(server.CACHE_LIMIT + 5):
+        site.core.prior("T0000001", f"{batch:06d}", "000001")
+    assert len(site.core._stans) <= server.CACHE_LIMIT

@@ -24,9 +24,11 @@ from host.lmk import LmkError
 from host.logs import MessageLog
 from host.server import HostCore, SerialPorts, serve_until_signalled
 from protocol.codec import codec_for
+from protocol.codes import KEY_ERROR, RESPONSE_CODES
 from protocol.crypto import CryptoError
 from protocol.dialects import get_dialect
 from protocol.errors import SpecError
+from protocol.fields import KEY_SETS
 from protocol.framing import Framing
 from protocol.link import TraceOptions
 from protocol.spec import Dialect, load_dialect
@@ -55,7 +57,18 @@ def duration(text: str) -> float:
 def response_code(text: str) -> str:
     if not _RESPONSE_CODE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a 2-character response code")
+    if text in RESPONSE_CODES and text != KEY_ERROR:
+        # 00 would turn every key error into an unMACed approval, 94 into a duplicate...
+        raise argparse.ArgumentTypeError(f"{text} already means {RESPONSE_CODES[text]!r}")
     return text
+
+
+def key_sets(text: str) -> frozenset[str]:
+    chosen = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = chosen - KEY_SETS.keys()
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"key sets are {', '.join(KEY_SETS)}, comma-separated")
+    return chosen
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -237,7 +250,8 @@ def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
     _check_ports(args.serial)
     dialect: Dialect = args.dialect
     codec = codec_for(dialect)
-    config = HandlerConfig(codec, db.vault, system_rng, args.key_error_code, args.key_lifetime)
+    config = HandlerConfig(codec, db.vault, system_rng, args.key_error_code, args.key_lifetime,
+                           args.key_sets)
     stream = _open_log(args.log)
     log = MessageLog(stream, dialect, args.trace)
     core = HostCore(db, config, system_clock, log, Framing(dialect))
@@ -360,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="iso87 (default), cup, or a JSON/TOML dialect file")
     serve.add_argument("--key-error-code", type=response_code, default="14",
                        help="the response code of a key error (e.g. A0)")
+    serve.add_argument("--key-sets", type=key_sets, default=frozenset(KEY_SETS), metavar="LIST",
+                       help="the key sets issued at sign-on (default 001,003,004); another is "
+                            "answered 14 K3 WK key set unsupported")
     serve.add_argument("--key-lifetime", type=duration, default=DEFAULT_KEY_LIFETIME,
                        help="working-key lifetime (e.g. 24h)")
     serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")

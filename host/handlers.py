@@ -66,6 +66,8 @@ class HandlerConfig:
     rng: Callable[[int], bytes]
     key_error_code: str = codes.KEY_ERROR
     key_lifetime: float = DEFAULT_KEY_LIFETIME
+    key_sets: frozenset[str] = frozenset(KEY_SETS)
+    """The key sets this host issues: fewer makes ERROR14's "software too old" cause happen."""
 
 
 @dataclass(slots=True)
@@ -349,9 +351,10 @@ def handle_sign_on(
         return _respond(request, key_error("K1", "TMK", "not active"), now, config, None)
     if tmk.expired(now):
         return _respond(request, key_error("K2", "TMK", "expired"), now, config, None)
-    key_set = KEY_SETS.get(field60.nmic)
+    key_set = KEY_SETS.get(field60.nmic) if field60.nmic in config.key_sets else None
     if key_set is None:
-        verdict = Verdict(codes.INVALID_TRANSACTION, note=f"60.3 {field60.nmic} not a key set")
+        # ERROR14: a terminal asking for a key scheme the host does not offer (software too old).
+        verdict = key_error("K3", "WK", "key set unsupported")
         return _respond(request, verdict, now, config, None)
     working = hsm.new_working_set(
         key_set, config.codec.dialect, terminal.next_generation, now, config.key_lifetime,

@@ -92,6 +92,10 @@ RULES: tuple[Rule, ...] = (
           "the TMK on the terminal and on the host differ",
           "software too old for the key scheme the host offers"),
          (CHECK_LINE, CEREMONY, SOFTWARE)),
+    Rule("K3", False, "host", ("key set",),
+         ("software too old for the key scheme: the terminal asks for a key set the host no "
+          "longer issues",),
+         (SOFTWARE, SIGN_ON)),
     Rule("K3", False, "host", ("pin",),
          ("the PIN block does not decrypt under the host's PIK: the terminal's PIK differs",),
          (SIGN_ON, CEREMONY)),

@@ -457,10 +457,15 @@ def test_sign_on_with_an_expired_tmk_is_k2_tmk(world: World) -> None:
     assert world.reply(world.client.sign_on_request()).text(44).startswith("K2 TMK")
 
 
-def test_sign_on_with_an_unknown_key_set_gets_12(world: World) -> None:
-    outcome = world.handle(world.client.sign_on_request("009"))
-    assert outcome.response is not None and not outcome.changes
-    assert world.config.codec.decode(outcome.response)[39] == "12"
+def test_sign_on_with_a_key_set_the_host_does_not_offer_is_k3(world: World) -> None:
+    """ERROR14's "software too old for the key scheme": unknown sets, and sets switched off."""
+    narrow = replace(world.config, key_sets=frozenset({"003", "004"}))
+    for key_set, config in (("009", world.config), ("001", narrow)):
+        outcome = handle(world.client.sign_on_request(key_set), world.view, world.now, config)
+        assert outcome.response is not None and not outcome.changes
+        reply = world.config.codec.decode(outcome.response)
+        assert (reply[39], reply[44]) == ("14", "K3 WK key set unsupported")
+        assert 62 not in reply.fields and 64 not in reply.fields
 
 
 def test_sign_off_revokes_the_working_keys(world: World) -> None:

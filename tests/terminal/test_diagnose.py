@@ -48,6 +48,7 @@ CASES = [
     ("K3 MAK response MAC bad", "terminal", "altered on the line"),
     ("K3 MAK mismatch", "host", "tampered"),
     ("K3 PIK bad PIN block", "host", "PIN block"),
+    ("K3 WK key set unsupported", "host", "software too old"),
 ]
 
 

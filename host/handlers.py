@@ -253,6 +253,12 @@ def check_pin_block(p: Purchase) -> Verdict | None:
     if block is None:
         return None
     assert p.working is not None and isinstance(block, bytes)
+    control = p.request.get(53)
+    if control is None:
+        return format_error("a PIN block without field 53")
+    if control != KEY_SETS[p.working.key_set].security_control:
+        # Field 53 names the PIN format and PIK length (§3): another scheme than the keys issued.
+        return key_error("K3", "PIK", "field 53 mismatch")
     try:
         p.pin = hsm.decrypt_pin(p.working.pik, block, p.pan)
     except hsm.PinBlockInvalid:

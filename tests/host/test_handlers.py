@@ -282,6 +282,18 @@ def test_a_pin_block_that_is_not_iso9564_is_k3_pik(world: World) -> None:
     assert reply.text(44) == "K3 PIK bad PIN block"
 
 
+def test_field_53_must_travel_with_a_pin_and_match_the_key_set(world: World) -> None:
+    fields = world.client.purchase_fields(CARD, 100)
+    assert 52 in fields and fields[53] == "2600000000000000"  # key set 003
+    without = {n: v for n, v in fields.items() if n != 53}
+    reply = world.reply(sign(world.config.codec, Message("0200", without), world.client.keys["MAK"]))
+    assert reply[39] == "30" and 64 not in reply.fields
+    other = {**fields, 53: "2000000000000000"}  # the key set 001 scheme
+    reply = world.reply(sign(world.config.codec, Message("0200", other), world.client.keys["MAK"]))
+    assert_key_error(reply, "K3", "PIK")
+    assert reply.text(44) == "K3 PIK field 53 mismatch"
+
+
 def test_an_unknown_card_gets_56_with_a_mac(world: World) -> None:
     other = ClientCard("6299999999999999", EXPIRY, PIN)
     outcome = world.handle(world.client.purchase(other, 100))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import sqlite3
@@ -159,8 +160,19 @@ def _ceremony(args: argparse.Namespace, result: dict[str, Any], tmk: Any) -> int
     return EXIT_OK
 
 
+def _claim_out(args: argparse.Namespace) -> None:
+    """Create the --out file (mode 0600) before the database changes: a ceremony whose
+    injection file cannot be written must not leave a registered terminal behind."""
+    if args.out:
+        try:
+            os.close(os.open(args.out, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise admin.UsageError(f"--out {args.out}: {exc.strerror}") from None
+
+
 @_with_db
 def cmd_terminal_add(args: argparse.Namespace, db: KeyDb) -> int:
+    _claim_out(args)
     result, tmk = admin.add_terminal(db, args.tid, args.merchant, args.components,
                                      system_clock(), system_rng, args.tmk_lifetime)
     return _ceremony(args, result, tmk)
@@ -168,6 +180,7 @@ def cmd_terminal_add(args: argparse.Namespace, db: KeyDb) -> int:
 
 @_with_db
 def cmd_terminal_rekey(args: argparse.Namespace, db: KeyDb) -> int:
+    _claim_out(args)
     result, tmk = admin.rekey_terminal(db, args.tid, args.components, system_clock(),
                                        system_rng, args.tmk_lifetime)
     return _ceremony(args, result, tmk)

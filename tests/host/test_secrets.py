@@ -102,3 +102,11 @@ def test_a_refused_card_never_shows_its_pin_or_full_pan(tmp_path: Path) -> None:
             assert done.returncode == 2  # a usage error
             said = done.stdout + done.stderr
             assert "not valid" in said and secret not in said
+
+
+def test_a_ceremony_whose_injection_file_cannot_be_written_registers_nothing(tmp_path: Path) -> None:
+    data = init_host(tmp_path / "host")
+    refused = pos_host(data, "terminal", "add", "TX000001", "--merchant", "M1",
+                       "--out", str(tmp_path / "missing" / "tmk.json"), check=False)
+    assert refused["returncode"] == 2 and "--out" in refused["error"]
+    assert pos_host(data, "terminal", "list") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,13 +169,22 @@ def test_duplicates_same_bytes_get_the_original_other_bytes_94(site: Site) -> No
         assert other[39] == "94" and link.terminal.response_mac_ok(other_raw)
 
 
-def _steady_purchases(site: Site, count: int, results: list[str]) -> None:
+def _steady_purchases(site: Site, stop: threading.Event, results: list[str]) -> None:
+    """Purchases one after another until `stop` (at most 3,000 or 60 s): the other terminal."""
+    deadline = time.monotonic() + 60
     with signed_on(site, "T0STEADY") as link:
-        for _ in range(count):
+        while not stop.is_set() and len(results) < 3000 and time.monotonic() < deadline:
             request = link.terminal.purchase(CARD, 1)
             sent = link.terminal.codec.decode(request)[11]
             reply, _ = link.exchange(request)
             results.append("ok" if reply[11] == sent and reply[39] == "00" else "wrong")
+
+
+def _wait_for(results: list[str], count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(results) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(results) >= count, "the steady terminal made no progress"
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -187,8 +197,10 @@ def _closed(sock: socket.socket) -> bool:
 
 def test_malformed_frames_get_30_or_close_only_their_own_connection(site: Site) -> None:
     results: list[str] = []
-    steady = threading.Thread(target=_steady_purchases, args=(site, 150, results))
+    stop = threading.Event()
+    steady = threading.Thread(target=_steady_purchases, args=(site, stop, results))
     steady.start()
+    _wait_for(results, 5)  # the other terminal is transacting before the bad input starts...
     terminal = site.terminal("T0MALFOR")
     with signed_on(site, "T0MALFOR") as link:
         good = terminal.purchase(CARD, 100)
@@ -205,8 +217,11 @@ def test_malformed_frames_get_30_or_close_only_their_own_connection(site: Site) 
         sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             sock.recv(100)
+    during = len(results)
+    _wait_for(results, during + 5)  # ... and goes on after it
+    stop.set()
     steady.join(60)
-    assert results == ["ok"] * 150
+    assert results == ["ok"] * len(results)
 
 
 def test_sign_off_then_purchase_is_k1_and_echo_answers(site: Site) -> None:

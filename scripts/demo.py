@@ -12,15 +12,14 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+
+from protocol.transport.noisy import flip_bit, noisy_line
 
 TID, MID = "DEMO0001", "DEMOMERCHANT001"
 PAN, EXPIRY, PIN = "6212345678901234", "2812", "1234"
@@ -107,50 +106,6 @@ def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return buffer.split(b"\n", 1)[0].decode()
 
 
-@contextmanager
-def noisy_line(upstream: str, damage: Callable[[bytes], bytes]) -> Iterator[str]:
-    """A relay between terminal and host that damages each answer: an unstable phone line."""
-    host, _, port = upstream.removeprefix("tcp://").rpartition(":")
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def read_frame(conn: socket.socket) -> bytes:
-        data = b""
-        while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2]):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    def relay() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn, socket.create_connection((host, int(port)), timeout=10) as up:
-                up.sendall(read_frame(conn))
-                conn.sendall(damage(read_frame(up)))
-
-    thread = threading.Thread(target=relay, daemon=True)
-    thread.start()
-    try:
-        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
-
-
-def flip_last_kcv(frame: bytes) -> bytes:
-    """Field 62 ends the 0810: flipping a bit in its last bytes alters the MAK's check value."""
-    data = bytearray(frame)
-    data[-2] ^= 0x10
-    return bytes(data)
-
-
 def scenario(demo: Demo, name: str, cause: str, breakage: Callable[[], object],
              host: str | None = None) -> None:
     demo.title(name)
@@ -223,7 +178,7 @@ def play(demo: Demo) -> None:
     scenario(demo, "7. key error 14, K3: a tampered key",
              "the MAK the host holds no longer matches the terminal's",
              lambda: demo.run("pos-host", "keys", "tamper", TID))
-    with noisy_line(demo.host_url, flip_last_kcv) as noisy:
+    with noisy_line(demo.host_url, flip_bit(2)) as noisy:  # field 62 ends the 0810: a KCV byte
         scenario(demo, "8. key error 14, K3: a key download corrupted on the line",
                  "a noisy line flips a bit of the 0810; the terminal checks every check value "
                  "before installing anything, and keeps its old keys",

@@ -1,5 +1,5 @@
-"""Network stand-ins for what a real host cannot be asked to do: damage a frame on the line,
-answer like a foreign host, or not answer at all."""
+"""Network stand-ins for what a real host cannot be asked to do: answer like a foreign host, or
+not answer at all. (A line that damages frames is a feature: protocol.transport.noisy.)"""
 
 from __future__ import annotations
 
@@ -61,26 +61,6 @@ def _running(handle: Callable[[socket.socket], None]) -> Iterator[str]:
 
 
 @contextmanager
-def damaging_proxy(upstream: str, mutate_response: Mutate) -> Iterator[str]:
-    """Forwards each request to `upstream` and alters the response on its way back: a noisy
-    line between terminal and host."""
-    host, _, port = upstream.removeprefix("tcp://").rpartition(":")
-
-    def handle(conn: socket.socket) -> None:
-        request = _read_frame(conn, FrameReader())
-        if request is None:
-            return
-        with socket.create_connection((host, int(port)), timeout=10) as up:
-            up.sendall(length_prefixed(request))
-            response = _read_frame(up, FrameReader())
-        if response is not None:
-            conn.sendall(length_prefixed(mutate_response(response)))
-
-    with _running(handle) as url:
-        yield url
-
-
-@contextmanager
 def foreign_host(rc: str, dialect: str = "iso87") -> Iterator[str]:
     """A host that answers every request with `rc` and no field 44: how a real acquirer says 14
     ("invalid card number" in ISO 8583), with no K reason."""
@@ -117,12 +97,3 @@ def closed_port() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
-def flip_byte(offset_from_end: int) -> Mutate:
-    def mutate(payload: bytes) -> bytes:
-        data = bytearray(payload)
-        data[len(data) - offset_from_end] ^= 0x10
-        return bytes(data)
-
-    return mutate

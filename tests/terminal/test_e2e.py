@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from protocol.transport.noisy import flip_bit, noisy_line
 from terminal.commands import CLOCK_OFFSET_ENV
 from tests.support import provision_terminal
 from tests.terminal.conftest import MERCHANT, PAN, PIN, Host, Rig, new_rig, run_terminal
-from tests.terminal.fakes import closed_port, damaging_proxy, flip_byte, foreign_host, silent_host
+from tests.terminal.fakes import closed_port, foreign_host, silent_host
 
 # --- the happy path through every command ---------------------------------------------------
 
@@ -247,11 +248,11 @@ def test_k2_local_lifetime_and_auto_signon(ready: Rig, monkeypatch: pytest.Monke
 def test_k3_corrupted_download_keeps_the_old_keys(ready: Rig) -> None:
     before = ready.keys()
     for offset, reason in ((2, "K3 MAK KCV mismatch"), (10, "K3 MAK bad length/parity")):
-        with damaging_proxy(ready.host.url, flip_byte(offset)) as noisy:
+        with noisy_line(ready.host.url, flip_bit(offset)) as noisy:
             run = run_terminal("signon", "--data", str(ready.folder), "--host", noisy, "--json")
         assert run.code == 1 and run.json["reason"] == reason, run.out
         assert ready.keys() == before, "nothing from a failed download is installed"
-    with damaging_proxy(ready.host.url, lambda frame: frame[:-7]) as cutting:
+    with noisy_line(ready.host.url, lambda frame: frame[:-7]) as cutting:
         cut = run_terminal("signon", "--data", str(ready.folder), "--host", cutting, "--json")
     assert cut.code == 1 and cut.json["reason"] == "K3 WK download corrupt"
     assert ready.keys() == before
@@ -262,7 +263,7 @@ def test_k3_corrupted_download_keeps_the_old_keys(ready: Rig) -> None:
 
 
 def test_k3_response_mac_that_fails(ready: Rig) -> None:
-    with damaging_proxy(ready.host.url, flip_byte(3)) as noisy:
+    with noisy_line(ready.host.url, flip_bit(3)) as noisy:
         run = run_terminal("purchase", "--amount", "1.00", "--pan", PAN, "--expiry", "2812",
                            "--data", str(ready.folder), "--host", noisy, "--json")
     assert run.code == 1 and run.json["reason"] == "K3 MAK response MAC bad"

@@ -30,7 +30,8 @@ def flip_bit(offset_from_end: int, mask: int = 0x10) -> Damage:
     return damage
 
 
-def _read_frame(conn: socket.socket) -> bytes | None:
+def read_frame(conn: socket.socket) -> bytes | None:
+    """One length-prefixed frame's payload from a socket, or None when the peer closes first."""
     reader = FrameReader()
     while True:
         chunk = conn.recv(65536)
@@ -52,12 +53,12 @@ def noisy_line(upstream: str, damage: Damage) -> Iterator[str]:
 
     def relay(conn: socket.socket) -> None:
         conn.settimeout(LINE_TIMEOUT)
-        request = _read_frame(conn)
+        request = read_frame(conn)
         if request is None:
             return
         with socket.create_connection((target.host, target.port), timeout=LINE_TIMEOUT) as up:
             up.sendall(length_prefixed(request))
-            response = _read_frame(up)
+            response = read_frame(up)
         if response is not None:
             conn.sendall(length_prefixed(damage(response)))
 

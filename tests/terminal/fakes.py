@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from protocol.codec import get_codec
-from protocol.framing import FrameReader, length_prefixed
+from protocol.framing import length_prefixed
 from protocol.message import Message
+from protocol.transport.noisy import read_frame
 
 Mutate = Callable[[bytes], bytes]
 
@@ -21,16 +22,6 @@ def _listener() -> socket.socket:
     server.listen(8)
     server.settimeout(0.2)
     return server
-
-
-def _read_frame(conn: socket.socket, reader: FrameReader) -> bytes | None:
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return None
-        frames = reader.feed(chunk)
-        if frames:
-            return frames[0]
 
 
 def _serve(server: socket.socket, stop: threading.Event,
@@ -67,7 +58,7 @@ def foreign_host(rc: str, dialect: str = "iso87") -> Iterator[str]:
     codec = get_codec(dialect)
 
     def handle(conn: socket.socket) -> None:
-        request = _read_frame(conn, FrameReader())
+        request = read_frame(conn)
         if request is None:
             return
         msg = codec.decode(request)

@@ -8,7 +8,7 @@ Every malformed input raises `ProtocolError` naming the field, the byte offset a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 
 from protocol.dialects import BUILTIN
@@ -317,6 +317,18 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
 
 # --- the codec -----------------------------------------------------------------------------------
 
+def _runs(classes: list[str | None]) -> Iterator[tuple[int, int]]:
+    """Index ranges [i, j) over fields in wire order: a run of adjacent fields of one class
+    (checked as one slice by the plans), or a field alone (class None, or a class of its own)."""
+    i = 0
+    while i < len(classes):
+        j = i + 1
+        while classes[i] is not None and j < len(classes) and classes[j] == classes[i]:
+            j += 1
+        yield i, j
+        i = j
+
+
 class Codec:
     """Compiled encoder/decoder for one dialect; shareable: after construction its only state is
     bounded caches of per-bitmap plans (which fields, which coders) that any thread may fill."""
@@ -400,19 +412,14 @@ class Codec:
         (see `_plan`, the decoding side)."""
         singles = [(n, self._encoders[n], *self._run_class(n)) for n in numbers]
         steps: list[tuple[int, Encoder, EncodeRun | None]] = []
-        i = 0
-        while i < len(singles):
+        for i, j in _runs([cls for _, _, cls, _ in singles]):
             n, enc, cls, _ = singles[i]
-            j = i + 1
-            while cls is not None and j < len(singles) and singles[j][2] == cls:
-                j += 1
             if j - i < 2:
                 steps.append((n, enc, None))
             else:
                 members = tuple((number, length) for number, _, _, length in singles[i:j])
                 each = tuple((number, one) for number, one, _, _ in singles[i:j])
                 steps.append((n, enc, (members, cls == "digits", each)))
-            i = j
         return tuple(steps)
 
     def _encode(self, message: Message, numbers: tuple[int, ...]) -> bytes:
@@ -537,12 +544,8 @@ class Codec:
                         return ()
                     singles.append((n, dec, *self._run_class(n)))
         plan: list[tuple[int, Decoder, Run | None]] = []
-        i = 0
-        while i < len(singles):
+        for i, j in _runs([cls for _, _, cls, _ in singles]):
             n, dec, cls, _ = singles[i]
-            j = i + 1
-            while cls is not None and j < len(singles) and singles[j][2] == cls:
-                j += 1
             if j - i < 2:
                 plan.append((n, dec, None))
             else:
@@ -552,7 +555,6 @@ class Codec:
                     at += length
                 each = tuple((number, one) for number, one, _, _ in singles[i:j])
                 plan.append((n, dec, (at, cls == "digits", tuple(cuts), each)))
-            i = j
         if len(self._plans) >= PLAN_CACHE_SIZE:  # bitmaps come from the wire: keep it bounded
             self._plans.clear()
         result = self._plans[bitmap] = tuple(plan)

@@ -20,13 +20,13 @@ from collections.abc import Callable
 
 from protocol.errors import FramingError
 from protocol.framing import DEFAULT_MAX_FRAME, FrameReader, length_prefixed
-from protocol.link import LinkOptions, MessageReceived, TraceOptions
+from protocol.link import LinkOptions, TraceOptions
 from protocol.transport.serial import (
-    STOP_POLL,
     PortSpec,
     SerialLine,
     SerialLinkError,
     log_error,
+    pump,
     resolve_spec,
 )
 
@@ -122,18 +122,6 @@ def run_bridge(serial_spec: PortSpec | str, tcp_host: str, tcp_port: int, *,
     upstream = _Upstream((tcp_host, tcp_port), line.send_from_thread, connect_timeout,
                          max_length)
     try:
-        if on_ready:
-            on_ready(line.name)
-        while not stop.is_set():
-            for event in line.poll(STOP_POLL):
-                if isinstance(event, MessageReceived):
-                    upstream.send(event.payload)
-                else:
-                    line.log_event(event)
-    except SerialLinkError as error:
-        on_error(error)
-        return error
+        return pump(line, stop, on_ready, on_error, upstream.send)
     finally:
         upstream.close()
-        line.close()
-    return None

@@ -43,16 +43,40 @@ def read_frame(conn: socket.socket) -> bytes | None:
 
 
 @contextmanager
-def noisy_line(upstream: str, damage: Damage) -> Iterator[str]:
-    """Yields `tcp://127.0.0.1:PORT` of a relay to `upstream` that damages every answer; one
-    request and one answer per connection, as our terminal makes them."""
-    target = parse_endpoint(upstream)
+def serving(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """Yields `tcp://127.0.0.1:PORT` of a listener that runs `handle` on each connection, one at
+    a time, until the block ends; a peer's socket error ends only its own connection."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(ACCEPT_POLL)
     stop = threading.Event()
 
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn, suppress(OSError):
+                conn.settimeout(LINE_TIMEOUT)
+                handle(conn)
+
+    thread = threading.Thread(target=serve, name="line", daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@contextmanager
+def noisy_line(upstream: str, damage: Damage) -> Iterator[str]:
+    """Yields `tcp://127.0.0.1:PORT` of a relay to `upstream` that damages every answer; one
+    request and one answer per connection, as our terminal makes them."""
+    target = parse_endpoint(upstream)
+
     def relay(conn: socket.socket) -> None:
-        conn.settimeout(LINE_TIMEOUT)
         request = read_frame(conn)
         if request is None:
             return
@@ -62,20 +86,5 @@ def noisy_line(upstream: str, damage: Damage) -> Iterator[str]:
         if response is not None:
             conn.sendall(length_prefixed(damage(response)))
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn, suppress(OSError):
-                relay(conn)
-
-    thread = threading.Thread(target=serve, name="noisy-line", daemon=True)
-    thread.start()
-    try:
-        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
+    with serving(relay) as url:
+        yield url

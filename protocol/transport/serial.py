@@ -493,15 +493,32 @@ def serve_serial(spec: PortSpec | str, handle: Handler, *,
     except SerialLinkError as error:
         on_error(error)
         return error
+
+    def answer(payload: bytes) -> None:
+        try:
+            reply = handle(payload)
+        except Exception:  # one message that breaks the handler must not take the port down
+            log.exception("serial %s: the handler failed; no answer sent", line.name)
+            return
+        if reply is not None:
+            line.send_or_log(reply)
+
+    return pump(line, stop, on_ready, on_error, answer)
+
+
+def pump(line: SerialLine, stop: threading.Event, on_ready: Callable[[str], None] | None,
+         on_error: Callable[[SerialLinkError], None],
+         deliver: Callable[[bytes], None]) -> SerialLinkError | None:
+    """The loop of every program on a serial line: each message received goes to `deliver`,
+    link events to the log, until `stop` or the port fails (returned, and given to `on_error`).
+    The line is closed on the way out."""
     try:
         if on_ready:
             on_ready(line.name)
         while not stop.is_set():
             for event in line.poll(STOP_POLL):
                 if isinstance(event, MessageReceived):
-                    answer = _answer(handle, event.payload, line.name)
-                    if answer is not None:
-                        line.send_or_log(answer)
+                    deliver(event.payload)
                 else:
                     line.log_event(event)
     except SerialLinkError as error:
@@ -510,14 +527,6 @@ def serve_serial(spec: PortSpec | str, handle: Handler, *,
     finally:
         line.close()
     return None
-
-
-def _answer(handle: Handler, payload: bytes, name: str) -> bytes | None:
-    try:
-        return handle(payload)
-    except Exception:  # one message that breaks the handler must not take the port down
-        log.exception("serial %s: the handler failed; no answer sent", name)
-        return None
 
 
 def start_serial_server(spec: PortSpec | str, handle: Handler, *, stop: threading.Event,

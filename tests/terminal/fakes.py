@@ -4,51 +4,13 @@ not answer at all. (A line that damages frames is a feature: protocol.transport.
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from protocol.codec import get_codec
 from protocol.framing import length_prefixed
 from protocol.message import Message
-from protocol.transport.noisy import read_frame
-
-Mutate = Callable[[bytes], bytes]
-
-
-def _listener() -> socket.socket:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    return server
-
-
-def _serve(server: socket.socket, stop: threading.Event,
-           handle: Callable[[socket.socket], None]) -> None:
-    while not stop.is_set():
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            continue
-        with conn:
-            conn.settimeout(10)
-            with suppress(OSError):
-                handle(conn)
-
-
-@contextmanager
-def _running(handle: Callable[[socket.socket], None]) -> Iterator[str]:
-    server = _listener()
-    stop = threading.Event()
-    thread = threading.Thread(target=_serve, args=(server, stop, handle), daemon=True)
-    thread.start()
-    try:
-        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
+from protocol.transport.noisy import read_frame, serving
 
 
 @contextmanager
@@ -67,7 +29,7 @@ def foreign_host(rc: str, dialect: str = "iso87") -> Iterator[str]:
         reply = Message(mti, {**keep, 37: "000000000009", 39: rc})
         conn.sendall(length_prefixed(codec.encode(reply)))
 
-    with _running(handle) as url:
+    with serving(handle) as url:
         yield url
 
 

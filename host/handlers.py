@@ -54,6 +54,7 @@ ECHOED_OTHERWISE = (3, 4, 11, 41, 42, 49, 60)
 REMEMBERED = frozenset({codes.APPROVED, codes.INSUFFICIENT_FUNDS, codes.EXPIRED_CARD,
                         codes.INCORRECT_PIN, codes.NO_CARD_RECORD})
 PURCHASE_PROCESSING_CODE = "000000"
+RESPONSE_DIGITS = "13579"  # an MTI's third digit: a response (or advice response), never answered
 DEFAULT_KEY_LIFETIME = 24 * 3600.0
 
 
@@ -111,16 +112,19 @@ def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Ou
     """Answer one request message (the bytes after framing, TPDU and header)."""
     codec = config.codec
     try:
-        mti = codec.decode_mti(data)
-    except ProtocolError as exc:
-        return Outcome(None, note=f"undecodable: {exc}", close=True)
-    if mti[2] in "13579":
-        return Outcome(None, note="response MTI sent to the host: ignored")
-    try:
         request = codec.decode(data)
     except ProtocolError as exc:
+        try:
+            mti = codec.decode_mti(data)
+        except ProtocolError:
+            return Outcome(None, note=f"undecodable: {exc}", close=True)
+        if mti[2] in RESPONSE_DIGITS:
+            return Outcome(None, note="response MTI sent to the host: ignored")
         # Echo what did decode (STAN, terminal) so the terminal can match the 30 to its request.
         return _respond(exc.partial or Message(mti), format_error(str(exc)), now, config, None)
+    mti = request.mti
+    if mti[2] in RESPONSE_DIGITS:
+        return Outcome(None, note="response MTI sent to the host: ignored")
     served = SERVED.get(mti)
     if served is None:
         return _respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
@@ -322,17 +326,25 @@ def handle_purchase(
         verdict = APPROVAL
     if p.original is not None:
         return Outcome(p.original, request, None, [], None, None, verdict.note)
-    outcome = _respond(request, verdict, now, config, p.working)
+    extra = {38: approval_code(p.request_ref)} if verdict is APPROVAL else None
+    outcome = _respond(request, verdict, now, config, p.working, extra)
     if verdict.rc in REMEMBERED and outcome.response is not None:
-        amount = int(request.text(4))
+        assert p.terminal is not None
         outcome.changes.append(RecordTransaction(
-            p.tid, field60.batch, request.text(11), p.request_ref, outcome.response, verdict.rc,
-            amount, now,
+            p.tid, p.terminal.number, field60.batch, request.text(11), p.request_ref,
+            outcome.response,
         ))
         if verdict.rc == codes.APPROVED:
             assert p.card is not None
-            outcome.changes.append(Debit(p.card.pan_ref, amount))
+            outcome.changes.append(Debit(p.card.pan_ref, int(request.text(4))))
     return outcome
+
+
+def approval_code(request_ref: bytes) -> str:
+    """Field 38 of an approval, from the request's keyed fingerprint: different for every
+    request, unguessable without the host's key, deterministic for a test, and no draw from
+    the random source per purchase."""
+    return f"{int.from_bytes(request_ref[:4]) % 1_000_000:06d}"
 
 
 # --- 0800 sign-on, 0820 sign-off and echo --------------------------------------------------------
@@ -437,8 +449,6 @@ def _respond(
         out[12] = clock.time
         out[13] = clock.date
         out[37] = clock.rrn_prefix + (stan if type(stan) is str and len(stan) == 6 else "000000")
-        if rc == codes.APPROVED and mti == "0200":
-            out[38] = f"{int.from_bytes(config.rng(4), 'big') % 1_000_000:06d}"
     reason = verdict.reason.field44() if verdict.reason else None
     if reason is not None:
         out[44] = reason

@@ -41,7 +41,8 @@ from protocol.crypto import Key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS terminals (
-    tid       TEXT PRIMARY KEY,
+    number    INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: it keys the terminal's txns
+    tid       TEXT NOT NULL UNIQUE,
     merchant  TEXT NOT NULL,
     created   REAL NOT NULL
 );
@@ -66,17 +67,29 @@ CREATE TABLE IF NOT EXISTS cards (
     currency   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS txns (   -- appended in time order: few pages written per commit
-    tid         TEXT NOT NULL,
-    batch       TEXT NOT NULL,
-    stan        TEXT NOT NULL,
+    ref         INTEGER NOT NULL,    -- terminal number, batch and STAN in one integer (txn_ref)
     request_ref BLOB NOT NULL,       -- keyed fingerprint of the request bytes
-    response    BLOB NOT NULL,       -- the response message bytes, sent again to a retransmission
-    rc          TEXT NOT NULL,
-    amount      INTEGER NOT NULL,
-    created     REAL NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS txns_key ON txns (tid, batch, stan);
+    response    BLOB NOT NULL        -- the response sent (its code, amount and time are in it),
+);                                   -- sent again to a retransmission
+CREATE UNIQUE INDEX IF NOT EXISTS txns_ref ON txns (ref);
 """
+SCHEMA_VERSION = 2
+"""`PRAGMA user_version` of a database this code made; another one is refused, not guessed at."""
+
+STAN_BITS = BATCH_BITS = 20  # 999999 < 2**20
+
+
+def txn_ref(number: int, batch: str, stan: str) -> int:
+    """One integer for (terminal, batch, STAN): the duplicate index then holds 8-byte integers
+    that a terminal's purchases keep in order, and a group commit spends about 40% less CPU
+    per row than with an index over three text columns (docs/host.md, Storage)."""
+    return number << (BATCH_BITS + STAN_BITS) | int(batch) << STAN_BITS | int(stan)
+
+
+def _terminal_refs(number: int) -> tuple[int, int]:
+    """The first and last `txn_ref` of a terminal."""
+    first = number << (BATCH_BITS + STAN_BITS)
+    return first, first + (1 << (BATCH_BITS + STAN_BITS)) - 1
 
 GENERATIONS_CHECKED = 10
 """Working-key generations a MAC is tried under (the current one and the nine before it)."""
@@ -111,7 +124,16 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.executescript(SCHEMA)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        conn.close()
+        raise KeyDbError(f"{path} is a version {version} host database; this posemu reads "
+                         f"version {SCHEMA_VERSION}: make a new one with `pos-host init`")
+    if version == 0:
+        if conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+            conn.close()
+            raise KeyDbError(f"{path} is not a posemu host database of version {SCHEMA_VERSION}")
+        conn.executescript(SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
     return conn
 
 
@@ -123,7 +145,6 @@ class KeyDb:
         self.vault = vault
         self.rng = rng  # TR-31 padding
         self.conn = connect(path)
-        self._prior_sql = "SELECT request_ref, response FROM txns WHERE tid=? AND batch=? AND stan=?"
         self._card_sql = (
             "SELECT pan_ref, pan_masked, expiry, pvv, balance, currency FROM cards WHERE pan_ref=?"
         )
@@ -151,7 +172,8 @@ class KeyDb:
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM terminals WHERE tid=?", (tid,)).fetchone():
                 raise KeyDbError(f"terminal {tid} already exists (terminal rekey gives a new TMK)")
-            c.execute("INSERT INTO terminals VALUES (?, ?, ?)", (tid, merchant, now))
+            c.execute("INSERT INTO terminals (tid, merchant, created) VALUES (?, ?, ?)",
+                      (tid, merchant, now))
             self._insert_key(tid, "TMK", tmk, 1, None, now, lifetime)
 
     def rekey_terminal(self, tid: str, tmk: Key, now: float, lifetime: float) -> int:
@@ -172,9 +194,9 @@ class KeyDb:
 
     def remove_terminal(self, tid: str) -> None:
         with self.transaction() as c:
-            self._require(tid)
+            number = self._require(tid)
             c.execute("DELETE FROM keys WHERE tid=?", (tid,))
-            c.execute("DELETE FROM txns WHERE tid=?", (tid,))
+            c.execute("DELETE FROM txns WHERE ref BETWEEN ? AND ?", _terminal_refs(number))
             c.execute("DELETE FROM terminals WHERE tid=?", (tid,))
 
     def terminals(self) -> list[TerminalRow]:
@@ -200,7 +222,8 @@ class KeyDb:
 
     def load_terminal(self, tid: str) -> TerminalKeys | None:
         """The terminal's key state with its keys unwrapped from their TR-31 blocks."""
-        row = self.conn.execute("SELECT merchant FROM terminals WHERE tid=?", (tid,)).fetchone()
+        row = self.conn.execute("SELECT merchant, number FROM terminals WHERE tid=?",
+                                (tid,)).fetchone()
         if row is None:
             return None
         rows = self.conn.execute(
@@ -226,7 +249,7 @@ class KeyDb:
                 WorkingSet(gen, key_set, state, created, lifetime,
                            keys["PIK"], keys["MAK"], keys.get("TDK"))
             )
-        return TerminalKeys(tid, row[0], tmk, tuple(working))
+        return TerminalKeys(tid, row[0], tmk, tuple(working), row[1])
 
     # --- operator actions on keys ----------------------------------------------------------------
 
@@ -298,13 +321,16 @@ class KeyDb:
         row = self.conn.execute(self._card_sql, (pan_ref,)).fetchone()
         return Card(*row) if row else None
 
-    def stans(self, tid: str, batch: str) -> set[str]:
+    def stans(self, number: int, batch: str) -> set[str]:
         """The STANs already answered (and remembered) in one batch of one terminal."""
-        rows = self.conn.execute("SELECT stan FROM txns WHERE tid=? AND batch=?", (tid, batch))
-        return {row[0] for row in rows}
+        first = txn_ref(number, batch, "0")
+        rows = self.conn.execute("SELECT ref FROM txns WHERE ref BETWEEN ? AND ?",
+                                 (first, first + (1 << STAN_BITS) - 1))
+        return {f"{ref & ((1 << STAN_BITS) - 1):06d}" for ref, in rows}
 
-    def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
-        row = self.conn.execute(self._prior_sql, (tid, batch, stan)).fetchone()
+    def prior(self, number: int, batch: str, stan: str) -> Prior | None:
+        row = self.conn.execute("SELECT request_ref, response FROM txns WHERE ref=?",
+                                (txn_ref(number, batch, stan),)).fetchone()
         return Prior(row[0], row[1]) if row else None
 
     # --- applying a handler's changes ------------------------------------------------------------
@@ -319,8 +345,8 @@ class KeyDb:
         for change in changes:
             kind = type(change)
             if kind is RecordTransaction:
-                records.append((change.tid, change.batch, change.stan, change.request_ref,
-                                change.response, change.rc, change.amount, change.created))
+                records.append((txn_ref(change.terminal, change.batch, change.stan),
+                                change.request_ref, change.response))
             elif kind is Debit:
                 debits[change.pan_ref] = debits.get(change.pan_ref, 0) + change.amount
             elif kind is IssueWorkingKeys:
@@ -330,16 +356,19 @@ class KeyDb:
             else:
                 raise TypeError(f"unknown change {kind.__name__}")
         if records:
-            c.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?, ?, ?)", records)
+            c.executemany("INSERT INTO txns VALUES (?, ?, ?)", records)
         if debits:  # one update per card, however many purchases it made in the batch
             c.executemany("UPDATE cards SET balance = balance - ? WHERE pan_ref=?",
                           [(amount, ref) for ref, amount in debits.items()])
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _require(self, tid: str) -> None:
-        if not self.conn.execute("SELECT 1 FROM terminals WHERE tid=?", (tid,)).fetchone():
+    def _require(self, tid: str) -> int:
+        """The terminal's number; an unknown terminal is refused."""
+        row = self.conn.execute("SELECT number FROM terminals WHERE tid=?", (tid,)).fetchone()
+        if row is None:
             raise KeyDbError(f"no terminal {tid}")
+        return row[0]
 
     def _insert_key(
         self, tid: str, usage: str, key: Key, gen: int, key_set: str | None, now: float,

@@ -120,15 +120,19 @@ class HostCore:
         common case, a new STAN, is a set lookup, the set read once per terminal and batch."""
         stans = self._stans.get((tid, batch))
         if stans is None:
+            terminal = self.terminal(tid)
+            if terminal is None:
+                return None
             if len(self._stans) >= CACHE_LIMIT:
                 self._stans.clear()
-            stans = self._stans[tid, batch] = self.db.stans(tid, batch)
+            stans = self._stans[tid, batch] = self.db.stans(terminal.number, batch)
         if stan not in stans:
             return None
         record = self._recent.get((tid, batch, stan))
         if record is not None:
             return Prior(record.request_ref, record.response)
-        return self.db.prior(tid, batch, stan)
+        terminal = self.terminal(tid)
+        return None if terminal is None else self.db.prior(terminal.number, batch, stan)
 
     # --- one message -------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ class TerminalKeys:
     merchant: str
     tmk: HeldKey | None
     working: tuple[WorkingSet, ...]
+    number: int  # the database's permanent number for the terminal (host.keydb.txn_ref)
 
     @property
     def current(self) -> WorkingSet | None:
@@ -68,8 +69,8 @@ class TerminalKeys:
         return self.working[0].generation + 1 if self.working else 1
 
 
-@dataclass(frozen=True, slots=True)
-class Card:
+class Card(NamedTuple):
+    """A card of the test issuer (a named tuple: a purchase makes a debited copy of it)."""
 
     pan_ref: str
     pan_masked: str
@@ -121,16 +122,15 @@ class RevokeWorkingKeys:
 
 
 class RecordTransaction(NamedTuple):
-    """Remember an answered 0200 for duplicate detection (PROTOCOL.md §3)."""
+    """Remember an answered 0200 for duplicate detection (PROTOCOL.md §3); its code, amount
+    and time are in the response."""
 
     tid: str
+    terminal: int  # TerminalKeys.number
     batch: str
     stan: str
     request_ref: bytes
     response: bytes
-    rc: str
-    amount: int
-    created: float
 
 
 class Debit(NamedTuple):

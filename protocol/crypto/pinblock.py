@@ -74,19 +74,20 @@ def parse_pin_block(block: bytes, pan: str | None = None, formats: Collection[in
     """The PIN of a clear block (format read from its control nibble), after checking control,
     length, digits and fill; format 0 and 3 need the PAN. `formats` limits what is accepted:
     a host that agreed on format 0 refuses a valid format 1 block as a mismatch."""
-    if len(block) not in (8, 16):
-        raise PinBlockError(f"PIN block of {len(block)} bytes")
+    size = len(block)
+    if size != 8 and size != 16:
+        raise PinBlockError(f"PIN block of {size} bytes")
     fmt = block[0] >> 4
-    if fmt not in _FILL or _FORMAT_LENGTH[fmt] != len(block):
+    if _FORMAT_LENGTH.get(fmt) != size:
         raise PinBlockError("invalid PIN block control field")
     if formats is not None and fmt not in formats:
         raise PinBlockError(f"PIN block format {fmt} is not accepted here")
     if fmt in _PAN_FORMATS:
         # The PAN field (pan_field) as a number: its nibbles are the PAN's digits, so the digits
         # read as hex are the field; one XOR of integers instead of bytes and a hex round trip.
-        digits = _check_pan(pan)[:-1][-12:]
-        clear = int.from_bytes(block[:8]) ^ (int(digits, 16) if digits else 0)
-        nibbles = f"{clear:016X}"
+        # (8 bytes: formats 0 and 3 are single blocks.)
+        digits = _check_pan(pan)[-13:-1]
+        nibbles = f"{int.from_bytes(block) ^ int(digits or '0', 16):016X}"
     else:
         nibbles = block[:8].hex().upper()
     length = int(nibbles[1], 16)

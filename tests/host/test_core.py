@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from host import admin
 from host.clock import seeded_rng, system_clock, system_rng
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
-from host.keydb import KeyDb
+from host.keydb import KeyDb, KeyDbError, txn_ref
 from host.logs import MessageLog
 from host.server import HostCore
 from protocol.codec import get_codec
@@ -163,3 +165,65 @@ def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> Non
     for batch in range(server.CACHE_LIMIT + 5):
         site.core.prior("T0000001", f"{batch:06d}", "000001")
     assert len(site.core._stans) <= server.CACHE_LIMIT
+
+
+def test_removing_a_terminal_forgets_its_answers_and_no_one_else_s(site: Site) -> None:
+    other_tmk = admin.add_terminal(site.db, "T0000002", MID, 2, system_clock(), system_rng)[1]
+    other = ClientTerminal("T0000002", MID, other_tmk)
+    reply = site.core.handle_payload(other.payload(other.sign_on_request()))
+    assert reply is not None
+    other.install(site.codec.decode(other.unpayload(reply)), "003")
+    mine = site.terminal.purchase(CARD, 100, stan="000007")
+    theirs = other.purchase(CARD, 100, stan="000007")  # same batch and STAN, other terminal
+    first = site.core.handle_payload(site.terminal.payload(mine))
+    assert site.rc(first) == "00"
+    assert site.rc(site.core.handle_payload(other.payload(theirs))) == "00"
+
+    count = "SELECT COUNT(*) FROM txns"
+    operator = site.operator()
+    assert operator.conn.execute(count).fetchone()[0] == 2
+    admin.remove_terminal(operator, "T0000002")
+    assert operator.conn.execute(count).fetchone()[0] == 1
+    tmk = admin.add_terminal(operator, "T0000002", MID, 2, system_clock(), system_rng)[1]
+    operator.close()
+    again = ClientTerminal("T0000002", MID, tmk)
+    reply = site.core.handle_payload(again.payload(again.sign_on_request()))
+    assert reply is not None
+    again.install(site.codec.decode(again.unpayload(reply)), "003")
+    # The new T0000002 starts clean: its STAN 000007 is no duplicate of the removed one's...
+    assert site.rc(site.core.handle_payload(again.payload(
+        again.purchase(CARD, 100, stan="000007")))) == "00"
+    # ... and T0000001's answer is still remembered, by a host started afresh.
+    fresh = HostCore(site.db, site.core.config, system_clock,
+                     MessageLog(io.StringIO(), get_dialect("iso87")), Framing(get_dialect("iso87")))
+    assert fresh.handle_payload(site.terminal.payload(mine)) == first
+
+
+def test_a_database_of_another_version_is_refused_not_guessed_at(tmp_path: Path) -> None:
+    init_data(tmp_path / "host", system_rng)
+    db_file = tmp_path / "host" / "host.db"
+    with sqlite3.connect(db_file) as conn:
+        conn.execute("PRAGMA user_version=1")
+    conn.close()
+    with pytest.raises(KeyDbError, match="version 1 host database"):
+        open_data(tmp_path / "host", system_rng)
+
+    foreign = tmp_path / "foreign"
+    init_data(foreign, system_rng)
+    (foreign / "host.db").unlink()
+    with sqlite3.connect(foreign / "host.db") as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    with pytest.raises(KeyDbError, match="not a posemu host database"):
+        open_data(foreign, system_rng)
+
+
+REFS = st.tuples(st.integers(1, 2**23 - 1), st.integers(0, 999_999), st.integers(0, 999_999))
+
+
+@given(REFS, REFS)
+def test_txn_refs_are_one_to_one(a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
+    ref_a = txn_ref(a[0], f"{a[1]:06d}", f"{a[2]:06d}")
+    ref_b = txn_ref(b[0], f"{b[1]:06d}", f"{b[2]:06d}")
+    assert (ref_a == ref_b) == (a == b)
+    assert 0 < ref_a < 2**63  # an SQLite INTEGER

@@ -12,7 +12,7 @@ import pytest
 
 from host import hsm
 from host.clock import seeded_rng
-from host.handlers import PURCHASE_STEPS, HandlerConfig, Outcome, handle
+from host.handlers import PURCHASE_STEPS, HandlerConfig, Outcome, approval_code, handle
 from host.lmk import Vault
 from host.state import (
     ACTIVE,
@@ -89,7 +89,7 @@ def make_world(dialect: str = "iso87", key_set: str = "003", **config: object) -
     tmk = hsm.new_tmk(rng)
     working = hsm.new_working_set(KEY_SETS[key_set], codec.dialect, 1, NOW - 60, 3600.0, rng)
     terminal = TerminalKeys(TID, MID, HeldKey("TMK", 1, tmk, NOW - 600, 86400.0, ACTIVE),
-                            (working,))
+                            (working,), 1)
     card = Card(VAULT.pan_ref(PAN), "621234******1234", EXPIRY, VAULT.pin_value(PAN, PIN),
                 10_000, "156")
     view = MemoryView({TID: terminal}, {card.pan_ref: card})
@@ -133,6 +133,26 @@ def test_a_response_mti_is_ignored_without_closing(world: World) -> None:
     data = world.config.codec.encode(Message("0210", {11: "000001", 39: "00"}))
     outcome = world.handle(data)
     assert outcome.response is None and not outcome.close
+
+
+def test_a_broken_response_mti_is_ignored_too(world: World) -> None:
+    data = world.config.codec.encode(Message("0210", {11: "000001", 39: "00"}))
+    outcome = world.handle(data[:-1])
+    assert outcome.response is None and not outcome.close
+
+
+def test_an_approval_code_is_six_digits_from_the_requests_fingerprint(world: World) -> None:
+    codes = set()
+    for stan in ("000101", "000102", "000103"):
+        outcome = world.handle(world.client.purchase(CARD, 100, stan=stan))
+        record = next(c for c in outcome.changes if isinstance(c, RecordTransaction))
+        reply = world.config.codec.decode(record.response)
+        assert reply[39] == "00" and reply.text(38) == approval_code(record.request_ref)
+        assert len(reply.text(38)) == 6 and reply.text(38).isdigit()
+        codes.add(reply.text(38))
+    assert len(codes) == 3
+    refused = world.reply(world.client.purchase(CARD, 10**9))
+    assert refused[39] == "51" and 38 not in refused.fields
 
 
 def test_a_message_cut_short_gets_30_that_echoes_what_decoded(world: World) -> None:
@@ -312,7 +332,7 @@ def test_a_wrong_pin_gets_55(world: World) -> None:
 
 def test_an_expired_card_gets_54(world: World) -> None:
     card = world.view.cards[VAULT.pan_ref(PAN)]
-    world.view.cards[card.pan_ref] = replace(card, expiry="2612")
+    world.view.cards[card.pan_ref] = card._replace(expiry="2612")
     assert world.reply(world.client.purchase(ClientCard(PAN, "2612", PIN), 100))[39] == "54"
 
 
@@ -412,14 +432,14 @@ def test_a_bad_pin_block_wins_over_an_unknown_card(world: World) -> None:
 
 def test_a_wrong_pin_wins_over_expiry_and_balance(world: World) -> None:
     card = world.view.cards[VAULT.pan_ref(PAN)]
-    world.view.cards[card.pan_ref] = replace(card, expiry="2001", balance=0)
+    world.view.cards[card.pan_ref] = card._replace(expiry="2001", balance=0)
     reply = world.reply(world.client.purchase(ClientCard(PAN, "2001", PIN), 100, pin="9999"))
     assert reply[39] == "55"
 
 
 def test_expiry_wins_over_balance(world: World) -> None:
     card = world.view.cards[VAULT.pan_ref(PAN)]
-    world.view.cards[card.pan_ref] = replace(card, expiry="2001", balance=0)
+    world.view.cards[card.pan_ref] = card._replace(expiry="2001", balance=0)
     assert world.reply(world.client.purchase(ClientCard(PAN, "2001", PIN), 100))[39] == "54"
 
 

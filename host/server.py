@@ -294,21 +294,42 @@ class HostCore:
 
 
 class Batcher:
-    """Runs `HostCore.commit` once per turn of the event loop in which messages arrived."""
+    """Handles the frames that arrived in one turn of the event loop, then commits once.
+
+    Connections only queue their frames here; the handlers run back to back after every ready
+    socket has been read, rather than between one socket read and the next, so the host's own
+    code stays warm in the CPU's caches while it works through the batch.
+    """
 
     def __init__(self, core: HostCore, loop: asyncio.AbstractEventLoop) -> None:
         self.core = core
         self.loop = loop
         self.scheduled = False
+        self.queue: list[tuple[HostConnection, bytes | None]] = []
 
     def schedule(self) -> None:
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.flush)
 
+    def add(self, connection: HostConnection, payload: bytes | None) -> None:
+        """A frame to handle, or None: close the connection once its earlier frames are answered."""
+        self.queue.append((connection, payload))
+        self.schedule()
+
     def flush(self) -> None:
         self.scheduled = False
-        self.core.commit()
+        queue, self.queue = self.queue, []
+        core = self.core
+        for connection, payload in queue:
+            if connection.closing:
+                continue  # nothing after a frame that closes its connection is handled
+            if payload is None:
+                core.close_later(connection.send)
+                connection.closing = True
+            elif core.submit(payload, connection.send, connection.conn) == CLOSE:
+                connection.closing = True
+        core.commit()
 
 
 class HostConnection(asyncio.Protocol):
@@ -321,7 +342,8 @@ class HostConnection(asyncio.Protocol):
         self.live = live
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
-        self.closing = False
+        self.closing = False  # a frame closed it: its later frames are not handled
+        self.stream_broken = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -333,25 +355,19 @@ class HostConnection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.stream_broken:
             return
         try:
-            payloads: list[bytes] | None = self.reader.feed(data)
+            payloads = self.reader.feed(data)
         except FramingError as exc:
             self.core.log.event(event="bad frame", conn=self.conn, error=str(exc))
-            payloads = None
-        if payloads == []:
+            for payload in exc.frames:  # whole frames before the bad length are answered
+                self.batcher.add(self, payload)
+            self.stream_broken = True  # nothing more can be framed from this connection
+            self.batcher.add(self, None)
             return
-        core = self.core
-        if payloads is None:
-            core.close_later(self.send)
-            self.closing = True
-        else:
-            for payload in payloads:
-                if core.submit(payload, self.send, self.conn) == CLOSE:
-                    self.closing = True
-                    break
-        self.batcher.schedule()
+        for payload in payloads:
+            self.batcher.add(self, payload)
 
     def send(self, payload: bytes | None) -> None:
         if self.transport is None:

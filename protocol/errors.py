@@ -39,3 +39,10 @@ class SpecError(ValueError):
 
 class FramingError(ProtocolError):
     """A TCP frame whose length prefix, TPDU or header is wrong."""
+
+    def __init__(self, reason: str, field: int | str | None = None, offset: int | None = None,
+                 frames: list[bytes] | None = None):
+        super().__init__(reason, field, offset)
+        self.frames: list[bytes] = frames or []
+        """Whole frames that arrived before the bad length, in the same bytes: a server still
+        answers them, as it would have had they come in an earlier read."""

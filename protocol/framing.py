@@ -107,8 +107,9 @@ class FrameReader:
         self._consumed = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return every frame now complete. Raises FramingError on a bad length,
-        after which the stream cannot be trusted and the connection should close."""
+        """Add bytes; return every frame now complete. Raises FramingError on a bad length
+        (its `frames`: those complete before it), after which the stream cannot be trusted and
+        the connection should close."""
         buf = self._buffer
         buf += data
         frames: list[bytes] = []
@@ -120,7 +121,7 @@ class FrameReader:
                 self._buffer = bytearray()
                 reason = ("zero-length frame" if length == 0
                           else f"declared length {length} exceeds the limit {self.max_length}")
-                raise FramingError(reason, field="length", offset=at)
+                raise FramingError(reason, field="length", offset=at, frames=frames)
             end = pos + 2 + length
             if end > len(buf):
                 break

@@ -51,6 +51,8 @@ class _Connection(threading.Thread):
             if self._reader.pending:
                 log.warning("bridge: the host hung up in the middle of a frame")
         except FramingError as error:
+            for payload in error.frames:  # whole before the bad length: still delivered
+                self._deliver(payload)
             log.error("bridge: the host sent a bad frame (%s); hanging up", error)
         except OSError as error:
             if not self.closed.is_set():

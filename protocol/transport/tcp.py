@@ -106,7 +106,10 @@ class TcpChannel:
                 self._ready.extend(self._reader.feed(chunk))
             except FramingError as exc:
                 self.close()
-                raise TransportError(f"host {self.endpoint} sent a bad frame: {exc}") from None
+                if not exc.frames:
+                    raise TransportError(f"host {self.endpoint} sent a bad frame: {exc}") \
+                        from None
+                self._ready.extend(exc.frames)  # what came whole before it is still an answer
         return self._ready.pop(0)
 
     def exchange(self, payload: bytes, timeout: float | None = None) -> bytes:

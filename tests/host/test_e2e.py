@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from protocol.codes import KeyErrorReason
-from protocol.framing import length_prefixed
+from protocol.framing import FrameReader, length_prefixed
 from protocol.message import Message
 from protocol.transport.serial import SerialChannel
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
@@ -222,6 +222,24 @@ def test_malformed_frames_get_30_or_close_only_their_own_connection(site: Site) 
     stop.set()
     steady.join(60)
     assert results == ["ok"] * len(results)
+
+
+def test_frames_before_a_bad_length_in_the_same_bytes_are_answered_then_it_closes(
+    site: Site,
+) -> None:
+    terminal = site.terminal("T0MALFOR")
+    echoes = [terminal.network_request() for _ in range(2)]
+    with socket.create_connection((site.host.host, site.host.port), timeout=5) as sock:
+        sock.sendall(b"".join(length_prefixed(terminal.payload(e)) for e in echoes) + b"\x00\x00")
+        reader = FrameReader()
+        answers: list[bytes] = []
+        while len(answers) < 2:
+            chunk = sock.recv(4096)
+            assert chunk, f"closed after {len(answers)} answer(s)"
+            answers += reader.feed(chunk)
+        stans = [terminal.codec.decode(terminal.unpayload(a)).text(11) for a in answers]
+        assert stans == [terminal.codec.decode(e).text(11) for e in echoes]
+        assert _closed(sock)
 
 
 def test_sign_off_then_purchase_is_k1_and_echo_answers(site: Site) -> None:

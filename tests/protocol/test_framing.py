@@ -107,6 +107,7 @@ def test_reader_error_offset_counts_the_whole_stream():
     with pytest.raises(FramingError) as info:
         reader.feed(frames_of(b"de") + b"\xff\xff")
     assert info.value.offset == 5 + 4
+    assert info.value.frames == [b"de"]  # complete before the bad length: not lost
     assert isinstance(info.value, ProtocolError)
 
 

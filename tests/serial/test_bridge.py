@@ -20,10 +20,11 @@ from tests.serial.conftest import FAST, WAIT
 class ReversingHost:
     """A tiny TCP host: answers each 2-byte-length frame with its payload reversed."""
 
-    def __init__(self, hang_up_after_each: bool = False):
+    def __init__(self, hang_up_after_each: bool = False, then: bytes = b""):
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._hang_up = hang_up_after_each
+        self._then = then  # bytes sent right behind each answer, in the same write
         self.connections = 0
         self._conn: socket.socket | None = None
         self._thread = threading.Thread(target=self._serve, name="reversing host")
@@ -44,7 +45,7 @@ class ReversingHost:
         reader = FrameReader()
         while data := conn.recv(4096):
             for payload in reader.feed(data):
-                conn.sendall(length_prefixed(payload[::-1]))
+                conn.sendall(length_prefixed(payload[::-1]) + self._then)
                 if self._hang_up:
                     return
 
@@ -136,3 +137,14 @@ def test_an_unreachable_host_costs_the_message_not_the_bridge(
         channel.exchange(b"hello", 0.5)
     assert f"TCP host 127.0.0.1:{port} unreachable" in caplog.text
     # ...and the bridge fixture checks at teardown that the bridge was still running.
+
+
+def test_an_answer_ahead_of_a_bad_length_still_reaches_the_terminal(
+        bridge: BridgeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    host = ReversingHost(hang_up_after_each=True, then=b"\x00\x00")
+    try:
+        with caplog.at_level(logging.ERROR), SerialChannel(bridge(host.port), FAST) as channel:
+            assert channel.exchange(b"approved?", WAIT) == b"?devorppa"
+    finally:
+        host.close()
+    assert "bad frame" in caplog.text and "zero-length" in caplog.text

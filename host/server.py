@@ -294,42 +294,21 @@ class HostCore:
 
 
 class Batcher:
-    """Handles the frames that arrived in one turn of the event loop, then commits once.
-
-    Connections only queue their frames here; the handlers run back to back after every ready
-    socket has been read, rather than between one socket read and the next, so the host's own
-    code stays warm in the CPU's caches while it works through the batch.
-    """
+    """Runs `HostCore.commit` once per turn of the event loop in which messages arrived."""
 
     def __init__(self, core: HostCore, loop: asyncio.AbstractEventLoop) -> None:
         self.core = core
         self.loop = loop
         self.scheduled = False
-        self.queue: list[tuple[HostConnection, bytes | None]] = []
 
     def schedule(self) -> None:
         if not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.flush)
 
-    def add(self, connection: HostConnection, payload: bytes | None) -> None:
-        """A frame to handle, or None: close the connection once its earlier frames are answered."""
-        self.queue.append((connection, payload))
-        self.schedule()
-
     def flush(self) -> None:
         self.scheduled = False
-        queue, self.queue = self.queue, []
-        core = self.core
-        for connection, payload in queue:
-            if connection.closing:
-                continue  # nothing after a frame that closes its connection is handled
-            if payload is None:
-                core.close_later(connection.send)
-                connection.closing = True
-            elif core.submit(payload, connection.send, connection.conn) == CLOSE:
-                connection.closing = True
-        core.commit()
+        self.core.commit()
 
 
 class HostConnection(asyncio.Protocol):
@@ -342,8 +321,7 @@ class HostConnection(asyncio.Protocol):
         self.live = live
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
-        self.closing = False  # a frame closed it: its later frames are not handled
-        self.stream_broken = False
+        self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -355,19 +333,26 @@ class HostConnection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing or self.stream_broken:
+        if self.closing:
             return
+        broken = False
         try:
             payloads = self.reader.feed(data)
         except FramingError as exc:
             self.core.log.event(event="bad frame", conn=self.conn, error=str(exc))
-            for payload in exc.frames:  # whole frames before the bad length are answered
-                self.batcher.add(self, payload)
-            self.stream_broken = True  # nothing more can be framed from this connection
-            self.batcher.add(self, None)
-            return
+            payloads = exc.frames  # whole frames before the bad length are still answered
+            broken = True
+        if not payloads and not broken:
+            return  # part of a frame: nothing to do until the rest comes
+        core = self.core
         for payload in payloads:
-            self.batcher.add(self, payload)
+            if core.submit(payload, self.send, self.conn) == CLOSE:
+                self.closing = True
+                break
+        if broken and not self.closing:
+            core.close_later(self.send)
+            self.closing = True
+        self.batcher.schedule()
 
     def send(self, payload: bytes | None) -> None:
         if self.transport is None:

@@ -132,7 +132,8 @@ def connect(path: Path) -> sqlite3.Connection:
     if version == 0:
         if conn.execute("SELECT 1 FROM sqlite_master").fetchone():
             conn.close()
-            raise KeyDbError(f"{path} is not a posemu host database of version {SCHEMA_VERSION}")
+            raise KeyDbError(f"{path} has no schema version: made by an earlier posemu or not a "
+                             f"host database; make a new one with `pos-host init`")
         conn.executescript(SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
     return conn
 

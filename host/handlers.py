@@ -111,6 +111,7 @@ def format_error(note: str) -> Verdict:
 def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Outcome:
     """Answer one request message (the bytes after framing, TPDU and header)."""
     codec = config.codec
+    error: ProtocolError | None = None
     try:
         request = codec.decode(data)
     except ProtocolError as exc:
@@ -118,13 +119,13 @@ def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Ou
             mti = codec.decode_mti(data)
         except ProtocolError:
             return Outcome(None, note=f"undecodable: {exc}", close=True)
-        if mti[2] in RESPONSE_DIGITS:
-            return Outcome(None, note="response MTI sent to the host: ignored")
-        # Echo what did decode (STAN, terminal) so the terminal can match the 30 to its request.
-        return _respond(exc.partial or Message(mti), format_error(str(exc)), now, config, None)
+        error, request = exc, exc.partial or Message(mti)
     mti = request.mti
     if mti[2] in RESPONSE_DIGITS:
         return Outcome(None, note="response MTI sent to the host: ignored")
+    if error is not None:
+        # Echo what did decode (STAN, terminal) so the terminal can match the 30 to its request.
+        return _respond(request, format_error(str(error)), now, config, None)
     served = SERVED.get(mti)
     if served is None:
         return _respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
@@ -173,13 +174,10 @@ Step = Callable[[Purchase], Verdict | None]
 
 
 def check_terminal(p: Purchase) -> Verdict | None:
-    p.tid = p.request.text(41).rstrip()
-    p.terminal = p.view.terminal(p.tid)
-    if p.terminal is None:
-        return Verdict(codes.NOT_REGISTERED, note="unknown terminal")
-    if p.request.text(42).rstrip() != p.terminal.merchant:
-        return Verdict(codes.NOT_REGISTERED, note="merchant does not match the terminal")
-    return None
+    p.terminal, verdict = _known_terminal(p.request, p.view)
+    if p.terminal is not None:
+        p.tid = p.terminal.tid
+    return verdict
 
 
 def check_keys_present(p: Purchase) -> Verdict | None:
@@ -351,9 +349,12 @@ def approval_code(request_ref: bytes) -> str:
 
 
 def _known_terminal(request: Message, view: HostView) -> tuple[TerminalKeys | None, Verdict | None]:
+    """The terminal of fields 41 and 42, or the 03 that a stranger gets (every MTI served)."""
     terminal = view.terminal(request.text(41).rstrip())
-    if terminal is None or request.text(42).rstrip() != terminal.merchant:
-        return None, Verdict(codes.NOT_REGISTERED, note="unknown terminal or merchant")
+    if terminal is None:
+        return None, Verdict(codes.NOT_REGISTERED, note="unknown terminal")
+    if request.text(42).rstrip() != terminal.merchant:
+        return None, Verdict(codes.NOT_REGISTERED, note="merchant does not match the terminal")
     return terminal, None
 
 

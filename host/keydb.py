@@ -86,10 +86,12 @@ def txn_ref(number: int, batch: str, stan: str) -> int:
     return number << (BATCH_BITS + STAN_BITS) | int(batch) << STAN_BITS | int(stan)
 
 
-def _terminal_refs(number: int) -> tuple[int, int]:
-    """The first and last `txn_ref` of a terminal."""
-    first = number << (BATCH_BITS + STAN_BITS)
-    return first, first + (1 << (BATCH_BITS + STAN_BITS)) - 1
+def _ref_range(number: int, batch: str | None = None) -> tuple[int, int]:
+    """The first and last `txn_ref` of a terminal, or of one batch of it."""
+    if batch is None:
+        return txn_ref(number, "0", "0"), txn_ref(number + 1, "0", "0") - 1
+    first = txn_ref(number, batch, "0")
+    return first, first + (1 << STAN_BITS) - 1
 
 GENERATIONS_CHECKED = 10
 """Working-key generations a MAC is tried under (the current one and the nine before it)."""
@@ -197,7 +199,7 @@ class KeyDb:
         with self.transaction() as c:
             number = self._require(tid)
             c.execute("DELETE FROM keys WHERE tid=?", (tid,))
-            c.execute("DELETE FROM txns WHERE ref BETWEEN ? AND ?", _terminal_refs(number))
+            c.execute("DELETE FROM txns WHERE ref BETWEEN ? AND ?", _ref_range(number))
             c.execute("DELETE FROM terminals WHERE tid=?", (tid,))
 
     def terminals(self) -> list[TerminalRow]:
@@ -324,9 +326,8 @@ class KeyDb:
 
     def stans(self, number: int, batch: str) -> set[str]:
         """The STANs already answered (and remembered) in one batch of one terminal."""
-        first = txn_ref(number, batch, "0")
         rows = self.conn.execute("SELECT ref FROM txns WHERE ref BETWEEN ? AND ?",
-                                 (first, first + (1 << STAN_BITS) - 1))
+                                 _ref_range(number, batch))
         return {f"{ref & ((1 << STAN_BITS) - 1):06d}" for ref, in rows}
 
     def prior(self, number: int, batch: str, stan: str) -> Prior | None:

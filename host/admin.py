@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from host import hsm
 from host.clock import Rng
 from host.keydb import KeyDb, KeyDbError, KeyRow
 from host.state import ACTIVE, Card, WorkingSet
+from protocol.amounts import parse_amount
 from protocol.crypto import Key
 from protocol.mask import mask_pan
 
@@ -178,16 +178,12 @@ def tamper_keys(db: KeyDb, tid: str, rng: Rng) -> dict[str, Any]:
 # --- cards ---------------------------------------------------------------------------------------
 
 
-def parse_amount(text: str) -> int:
-    """"100.00" -> 10000 minor units; at most two decimals, never negative."""
+def parse_balance(text: str) -> int:
+    """A card's opening balance: the one amount rule (`protocol.amounts`), zero allowed."""
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise UsageError(f"amount {text!r} is not a number") from None
-    minor = value * 100
-    if value < 0 or minor != minor.to_integral_value():
-        raise UsageError(f"amount {text!r} must be positive with at most two decimals")
-    return int(minor)
+        return parse_amount(text, allow_zero=True)
+    except ValueError as exc:
+        raise UsageError(f"balance: {exc}") from None
 
 
 def add_card(
@@ -199,7 +195,7 @@ def add_card(
     _check(_CURRENCY, currency, "currency code", "3 digits")
     vault = db.vault
     card = Card(vault.pan_ref(pan), mask_pan(pan), expiry, vault.pin_value(pan, pin),
-                parse_amount(balance), currency)
+                parse_balance(balance), currency)
     db.add_card(card)
     return card_dict(card)
 

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from protocol.amounts import parse_amount
 from protocol.errors import ProtocolError
 from protocol.mask import mask_pan
 from protocol.transport.serial import add_port_arguments, spec_from_arguments
@@ -27,7 +28,7 @@ from terminal.channel import Wire
 from terminal.fsops import exclusive
 from terminal.injection import InjectionError
 from terminal.keystore import KeystoreError
-from terminal.session import Purchase, Result, parse_amount
+from terminal.session import Purchase, Result
 from terminal.store import Config, StateError, find_terminal, root_folder
 
 EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_HOST = 0, 1, 2, 3

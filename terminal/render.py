@@ -10,12 +10,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from protocol.amounts import format_amount
 from protocol.codes import describe_code
 from protocol.mask import mask_pan
 from terminal.commands import Status, Steps
 from terminal.diagnose import Diagnosis, NotAKeyError, age_text
 from terminal.keystore import StoredKey
-from terminal.session import Purchase, Result, format_amount
+from terminal.session import Purchase, Result
 
 RULE = "-" * 40
 DIAGNOSE_HINT = "run `pos-terminal diagnose` for the cause and the fix"

@@ -107,21 +107,6 @@ class Purchase:
         return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'})"
 
 
-def parse_amount(text: str) -> int:
-    """'12.34' -> 1234 minor units; refuses anything a person may have mistyped."""
-    whole, _, cents = text.strip().partition(".")
-    if not whole.isdigit() or (cents and (not cents.isdigit() or len(cents) > 2)):
-        raise ValueError(f"amount must look like 12.34, not {text!r}")
-    value = int(whole) * 100 + int(cents.ljust(2, "0") or 0)
-    if not 0 < value < 10**12:
-        raise ValueError("amount must be more than 0 and fit 12 digits")
-    return value
-
-
-def format_amount(minor: int) -> str:
-    return f"{minor // 100}.{minor % 100:02d}"
-
-
 class Session:
     """One terminal's protocol logic over its configuration and current keys."""
 

@@ -24,8 +24,6 @@ from terminal.session import (
     Request,
     Session,
     TerminalKeyError,
-    format_amount,
-    parse_amount,
 )
 from terminal.store import Config
 
@@ -348,15 +346,3 @@ def test_signoff_drops_working_keys_and_keeps_the_tmk() -> None:
     result = s.receive(request, get_codec("iso87").encode(reply))
     assert result.keyset is not None
     assert result.keyset.working() == {} and result.keyset.tmk == keyset.tmk
-
-
-@pytest.mark.parametrize(("text", "minor"), [("12.34", 1234), ("5", 500), ("0.5", 50)])
-def test_amounts(text: str, minor: int) -> None:
-    assert parse_amount(text) == minor
-    assert parse_amount(format_amount(minor)) == minor
-
-
-@pytest.mark.parametrize("text", ["", "1.234", "-1", "abc", "0", "1e3"])
-def test_bad_amounts_are_refused(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_amount(text)

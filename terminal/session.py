@@ -203,6 +203,11 @@ class Session:
             return Result("signon", "key_error", codes.KEY_ERROR,
                           KeyErrorReason("K3", "WK", "download corrupt"), "terminal",
                           detail=f"the 0810 does not decode: {exc}")
+        return self.judge(request, data, response)
+
+    def judge(self, request: Request, data: bytes, response: Message) -> Result:
+        """`receive` for a response already decoded: a caller with many requests in flight on
+        one connection decodes once to find the request by its STAN, then judges it here."""
         expected = RESPONSE_MTI[request.message.mti]
         if response.mti != expected:
             raise ProtocolError(f"expected a {expected}, got a {response.mti}", field="MTI")

@@ -1,0 +1,120 @@
+"""What a run measured: latencies in HdrHistograms, answers by code and K reason, and losses.
+
+HdrHistogram keeps every latency to 3 significant digits in fixed memory, and histograms from
+several worker processes add up exactly (a sorted list would not fit a long run, and averaged
+percentiles are wrong). Values are microseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000  # an hour: nothing a run waits for is longer
+DIGITS = 3
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+
+
+def record(histogram: HdrHistogram, seconds: float) -> None:
+    histogram.record_value(min(HIGHEST_US, max(LOWEST_US, round(seconds * 1e6))))
+
+
+def percentile_ms(histogram: HdrHistogram, percentile: float) -> float | None:
+    if histogram.get_total_count() == 0:
+        return None
+    return round(histogram.get_value_at_percentile(percentile) / 1000, 3)
+
+
+def _encode(histogram: HdrHistogram) -> bytes:
+    return histogram.encode() if histogram.get_total_count() else b""
+
+
+def _decode(data: bytes) -> HdrHistogram:
+    histogram = new_histogram()
+    if data:
+        histogram.decode_and_add(data)
+    return histogram
+
+
+@dataclass
+class Second:
+    """One second of the run: answers and their latencies, for the plot."""
+
+    answered: int = 0
+    latency: HdrHistogram = field(default_factory=new_histogram)
+
+
+@dataclass
+class Stats:
+    """One worker's counts; `merge` adds another worker's (from `to_wire`)."""
+
+    sent: int = 0
+    answered: int = 0
+    timeouts: int = 0
+    late: int = 0
+    lost: int = 0
+    mismatched: int = 0
+    auto_signons: int = 0
+    codes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, HdrHistogram] = field(default_factory=dict)
+    seconds: list[Second] = field(default_factory=list)
+
+    def answer(self, kind: str, latency: float, at: float, code: str | None,
+               reason: str | None) -> None:
+        """One answer judged: `at` is seconds since the start, `latency` since the due time."""
+        self.answered += 1
+        if kind not in self.by_kind:
+            self.by_kind[kind] = new_histogram()
+        record(self.by_kind[kind], latency)
+        self.codes[code or "none"] += 1
+        if reason:
+            self.reasons[reason] += 1
+        second = self.second(at)
+        second.answered += 1
+        record(second.latency, latency)
+
+    def latency(self) -> HdrHistogram:
+        """Every kind together (kept apart while running: one record per answer fewer)."""
+        total = new_histogram()
+        for histogram in self.by_kind.values():
+            total.add(histogram)
+        return total
+
+    def second(self, at: float) -> Second:
+        index = max(0, int(at))
+        while len(self.seconds) <= index:
+            self.seconds.append(Second())
+        return self.seconds[index]
+
+    _COUNTS = ("sent", "answered", "timeouts", "late", "lost", "mismatched", "auto_signons")
+    _COUNTERS = ("codes", "reasons", "errors")
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data a worker process can send through a pipe."""
+        return {
+            **{name: getattr(self, name) for name in self._COUNTS},
+            **{name: dict(getattr(self, name)) for name in self._COUNTERS},
+            "by_kind": {k: _encode(h) for k, h in self.by_kind.items()},
+            "seconds": [(s.answered, _encode(s.latency)) for s in self.seconds],
+        }
+
+    def merge(self, wire: dict[str, Any]) -> None:
+        for name in self._COUNTS:
+            setattr(self, name, getattr(self, name) + wire[name])
+        for name in self._COUNTERS:
+            getattr(self, name).update(wire[name])
+        for kind, data in wire["by_kind"].items():
+            self.by_kind.setdefault(kind, new_histogram()).add(_decode(data))
+        for index, (answered, data) in enumerate(wire["seconds"]):
+            second = self.second(index)
+            second.answered += answered
+            second.latency.add(_decode(data))

@@ -72,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--mix", default="purchase=100",
                      help="e.g. purchase=90,echo=10 (inquiry and void: not until pos-host serves them)")
     run.add_argument("--signon-storm", action="store_true", help="every terminal signs on at once")
+    run.add_argument("--no-signon", action="store_true",
+                     help="skip the sign-on (echo tests against a host that has none)")
     run.add_argument("--workers", type=positive(int), default=1, help="processes, one loop each")
     run.add_argument("--timeout", type=positive(float), default=10.0, help="seconds per answer")
     run.add_argument("--seed", type=int, help="seed for the mix, cards and amounts")
@@ -107,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     load = Load(endpoint.host, endpoint.port, fleet.dialect, fleet.key_set, identities,
                 fleet.cards(), mix, args.duration, fleetdir.claim_batch(args.fleet),
                 rate=args.rate, concurrency=args.concurrency, signon_storm=args.signon_storm,
+                signon=not args.no_signon,
                 timeout=args.timeout, seed=args.seed)
     workers = min(args.workers, len(identities), args.concurrency or len(identities))
     outcomes, _ = run_workers(load, workers, None if args.json else tty_live())

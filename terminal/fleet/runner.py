@@ -45,6 +45,7 @@ class Load:
     rate: float | None = None
     concurrency: int | None = None
     signon_storm: bool = False
+    signon: bool = True  # off: for echo tests against a host or echo server without sign-on
     timeout: float = 10.0
     drain: float = 10.0
     seed: int | None = None
@@ -161,6 +162,8 @@ class Fleet:
         self.running = False
         self.t0 = clock()
         self.signon_t0 = self.t0
+        self.signon_seconds = 0.0
+        self.elapsed = 0.0
 
     # --- answers ---------------------------------------------------------------------------
 
@@ -329,7 +332,7 @@ class Fleet:
         return {"sent": self.stats.sent, "answered": self.stats.answered,
                 "codes": dict(self.stats.codes), "timeouts": self.stats.timeouts,
                 "last_second": last.answered if last else 0,
-                "p99_us": last.latency.get_value_at_percentile(99) if last and last.answered else 0}
+                "p99_us": last.latency().get_value_at_percentile(99) if last and last.answered else 0}
 
 
 @dataclass

@@ -8,6 +8,7 @@ percentiles are wrong). Values are microseconds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +46,20 @@ def _decode(data: bytes) -> HdrHistogram:
 
 @dataclass
 class Second:
-    """One second of the run: answers and their latencies, for the plot."""
+    """One second of the run: each kind's latencies, for the plot and (added up) the totals."""
 
     answered: int = 0
-    latency: HdrHistogram = field(default_factory=new_histogram)
+    by_kind: dict[str, HdrHistogram] = field(default_factory=dict)
+
+    def latency(self) -> HdrHistogram:
+        return _total(self.by_kind.values())
+
+
+def _total(histograms: Iterable[HdrHistogram]) -> HdrHistogram:
+    total = new_histogram()
+    for histogram in histograms:
+        total.add(histogram)
+    return total
 
 
 @dataclass
@@ -65,29 +76,33 @@ class Stats:
     codes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    by_kind: dict[str, HdrHistogram] = field(default_factory=dict)
     seconds: list[Second] = field(default_factory=list)
 
     def answer(self, kind: str, latency: float, at: float, code: str | None,
                reason: str | None) -> None:
-        """One answer judged: `at` is seconds since the start, `latency` since the due time."""
+        """One answer judged: `at` is seconds since the start, `latency` since the due time.
+        One histogram record per answer (per second and kind): the totals are sums of them."""
         self.answered += 1
-        if kind not in self.by_kind:
-            self.by_kind[kind] = new_histogram()
-        record(self.by_kind[kind], latency)
         self.codes[code or "none"] += 1
         if reason:
             self.reasons[reason] += 1
         second = self.second(at)
         second.answered += 1
-        record(second.latency, latency)
+        histogram = second.by_kind.get(kind)
+        if histogram is None:
+            histogram = second.by_kind[kind] = new_histogram()
+        record(histogram, latency)
 
     def latency(self) -> HdrHistogram:
-        """Every kind together (kept apart while running: one record per answer fewer)."""
-        total = new_histogram()
-        for histogram in self.by_kind.values():
-            total.add(histogram)
-        return total
+        return _total(s.latency() for s in self.seconds)
+
+    @property
+    def by_kind(self) -> dict[str, HdrHistogram]:
+        kinds: dict[str, list[HdrHistogram]] = {}
+        for second in self.seconds:
+            for kind, histogram in second.by_kind.items():
+                kinds.setdefault(kind, []).append(histogram)
+        return {kind: _total(histograms) for kind, histograms in kinds.items()}
 
     def second(self, at: float) -> Second:
         index = max(0, int(at))
@@ -103,8 +118,8 @@ class Stats:
         return {
             **{name: getattr(self, name) for name in self._COUNTS},
             **{name: dict(getattr(self, name)) for name in self._COUNTERS},
-            "by_kind": {k: _encode(h) for k, h in self.by_kind.items()},
-            "seconds": [(s.answered, _encode(s.latency)) for s in self.seconds],
+            "seconds": [(s.answered, {k: _encode(h) for k, h in s.by_kind.items()})
+                        for s in self.seconds],
         }
 
     def merge(self, wire: dict[str, Any]) -> None:
@@ -112,9 +127,8 @@ class Stats:
             setattr(self, name, getattr(self, name) + wire[name])
         for name in self._COUNTERS:
             getattr(self, name).update(wire[name])
-        for kind, data in wire["by_kind"].items():
-            self.by_kind.setdefault(kind, new_histogram()).add(_decode(data))
-        for index, (answered, data) in enumerate(wire["seconds"]):
+        for index, (answered, kinds) in enumerate(wire["seconds"]):
             second = self.second(index)
             second.answered += answered
-            second.latency.add(_decode(data))
+            for kind, data in kinds.items():
+                second.by_kind.setdefault(kind, new_histogram()).add(_decode(data))

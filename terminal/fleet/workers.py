@@ -84,7 +84,8 @@ async def _work(load: Load, conn: Connection) -> None:
     conn.send(("connected", len(fleet.links)))
     _, wall = await _message(conn)
     await asyncio.sleep(max(0.0, _at(wall) - time.monotonic()))
-    await fleet.sign_on()
+    if load.signon:
+        await fleet.sign_on()
     conn.send(("ready", None))
     _, wall = await _message(conn)
 

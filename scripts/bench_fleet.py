@@ -198,7 +198,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def scale(terminals: int, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+def scale(terminals: int, rate: float, seconds: float, workers: int,
+          report_path: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="posemu-bench-fleet-") as tmp:
         started = time.perf_counter()
         tmks = provision(Path(tmp) / "host", terminals)
@@ -233,6 +234,9 @@ def scale(terminals: int, rate: float, seconds: float, workers: int) -> dict[str
                           duration=seconds, elapsed=max(o.elapsed for o in outcomes),
                           signon_seconds=max(o.signon_seconds for o in outcomes), target=rate,
                           storm=True)
+    if report_path:
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+    worst = max(report["timeline"], key=lambda p: p["p99_ms"] or 0.0, default={})
     fleet_cpu_s = (fleet_after.ru_utime + fleet_after.ru_stime
                    - fleet_cpu.ru_utime - fleet_cpu.ru_stime)
     exchanges = stats.answered + signons.answered
@@ -243,6 +247,7 @@ def scale(terminals: int, rate: float, seconds: float, workers: int) -> dict[str
         "signon_p99_ms": report["signon"]["p99_ms"],
         "achieved_rate": report["achieved_rate"], "p50_ms": report["p50_ms"],
         "p99_ms": report["p99_ms"], "p999_ms": report["p999_ms"], "lost": report["lost"],
+        "worst_second": worst.get("t"), "worst_second_p99_ms": worst.get("p99_ms"),
         "mismatched": report["mismatched"], "timeouts": report["timeouts"],
         "codes": report["codes"], "errors": report["errors"],
         "host_rss_mb": round(peak[0], 1),
@@ -263,10 +268,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--report", type=Path, help="the scale run's full pos-fleet report (JSON)")
     args = parser.parse_args()
     result = cost(args.echo_connections, args.echo_seconds, args.rounds)
     if not args.skip_scale:
-        result |= {"scale": scale(args.terminals, args.rate, args.seconds, args.workers)}
+        result |= {"scale": scale(args.terminals, args.rate, args.seconds, args.workers,
+                                       args.report)}
     for key, value in result.items():
         if isinstance(value, dict):
             for k, v in value.items():

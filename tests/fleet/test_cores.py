@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -15,7 +16,7 @@ from terminal.fleet.report import build_report, report_svg, report_table
 from terminal.fleet.runner import Load
 from terminal.fleet.schedule import Schedule, slots, split, terminal_for
 from terminal.fleet.stats import Stats
-from terminal.fleet.workers import live_line, shares
+from terminal.fleet.workers import FleetRunError, live_line, raise_nofile, shares, tty_live
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -128,3 +129,13 @@ def test_test_cards_and_terminal_ids() -> None:
     assert tid_for("F", 0) == "F0000001" and tid_for("AB", 41) == "AB000042"
     with pytest.raises(FleetError):
         tid_for("ABCDEFGH", 0)
+
+
+def test_descriptor_limit_is_checked_not_assumed() -> None:
+    assert raise_nofile(10) >= 10 + 64
+    with pytest.raises(FleetRunError, match=r"need 1000000064 file descriptors.*ulimit -Hn"):
+        raise_nofile(1_000_000_000)
+
+
+def test_no_live_line_into_a_pipe_or_file() -> None:
+    assert tty_live(io.StringIO()) is None

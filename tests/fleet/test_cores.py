@@ -6,10 +6,15 @@ import io
 import random
 import xml.etree.ElementTree as ET
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from protocol.crypto import Key
+from protocol.dialects import get_dialect
+from terminal.fleet import fleetdir
 from terminal.fleet.fleetdir import FleetError
+from terminal.fleet.member import STAN_MAX, Identity, Member
 from terminal.fleet.mix import MixError, parse_mix
 from terminal.fleet.provision import luhn_complete, tid_for
 from terminal.fleet.report import build_report, report_svg, report_table
@@ -139,3 +144,21 @@ def test_descriptor_limit_is_checked_not_assumed() -> None:
 
 def test_no_live_line_into_a_pipe_or_file() -> None:
     assert tty_live(io.StringIO()) is None
+
+
+def test_a_wrapped_stan_moves_to_the_next_batch() -> None:
+    member = Member(Identity("T1", "M1", Key("TDES", "TMK", bytes(16))), get_dialect("iso87"),
+                    "003", batch=7)
+    member.stan = STAN_MAX - 1
+    assert (member.next_stan(), member.batch) == (STAN_MAX, 7)
+    assert (member.next_stan(), member.batch) == (1, 8)
+
+
+def test_every_run_claims_batches_no_earlier_run_used(tmp_path: Path) -> None:
+    fleetdir.create(tmp_path / "f", "iso87", "003")
+    first, second = fleetdir.claim_batch(tmp_path / "f"), fleetdir.claim_batch(tmp_path / "f")
+    assert second - first == fleetdir.BATCHES_PER_RUN
+    with pytest.raises(FleetError, match="already holds a fleet"):
+        fleetdir.create(tmp_path / "f", "iso87", "003")
+    with pytest.raises(FleetError, match="key set"):
+        fleetdir.create(tmp_path / "g", "iso87", "002")

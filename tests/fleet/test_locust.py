@@ -59,7 +59,9 @@ def test_locust_master_and_two_workers(tmp_path: Path) -> None:
     assert all(s["num_failures"] == 0 for s in stats.values())
     purchases = stats["0200", "purchase"]["num_requests"]
     assert purchases > 0 and stats["0820", "echo"]["num_requests"] > 0
-    # the host saw what Locust counted: one terminal per user, none shared between workers
-    assert sum(1 for line in log if line.get("mti") == "0200") == purchases
+    # the host saw what Locust counted (give or take the one exchange each user may have had
+    # under way when the run stopped), one terminal per user, none shared between workers
+    seen = sum(1 for line in log if line.get("mti") == "0200")
+    assert purchases <= seen <= purchases + TERMINALS
     signed_on = [line["tid"] for line in log if line.get("mti") == "0800"]
     assert sorted(signed_on) == [f"F{i:07d}" for i in range(1, TERMINALS + 1)]

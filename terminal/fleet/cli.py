@@ -121,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         workers=len(outcomes), duration=args.duration,
         elapsed=max(o.elapsed for o in outcomes),
         signon_seconds=max(o.signon_seconds for o in outcomes),
-        target=args.rate or args.concurrency, storm=args.signon_storm)
+        target=args.rate or args.concurrency, storm=args.signon_storm,
+        connected=sum(o.connected for o in outcomes))
     if args.report:
         args.report.write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:

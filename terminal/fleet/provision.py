@@ -67,9 +67,9 @@ def provision(data: Path, count: int, out: Path, prefix: str = "F", cards: int =
     for i, tid in enumerate(tids):
         run_pos_host(data, "terminal", "add", tid, "--merchant", merchant,
                      "--out", str(fleetdir.terminal_file(out, tid)))
+        fleetdir.add_terminals(out, [tid])  # a run cut short leaves a fleet of those made
         if progress:
             progress(i + 1, count)
-    fleetdir.add_terminals(out, tids)
     made = []
     for _ in range(cards):
         card = Card(luhn_complete(f"{CARD_BIN}{secrets.randbelow(10**9):09d}"), CARD_EXPIRY,

@@ -19,7 +19,7 @@ def latency_summary(stats: Stats) -> dict[str, float | None]:
 
 def build_report(stats: Stats, signons: Stats, *, mode: str, terminals: int, workers: int,
                  duration: float, elapsed: float, signon_seconds: float, target: float,
-                 storm: bool) -> dict[str, Any]:
+                 storm: bool, connected: int | None = None) -> dict[str, Any]:
     """`achieved_rate` counts answers over the window (at least `duration`: answers drained
     after it stretch the window rather than flatter the rate)."""
     window = max(duration, elapsed)
@@ -28,6 +28,7 @@ def build_report(stats: Stats, signons: Stats, *, mode: str, terminals: int, wor
         "mode": mode,
         "target": target,
         "terminals": terminals,
+        "connected": terminals if connected is None else connected,
         "workers": workers,
         "duration_s": duration,
         "sent": stats.sent,

@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from protocol.dialects import get_dialect
@@ -337,9 +337,10 @@ class Fleet:
 
 @dataclass
 class Outcome:
+    """What a worker sends back once its window and drain are over (plain data: pickled)."""
+
     stats: dict[str, Any]
     signons: dict[str, Any]
     elapsed: float
     signon_seconds: float
     connected: int
-    info: dict[str, Any] = field(default_factory=dict)

@@ -67,7 +67,7 @@ def test_open_loop_run_reports_every_answer(site: Site, tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert report["mode"] == "open" and report["sent"] == 200 == report["answered"]
     assert report["codes"] == {"00": 200} and report["lost"] == 0 == report["mismatched"]
-    assert report["signon"]["ok"] == TERMINALS
+    assert report["signon"]["ok"] == TERMINALS == report["connected"]
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["p999_ms"]
     assert report["achieved_rate"] > 0
     svg = ET.parse(plot_path).getroot()

@@ -6,6 +6,7 @@ changes asked for. The order tests put two failures in one request and check the
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -170,6 +171,49 @@ def test_a_message_cut_short_gets_30_that_echoes_what_decoded(world: World) -> N
     # STAN and terminal decoded before the cut: the 30 carries them so it can be matched.
     request = world.config.codec.decode(data)
     assert (reply[11], reply[41]) == (request[11], request[41])
+
+
+# --- bytes decoded once -------------------------------------------------------------------------
+
+
+@dataclass
+class Counted:
+    """Calls of a real function, counted (the function still does its work)."""
+
+    function: Callable[..., object]
+    calls: int = 0
+
+    def __call__(self, *args: object) -> object:
+        self.calls += 1
+        return self.function(*args)
+
+
+def test_a_decode_error_answers_from_its_partial_message(world: World,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = world.config.codec
+    decode, decode_mti = Counted(codec.decode), Counted(codec.decode_mti)
+    monkeypatch.setattr(codec, "decode", decode)
+    monkeypatch.setattr(codec, "decode_mti", decode_mti)
+    reply = world.handle(world.client.purchase(CARD, 100)[:-3]).reply
+    assert reply is not None and reply[39] == "30" and reply[11]
+    assert (decode.calls, decode_mti.calls) == (1, 1)  # the MTI once: inside decode itself
+
+
+def test_a_failing_view_gets_96_without_decoding_again(world: World,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = world.config.codec
+    decode = Counted(codec.decode)
+    monkeypatch.setattr(codec, "decode", decode)
+
+    def broken(pan_ref: str) -> Card | None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(world.view, "card", broken)
+    data = world.client.purchase(CARD, 100)
+    outcome = world.handle(data)
+    assert outcome.reply is not None and outcome.reply[39] == "96" and not outcome.changes
+    assert outcome.reply[11] == codec.decode(data)[11] and outcome.note == "OperationalError"
+    assert decode.calls == 1 + 1  # the handler's one, and this test's own
 
 
 @pytest.mark.parametrize(("mti", "answer"), [("0400", "0410"), ("0100", "0110"),

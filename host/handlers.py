@@ -492,11 +492,6 @@ def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Ou
     return config.pipeline.handle(data, view, now)
 
 
-def malfunction(request: Message | None, now: float, config: HandlerConfig, note: str) -> Outcome:
-    """96 for a decoded request the host failed to process; see `Pipeline.malfunction`."""
-    return config.pipeline.malfunction(request, now, note)
-
-
 @lru_cache(maxsize=4096)
 def parse_field60(value: str) -> Field60:
     """Field 60 parsed once per distinct value: a terminal sends the same one all batch long."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
@@ -168,26 +169,32 @@ class SecurityModule(Protocol):
 class SoftwareSecurityModule:
     """The default module: keys in this process's memory, as an HSM holds them in its own.
 
-    A key admitted twice (every cache reload) keeps its handle: handles are kept per
-    (material, usage, generation), so the module holds each distinct key once.
+    A key admitted again (every cache reload) keeps its handle; keys are held per owner (the
+    terminal whose state admitted them), and a terminal's keys that left its state (older
+    generations than the database keeps) are dropped at its next admission: the module holds
+    what the database holds, not every key it ever saw.
     """
 
     def __init__(self, lmk: bytes, rng: Rng, dialect: Dialect) -> None:
         self._lmk = lmk
         self._rng = rng
         self._dialect = dialect
+        self._ids = itertools.count(1)
         self._keys: dict[int, Key] = {}
-        self._handles: dict[tuple[bytes, str, int], KeyHandle] = {}
+        self._handles: dict[tuple[str, bytes, str, int], KeyHandle] = {}
+        self._owned: dict[str, set[tuple[str, bytes, str, int]]] = {}
         self._macs: dict[int, Callable[[bytes], bytes]] = {}
 
     def __repr__(self) -> str:
         return f"<SoftwareSecurityModule keys={len(self._keys)}>"
 
-    def _hold(self, key: Key, usage: str, generation: int) -> KeyHandle:
-        index = (key.material, usage, generation)
+    def _hold(self, owner: str, key: Key, usage: str, generation: int,
+              held: set[tuple[str, bytes, str, int]]) -> KeyHandle:
+        index = (owner, key.material, usage, generation)
+        held.add(index)
         handle = self._handles.get(index)
         if handle is None:
-            handle = KeyHandle(len(self._keys) + 1, key.kcv_hex, generation, usage)
+            handle = KeyHandle(next(self._ids), key.kcv_hex, generation, usage)
             self._handles[index] = handle
             self._keys[handle.id] = key
             if usage == "MAK":
@@ -198,17 +205,25 @@ class SoftwareSecurityModule:
         return handle
 
     def admit(self, keys: TerminalKeys[Key]) -> Terminal:
+        owner = keys.tid
+        held: set[tuple[str, bytes, str, int]] = set()
         tmk = keys.tmk
-        held = None if tmk is None else HeldKey(
-            tmk.usage, tmk.generation, self._hold(tmk.key, "TMK", tmk.generation), tmk.created,
-            tmk.lifetime, tmk.state)
+        tmk_held = None if tmk is None else HeldKey(
+            tmk.usage, tmk.generation, self._hold(owner, tmk.key, "TMK", tmk.generation, held),
+            tmk.created, tmk.lifetime, tmk.state)
         working = tuple(
             WorkingSet(w.generation, w.key_set, w.state, w.created, w.lifetime,
-                       self._hold(w.pik, "PIK", w.generation), self._hold(w.mak, "MAK", w.generation),
-                       None if w.tdk is None else self._hold(w.tdk, "TDK", w.generation))
+                       self._hold(owner, w.pik, "PIK", w.generation, held),
+                       self._hold(owner, w.mak, "MAK", w.generation, held),
+                       None if w.tdk is None else self._hold(owner, w.tdk, "TDK", w.generation, held))
             for w in keys.working
         )
-        return replace(keys, tmk=held, working=working)  # type: ignore[arg-type]
+        for index in self._owned.get(owner, set()) - held:
+            gone = self._handles.pop(index)
+            del self._keys[gone.id]
+            self._macs.pop(gone.id, None)
+        self._owned[owner] = held
+        return replace(keys, tmk=tmk_held, working=working)  # type: ignore[arg-type]
 
     def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
@@ -231,4 +246,6 @@ class SoftwareSecurityModule:
         return seal(self._lmk, key.usage, self._keys[key.id], self._rng)
 
     def unseal(self, usage: str, generation: int, block: str) -> KeyHandle:
-        return self._hold(unseal(self._lmk, usage, block), usage, generation)
+        """Held under no terminal (kept until the process ends): for an operator's key."""
+        return self._hold("", unseal(self._lmk, usage, block), usage, generation,
+                          self._owned.setdefault("", set()))

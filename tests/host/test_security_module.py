@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from host import hsm
@@ -52,6 +54,20 @@ def test_admitting_again_gives_the_same_handles() -> None:
     assert repr(sm) == "<SoftwareSecurityModule keys=3>"
 
 
+def test_keys_that_left_a_terminals_state_are_dropped() -> None:
+    sm = module()
+    keys = terminal_keys()
+    old_mak = sm.admit(keys).working[0].mak
+    newer = hsm.new_working_set(KEY_SETS["003"], get_dialect("iso87"), 2, NOW, 3600.0,
+                                seeded_rng(12))
+    both = sm.admit(replace(keys, working=(newer, *keys.working)))
+    assert both.working[1].mak == old_mak and repr(sm) == "<SoftwareSecurityModule keys=5>"
+    sm.admit(replace(keys, working=(newer,)))
+    assert repr(sm) == "<SoftwareSecurityModule keys=3>"
+    with pytest.raises(LookupError):
+        sm.generate_mac(old_mak, b"data")
+
+
 @pytest.mark.parametrize(("dialect", "key_set"), [("iso87", "003"), ("iso87", "001"),
                                                   ("cup", "003")])
 def test_a_mac_by_handle_is_the_dialects_mac(dialect: str, key_set: str) -> None:
@@ -98,10 +114,12 @@ def test_seal_and_unseal_by_handle() -> None:
     sm = module()
     mak = sm.admit(terminal_keys()).working[0].mak
     block = sm.seal(mak)
-    assert sm.unseal("MAK", 1, block) == mak  # the same key: the same handle
-    other = module()  # another module under the same LMK opens it to its own handle
-    opened = other.unseal("MAK", 1, block)
-    assert (opened.kcv, opened.usage) == (mak.kcv, "MAK")
+    opened = sm.unseal("MAK", 1, block)
+    assert (opened.kcv, opened.generation, opened.usage) == (mak.kcv, 1, "MAK")
+    assert sm.unseal("MAK", 1, block) == opened  # the same key: the same handle
+    assert sm.generate_mac(opened, b"data") == sm.generate_mac(mak, b"data")
+    other = module()  # another module under the same LMK opens it too
+    assert other.generate_mac(other.unseal("MAK", 1, block), b"data") == sm.generate_mac(mak, b"data")
     with pytest.raises(KeyBlockError):
         sm.unseal("MAK", 1, block[:-2] + ("00" if block[-2:] != "00" else "11"))
 

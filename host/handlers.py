@@ -1,31 +1,38 @@
 """The host's decisions: request bytes, key state and a clock in; response bytes and changes out.
 
 Nothing here touches a socket, a file or the database, so the TCP server, the serial server, the
-load generator and the unit tests all run the very same decisions. A 0200 is checked in exactly
-the order PROTOCOL.md §4 gives; each check is one step in `PURCHASE_STEPS`, so the order is
-data that can be read (and tested) in one place.
+load generator and the unit tests all run the very same decisions. A `Pipeline` is compiled once
+per host from its configuration (codec, security module, vault functions, response tables); a
+0200 then runs the checks of PROTOCOL.md §4 top to bottom in `Pipeline.purchase`, each check a
+pure function of the values in its signature that returns a refusal (`Verdict`) or None. The
+prefix every financial transaction shares (terminal, keys, MAC, lifetimes: `authenticate`) is
+its own step, for the §7 transactions to reuse.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from time import gmtime, strftime
+from typing import NamedTuple
 
-from host import hsm
+from host.hsm import PinBlockInvalid, SecurityModule, SoftwareSecurityModule
 from host.lmk import Vault
 from host.state import (
     ACTIVE,
     REVOKED,
     Card,
     Change,
-    Debit,
+    HeldKey,
     HostView,
     IssueWorkingKeys,
-    RecordTransaction,
+    KeyHandle,
+    Prior,
+    Purchased,
     RevokeWorkingKeys,
-    TerminalKeys,
+    Terminal,
     WorkingSet,
 )
 from protocol import codes
@@ -33,8 +40,8 @@ from protocol.codec import Codec
 from protocol.codes import KeyErrorReason
 from protocol.errors import ProtocolError
 from protocol.fields import KEY_SETS, NMIC_ECHO, NMIC_SIGN_OFF, Field60
-from protocol.macing import PLACEHOLDER
-from protocol.message import Message
+from protocol.macing import MAC_SIZE, PLACEHOLDER, mac_offset
+from protocol.message import FieldValue, Message
 
 # Fields a request must carry, by MTI, before anything else is looked at (else 30). Field 64 of a
 # 0200 is checked later, at its place in the §4 order.
@@ -53,14 +60,19 @@ ECHOED_OTHERWISE = (3, 4, 11, 41, 42, 49, 60)
 # Codes whose 0200 is remembered for duplicate detection (§3: not 14, 30, 12, 03, nor 94).
 REMEMBERED = frozenset({codes.APPROVED, codes.INSUFFICIENT_FUNDS, codes.EXPIRED_CARD,
                         codes.INCORRECT_PIN, codes.NO_CARD_RECORD})
+# Requests whose answer the host stamps with local time, date and a retrieval reference.
+STAMPED = frozenset({"0200", "0800"})
 PURCHASE_PROCESSING_CODE = "000000"
 RESPONSE_DIGITS = "13579"  # an MTI's third digit: a response (or advice response), never answered
 DEFAULT_KEY_LIFETIME = 24 * 3600.0
+MALFUNCTIONS = (ProtocolError, ValueError, LookupError, sqlite3.Error)
+"""What a bug, a broken row or a view over a failing database raises: one 96, not the host."""
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerConfig:
-    """What a host is started with; fixed for the life of a server."""
+    """What a host is started with; fixed for the life of a server. Its `pipeline` is compiled
+    from it once, here, so nothing per request looks a setting up again."""
 
     codec: Codec
     vault: Vault
@@ -69,6 +81,15 @@ class HandlerConfig:
     key_lifetime: float = DEFAULT_KEY_LIFETIME
     key_sets: frozenset[str] = frozenset(KEY_SETS)
     """The key sets this host issues: fewer makes ERROR14's "software too old" cause happen."""
+    security: SecurityModule | None = None
+    """None: a `SoftwareSecurityModule` under the vault's LMK."""
+    pipeline: Pipeline = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.security is None:
+            module = SoftwareSecurityModule(self.vault.lmk, self.rng, self.codec.dialect)
+            object.__setattr__(self, "security", module)
+        object.__setattr__(self, "pipeline", Pipeline(self))
 
 
 @dataclass(slots=True)
@@ -94,9 +115,6 @@ class Verdict:
     note: str = ""
 
 
-APPROVAL = Verdict(codes.APPROVED)
-
-
 def key_error(code: str, key: str, text: str) -> Verdict:
     return Verdict(codes.KEY_ERROR, KeyErrorReason(code, key, text))
 
@@ -105,84 +123,32 @@ def format_error(note: str) -> Verdict:
     return Verdict(codes.FORMAT_ERROR, note=note)
 
 
-# --- entry point ---------------------------------------------------------------------------------
+APPROVAL = Verdict(codes.APPROVED)
+RETRANSMISSION = Verdict(codes.DUPLICATE, note="retransmission: original response sent again")
+NO_CARD = Verdict(codes.NO_CARD_RECORD)
 
 
-def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Outcome:
-    """Answer one request message (the bytes after framing, TPDU and header)."""
-    codec = config.codec
-    error: ProtocolError | None = None
-    try:
-        request = codec.decode(data)
-    except ProtocolError as exc:
-        try:
-            mti = codec.decode_mti(data)
-        except ProtocolError:
-            return Outcome(None, note=f"undecodable: {exc}", close=True)
-        error, request = exc, exc.partial or Message(mti)
-    mti = request.mti
-    if mti[2] in RESPONSE_DIGITS:
-        return Outcome(None, note="response MTI sent to the host: ignored")
-    if error is not None:
-        # Echo what did decode (STAN, terminal) so the terminal can match the 30 to its request.
-        return _respond(request, format_error(str(error)), now, config, None)
-    served = SERVED.get(mti)
-    if served is None:
-        return _respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
-                        now, config, None)
-    if not MANDATORY[mti] <= request.fields.keys():
-        missing = sorted(MANDATORY[mti] - request.fields.keys())
-        return _respond(request, format_error(f"missing field(s) {missing}"), now, config, None)
-    try:
-        field60 = parse_field60(request.text(60))
-    except ProtocolError as exc:
-        return _respond(request, format_error(str(exc)), now, config, None)
-    return served(request, data, field60, view, now, config)
+class Authenticated(NamedTuple):
+    """A request whose terminal, keys and MAC checked out: the generation that verified it."""
+
+    terminal: Terminal
+    working: WorkingSet[KeyHandle]
 
 
-@lru_cache(maxsize=4096)
-def parse_field60(value: str) -> Field60:
-    """Field 60 parsed once per distinct value: a terminal sends the same one all batch long."""
-    return Field60.parse(value)
+# --- the checks of PROTOCOL.md §4, in its order ---------------------------------------------------
 
 
-# --- 0200 purchase -------------------------------------------------------------------------------
+def check_terminal(terminal: Terminal | None, merchant: str) -> Verdict | None:
+    """03 for a stranger: an unknown terminal, or a merchant (42) that is not the terminal's."""
+    if terminal is None:
+        return Verdict(codes.NOT_REGISTERED, note="unknown terminal")
+    if merchant.rstrip() != terminal.merchant:
+        return Verdict(codes.NOT_REGISTERED, note="merchant does not match the terminal")
+    return None
 
 
-@dataclass(slots=True)
-class Purchase:
-    """What the §4 steps learn about one 0200 as they go."""
-
-    request: Message
-    raw: bytes
-    field60: Field60
-    view: HostView
-    now: float
-    config: HandlerConfig
-    tid: str = ""
-    terminal: TerminalKeys | None = None
-    working: WorkingSet | None = None  # the generation whose MAK verified the request
-    pan: str = ""
-    expiry: str = ""
-    pin: str | None = None
-    card: Card | None = None
-    request_ref: bytes = b""
-    original: bytes | None = None
-
-
-Step = Callable[[Purchase], Verdict | None]
-
-
-def check_terminal(p: Purchase) -> Verdict | None:
-    p.terminal, verdict = _known_terminal(p.request, p.view)
-    if p.terminal is not None:
-        p.tid = p.terminal.tid
-    return verdict
-
-
-def check_keys_present(p: Purchase) -> Verdict | None:
-    terminal = p.terminal
-    assert terminal is not None
+def check_keys_present(terminal: Terminal) -> Verdict | None:
+    """K1: an active TMK and active working keys."""
     tmk = terminal.tmk
     if tmk is None or tmk.state != ACTIVE:
         return key_error("K1", "TMK", "revoked" if tmk and tmk.state == REVOKED else "absent")
@@ -193,48 +159,44 @@ def check_keys_present(p: Purchase) -> Verdict | None:
     return key_error("K1", "WK", "revoked/signed off")
 
 
-def check_mac(p: Purchase) -> Verdict | None:
-    if 64 not in p.request.fields:
-        return format_error("0200 without a MAC (field 64)")
-    terminal = p.terminal
-    assert terminal is not None
-    codec = p.config.codec
-    for working in terminal.working:
-        if hsm.mac_verifies(codec, p.raw, working.mak):
-            if working is not terminal.working[0]:
-                return key_error("K2", "MAK", "missed rotation")
-            p.working = working
-            return None
+def check_mac(working: tuple[WorkingSet[KeyHandle], ...], data: bytes, mac: bytes,
+              verify: Callable[[KeyHandle, bytes, bytes], bool]) -> Verdict | None:
+    """None when the current generation's MAK verifies; K2 when an earlier one does (the
+    terminal missed a rotation); K3 when none does."""
+    if verify(working[0].mak, data, mac):
+        return None
+    for earlier in working[1:]:
+        if verify(earlier.mak, data, mac):
+            return key_error("K2", "MAK", "missed rotation")
     return key_error("K3", "MAK", "mismatch")
 
 
-def check_lifetimes(p: Purchase) -> Verdict | None:
-    assert p.working is not None and p.terminal is not None and p.terminal.tmk is not None
-    if p.working.expired(p.now):
+def check_lifetimes(working: WorkingSet[KeyHandle], tmk: HeldKey[KeyHandle], now: float
+                    ) -> Verdict | None:
+    if working.expired(now):
         return key_error("K2", "WK", "expired")
-    if p.terminal.tmk.expired(p.now):
+    if tmk.expired(now):
         return key_error("K2", "TMK", "expired")
     return None
 
 
-def check_processing_code(p: Purchase) -> Verdict | None:
-    if p.request.text(3) != PURCHASE_PROCESSING_CODE:
+def check_processing_code(processing_code: FieldValue) -> Verdict | None:
+    if processing_code != PURCHASE_PROCESSING_CODE:
         return Verdict(codes.INVALID_TRANSACTION, note="processing code not served")
     return None
 
 
-def check_duplicate(p: Purchase) -> Verdict | None:
-    p.request_ref = p.config.vault.request_ref(p.raw)
-    prior = p.view.prior(p.tid, p.field60.batch, p.request.text(11))
+def check_duplicate(prior: Prior | None, request_ref: bytes) -> Verdict | None:
+    """94 for a STAN already answered in this batch; `RETRANSMISSION` when it is the very same
+    request (its original response goes again)."""
     if prior is None:
         return None
-    if prior.request_ref == p.request_ref:
-        p.original = prior.response
-        return Verdict(codes.DUPLICATE, note="retransmission: original response sent again")
+    if prior.request_ref == request_ref:
+        return RETRANSMISSION
     return Verdict(codes.DUPLICATE, note="same terminal, batch and STAN, different request")
 
 
-def _card_data(request: Message) -> tuple[str, str] | None:
+def card_data(request: Message) -> tuple[str, str] | None:
     """PAN and expiry, from field 2/14 (keyed) or track 2 (swiped); None if neither is there."""
     if 35 in request.fields:
         pan, sep, rest = request.text(35).partition("=")
@@ -246,96 +208,47 @@ def _card_data(request: Message) -> tuple[str, str] | None:
     return None
 
 
-def check_pin_block(p: Purchase) -> Verdict | None:
-    card = _card_data(p.request)
-    if card is None:
-        return format_error("no card data (field 2 or 35)")
-    p.pan, p.expiry = card
-    block = p.request.get(52)
-    if block is None:
-        return None
-    assert p.working is not None and isinstance(block, bytes)
-    control = p.request.get(53)
+def check_pin_control(control: FieldValue | None, key_set: str) -> Verdict | None:
+    """Field 53 names the PIN format and PIK length (§3): absent is 30, another scheme than
+    the keys issued is K3."""
     if control is None:
         return format_error("a PIN block without field 53")
-    if control != KEY_SETS[p.working.key_set].security_control:
-        # Field 53 names the PIN format and PIK length (§3): another scheme than the keys issued.
+    if control != KEY_SETS[key_set].security_control:
         return key_error("K3", "PIK", "field 53 mismatch")
-    try:
-        p.pin = hsm.decrypt_pin(p.working.pik, block, p.pan)
-    except hsm.PinBlockInvalid:
-        return key_error("K3", "PIK", "bad PIN block")
     return None
 
 
-def check_card(p: Purchase) -> Verdict | None:
-    p.card = p.view.card(p.config.vault.pan_ref(p.pan))
-    return Verdict(codes.NO_CARD_RECORD) if p.card is None else None
+def read_pin(decrypt: Callable[[KeyHandle, bytes, str], str], pik: KeyHandle, block: bytes,
+             pan: str) -> str | Verdict:
+    """The PIN, or K3 for a block that is not a valid format 0 block under the PIK."""
+    try:
+        return decrypt(pik, block, pan)
+    except PinBlockInvalid:
+        return key_error("K3", "PIK", "bad PIN block")
 
 
-def check_pin(p: Purchase) -> Verdict | None:
-    assert p.card is not None
-    if p.pin is not None and not p.config.vault.pin_matches(p.card.pvv, p.pan, p.pin):
+def check_card(card: Card | None) -> Verdict | None:
+    return NO_CARD if card is None else None
+
+
+def check_pin(pin: str | None, card: Card, pan: str,
+              matches: Callable[[str, str, str], bool]) -> Verdict | None:
+    if pin is not None and not matches(card.pvv, pan, pin):
         return Verdict(codes.INCORRECT_PIN)
     return None
 
 
-def check_expiry(p: Purchase) -> Verdict | None:
+def check_expiry(card: Card, presented: str, now: float) -> Verdict | None:
     """Expired when the card's YYMM is before this month, or the card presented another expiry."""
-    assert p.card is not None
-    this_month = clock_fields(int(p.now)).yymm
-    if p.card.expiry < this_month or (p.expiry and p.expiry != p.card.expiry):
+    if card.expiry < clock_fields(int(now)).yymm or (presented and presented != card.expiry):
         return Verdict(codes.EXPIRED_CARD)
     return None
 
 
-def check_balance(p: Purchase) -> Verdict | None:
-    assert p.card is not None
-    if int(p.request.text(4)) > p.card.balance:
+def check_balance(amount: int, card: Card) -> Verdict | None:
+    if amount > card.balance:
         return Verdict(codes.INSUFFICIENT_FUNDS)
     return None
-
-
-PURCHASE_STEPS: tuple[Step, ...] = (
-    check_terminal,          # 03
-    check_keys_present,      # K1
-    check_mac,               # 30, K2 (earlier generation), K3
-    check_lifetimes,         # K2
-    check_processing_code,   # 12
-    check_duplicate,         # 94, or the original response
-    check_pin_block,         # K3 (30 without card data)
-    check_card,              # 56
-    check_pin,               # 55
-    check_expiry,            # 54
-    check_balance,           # 51
-)
-
-
-def handle_purchase(
-    request: Message, raw: bytes, field60: Field60, view: HostView, now: float,
-    config: HandlerConfig,
-) -> Outcome:
-    p = Purchase(request, raw, field60, view, now, config)
-    for step in PURCHASE_STEPS:
-        verdict = step(p)
-        if verdict is not None:
-            break
-    else:
-        verdict = APPROVAL
-    if p.original is not None:
-        return Outcome(p.original, request, None, [], None, None, verdict.note)
-    extra = {38: approval_code(p.request_ref)} if verdict is APPROVAL else None
-    outcome = _respond(request, verdict, now, config, p.working, extra)
-    if verdict.rc in REMEMBERED and outcome.response is not None:
-        assert p.terminal is not None
-        outcome.changes.append(RecordTransaction(
-            p.tid, p.terminal.number, field60.batch, request.text(11), p.request_ref,
-            outcome.response,
-        ))
-        if verdict.rc == codes.APPROVED:
-            assert p.card is not None
-            outcome.changes.append(Debit(p.card.pan_ref, int(request.text(4))))
-    return outcome
 
 
 def approval_code(request_ref: bytes) -> str:
@@ -345,129 +258,247 @@ def approval_code(request_ref: bytes) -> str:
     return f"{int.from_bytes(request_ref[:4]) % 1_000_000:06d}"
 
 
-# --- 0800 sign-on, 0820 sign-off and echo --------------------------------------------------------
+# --- the compiled pipeline -----------------------------------------------------------------------
 
 
-def _known_terminal(request: Message, view: HostView) -> tuple[TerminalKeys | None, Verdict | None]:
-    """The terminal of fields 41 and 42, or the 03 that a stranger gets (every MTI served)."""
-    terminal = view.terminal(request.text(41).rstrip())
-    if terminal is None:
-        return None, Verdict(codes.NOT_REGISTERED, note="unknown terminal")
-    if request.text(42).rstrip() != terminal.merchant:
-        return None, Verdict(codes.NOT_REGISTERED, note="merchant does not match the terminal")
-    return terminal, None
+class Pipeline:
+    """Every message's path, with what the configuration fixes bound once."""
 
+    def __init__(self, config: HandlerConfig) -> None:
+        assert config.security is not None
+        self.codec = config.codec
+        self.security = config.security
+        self.request_ref = config.vault.request_ref
+        self.pan_ref = config.vault.pan_ref
+        self.pin_matches = config.vault.pin_matches
+        self.key_error_code = config.key_error_code
+        self.key_lifetime = config.key_lifetime
+        self.key_sets = config.key_sets
+        self.served: dict[str, Callable[[Message, bytes, Field60, HostView, float], Outcome]] = {
+            "0200": self.purchase, "0800": self.sign_on, "0820": self.network,
+        }
 
-def handle_sign_on(
-    request: Message, raw: bytes, field60: Field60, view: HostView, now: float,
-    config: HandlerConfig,
-) -> Outcome:
-    terminal, verdict = _known_terminal(request, view)
-    if terminal is None:
-        return _respond(request, verdict, now, config, None)
-    tmk = terminal.tmk
-    if tmk is None or tmk.state != ACTIVE:
-        return _respond(request, key_error("K1", "TMK", "not active"), now, config, None)
-    if tmk.expired(now):
-        return _respond(request, key_error("K2", "TMK", "expired"), now, config, None)
-    key_set = KEY_SETS.get(field60.nmic) if field60.nmic in config.key_sets else None
-    if key_set is None:
-        # ERROR14: a terminal asking for a key scheme the host does not offer (software too old).
-        verdict = key_error("K3", "WK", "key set unsupported")
-        return _respond(request, verdict, now, config, None)
-    working = hsm.new_working_set(
-        key_set, config.codec.dialect, terminal.next_generation, now, config.key_lifetime,
-        config.rng,
-    )
-    field62 = hsm.field62(tmk.key, working, key_set)
-    outcome = _respond(request, Verdict(codes.APPROVED, note=f"generation {working.generation}"),
-                       now, config, None, {62: field62})
-    outcome.changes.append(IssueWorkingKeys(terminal.tid, working))
-    return outcome
-
-
-def handle_network(
-    request: Message, raw: bytes, field60: Field60, view: HostView, now: float,
-    config: HandlerConfig,
-) -> Outcome:
-    terminal, verdict = _known_terminal(request, view)
-    if terminal is None:
-        return _respond(request, verdict, now, config, None)
-    if field60.nmic == NMIC_ECHO:
-        return _respond(request, Verdict(codes.APPROVED, note="echo"), now, config, None)
-    if field60.nmic == NMIC_SIGN_OFF:
-        outcome = _respond(request, Verdict(codes.APPROVED, note="signed off: working keys revoked"),
-                           now, config, None)
-        outcome.changes.append(RevokeWorkingKeys(terminal.tid))
-        return outcome
-    verdict = Verdict(codes.INVALID_TRANSACTION, note=f"60.3 {field60.nmic} not served")
-    return _respond(request, verdict, now, config, None)
-
-
-Handler = Callable[[Message, bytes, Field60, HostView, float, HandlerConfig], Outcome]
-SERVED: dict[str, Handler] = {
-    "0200": handle_purchase,
-    "0800": handle_sign_on,
-    "0820": handle_network,
-}
-
-
-def malfunction(data: bytes, now: float, config: HandlerConfig, note: str) -> Outcome:
-    """96 for a message the host failed to process (a bug, a broken row, a failed commit)."""
-    codec = config.codec
-    try:
-        request = codec.decode(data)
-    except ProtocolError:
+    def handle(self, data: bytes, view: HostView, now: float) -> Outcome:
+        """Answer one request message (the bytes after framing, TPDU and header)."""
         try:
-            request = Message(codec.decode_mti(data))
-        except ProtocolError:
+            request = self.codec.decode(data)
+        except ProtocolError as exc:
+            return self.undecodable(data, exc, now)
+        mti = request.mti
+        if mti[2] in RESPONSE_DIGITS:
+            return Outcome(None, note="response MTI sent to the host: ignored")
+        try:
+            return self.dispatch(request, data, view, now)
+        except MALFUNCTIONS as exc:
+            return self.malfunction(request, now, type(exc).__name__)
+
+    def undecodable(self, data: bytes, exc: ProtocolError, now: float) -> Outcome:
+        """A 30 echoing what the decode error's partial message holds (STAN, terminal), so the
+        terminal can match it to its request; nothing, and the connection closed, when not
+        even the MTI decoded."""
+        request = exc.partial
+        if request is None:
+            if exc.field == "MTI":
+                return Outcome(None, note=f"undecodable: {exc}", close=True)
+            request = Message(self.codec.decode_mti(data))  # a bitmap error: the MTI is sound
+        if request.mti[2] in RESPONSE_DIGITS:
+            return Outcome(None, note="response MTI sent to the host: ignored")
+        return self.respond(request, format_error(str(exc)), now, None)
+
+    def dispatch(self, request: Message, data: bytes, view: HostView, now: float) -> Outcome:
+        mti = request.mti
+        served = self.served.get(mti)
+        if served is None:
+            return self.respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
+                                now, None)
+        fields = request.fields
+        if not MANDATORY[mti] <= fields.keys():
+            missing = sorted(MANDATORY[mti] - fields.keys())
+            return self.respond(request, format_error(f"missing field(s) {missing}"), now, None)
+        try:
+            field60 = parse_field60(request.text(60))
+        except ProtocolError as exc:
+            return self.respond(request, format_error(str(exc)), now, None)
+        return served(request, data, field60, view, now)
+
+    def malfunction(self, request: Message | None, now: float, note: str) -> Outcome:
+        """96 for a message the host failed to process (a bug, a broken row, a failed commit):
+        the request as it was decoded, never decoded again."""
+        if request is None:
             return Outcome(None, note=note, close=True)
-    return _respond(request, Verdict(codes.SYSTEM_MALFUNCTION, note=note), now, config, None)
+        return self.respond(request, Verdict(codes.SYSTEM_MALFUNCTION, note=note), now, None)
+
+    # --- the prefix of every financial transaction ---------------------------------------------
+
+    def authenticate(self, request: Message, data: bytes, view: HostView, now: float
+                     ) -> Authenticated | Verdict:
+        """§4's first checks, which every financial request shares: terminal, keys, MAC and
+        key lifetimes (the decoding and mandatory fields come before it, in `dispatch`)."""
+        fields = request.fields
+        terminal = view.terminal(request.text(41).rstrip())
+        verdict = check_terminal(terminal, request.text(42)) or check_keys_present(terminal)  # type: ignore[arg-type]
+        if verdict is not None:
+            return verdict
+        assert terminal is not None and terminal.tmk is not None
+        if 64 not in fields:
+            return format_error(f"{request.mti} without a MAC (field 64)")
+        offset = mac_offset(self.codec, data)
+        assert offset is not None
+        working = terminal.working
+        verdict = (check_mac(working, data[:offset], data[offset:offset + MAC_SIZE],
+                             self.security.verify_mac)
+                   or check_lifetimes(working[0], terminal.tmk, now))
+        if verdict is not None:
+            return verdict
+        return Authenticated(terminal, working[0])
+
+    # --- 0200 purchase -------------------------------------------------------------------------
+
+    def purchase(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                 now: float) -> Outcome:
+        """PROTOCOL.md §4, in its order."""
+        fields = request.fields
+        checked = self.authenticate(request, data, view, now)
+        if type(checked) is Verdict:
+            return self.respond(request, checked, now, None)
+        terminal, working = checked  # type: ignore[misc]
+        verdict = check_processing_code(fields[3])
+        if verdict is not None:
+            return self.respond(request, verdict, now, working)
+        request_ref = self.request_ref(data)
+        stan = request.text(11)
+        prior = view.prior(terminal, field60.batch, stan)
+        verdict = check_duplicate(prior, request_ref)
+        if verdict is RETRANSMISSION:
+            assert prior is not None
+            return Outcome(prior.response, request, None, [], None, None, verdict.note)
+        if verdict is not None:
+            return self.respond(request, verdict, now, working)
+        card_values = card_data(request)
+        if card_values is None:
+            return self.respond(request, format_error("no card data (field 2 or 35)"), now, working)
+        pan, expiry = card_values
+        pin = None
+        block = fields.get(52)
+        if block is not None:
+            assert isinstance(block, bytes)
+            verdict = check_pin_control(fields.get(53), working.key_set)
+            if verdict is not None:
+                return self.respond(request, verdict, now, working)
+            pin = read_pin(self.security.decrypt_pin, working.pik, block, pan)
+            if type(pin) is Verdict:
+                return self.respond(request, pin, now, working)
+        card = view.card(self.pan_ref(pan))
+        amount = int(request.text(4))
+        verdict = check_card(card)
+        if card is not None:
+            verdict = (check_pin(pin, card, pan, self.pin_matches)  # type: ignore[arg-type]
+                       or check_expiry(card, expiry, now)
+                       or check_balance(amount, card)
+                       or APPROVAL)
+        assert verdict is not None
+        approved = verdict is APPROVAL
+        outcome = self.respond(request, verdict, now, working,
+                               {38: approval_code(request_ref)} if approved else None)
+        if verdict.rc in REMEMBERED and outcome.response is not None:
+            outcome.changes.append(Purchased(
+                terminal.tid, terminal.number, field60.batch, stan, request_ref, outcome.response,
+                None if card is None else card.pan_ref, amount if approved else 0,
+            ))
+        return outcome
+
+    # --- 0800 sign-on, 0820 sign-off and echo --------------------------------------------------
+
+    def sign_on(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                now: float) -> Outcome:
+        terminal = view.terminal(request.text(41).rstrip())
+        verdict = check_terminal(terminal, request.text(42))
+        if verdict is not None:
+            return self.respond(request, verdict, now, None)
+        assert terminal is not None
+        tmk = terminal.tmk
+        if tmk is None or tmk.state != ACTIVE:
+            return self.respond(request, key_error("K1", "TMK", "not active"), now, None)
+        if tmk.expired(now):
+            return self.respond(request, key_error("K2", "TMK", "expired"), now, None)
+        key_set = KEY_SETS.get(field60.nmic) if field60.nmic in self.key_sets else None
+        if key_set is None:
+            # ERROR14: a terminal asking for a key scheme the host does not offer (software too old).
+            return self.respond(request, key_error("K3", "WK", "key set unsupported"), now, None)
+        issued = self.security.issue_working_set(tmk.key, key_set, terminal.next_generation, now,
+                                                 self.key_lifetime)
+        verdict = Verdict(codes.APPROVED, note=f"generation {issued.stored.generation}")
+        outcome = self.respond(request, verdict, now, None, {62: issued.field62})
+        outcome.changes.append(IssueWorkingKeys(terminal.tid, issued.stored))
+        return outcome
+
+    def network(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                now: float) -> Outcome:
+        verdict = check_terminal(view.terminal(request.text(41).rstrip()), request.text(42))
+        if verdict is not None:
+            return self.respond(request, verdict, now, None)
+        if field60.nmic == NMIC_ECHO:
+            return self.respond(request, Verdict(codes.APPROVED, note="echo"), now, None)
+        if field60.nmic == NMIC_SIGN_OFF:
+            outcome = self.respond(
+                request, Verdict(codes.APPROVED, note="signed off: working keys revoked"), now, None)
+            outcome.changes.append(RevokeWorkingKeys(request.text(41).rstrip()))
+            return outcome
+        verdict = Verdict(codes.INVALID_TRANSACTION, note=f"60.3 {field60.nmic} not served")
+        return self.respond(request, verdict, now, None)
+
+    # --- building responses --------------------------------------------------------------------
+
+    def respond(self, request: Message, verdict: Verdict, now: float,
+                working: WorkingSet[KeyHandle] | None, extra: dict[int, FieldValue] | None = None,
+                ) -> Outcome:
+        """The response to `request` with `verdict`; MACed under `working`'s MAK where §3 says so.
+
+        The reply's fields are built once, in one dict, and the MAC spliced into the encoded
+        bytes (no copy of the message): this runs for every message the host answers.
+        """
+        fields = request.fields
+        mti = request.mti
+        out = {n: fields[n] for n in ECHOED.get(mti, ECHOED_OTHERWISE) if n in fields}
+        rc = verdict.rc
+        if mti in STAMPED:
+            clock = clock_fields(int(now))
+            stan = fields.get(11)
+            out[12] = clock.time
+            out[13] = clock.date
+            out[37] = clock.rrn_prefix + (stan if type(stan) is str and len(stan) == 6 else "000000")
+        reason = verdict.reason.field44() if verdict.reason else None
+        if reason is not None:
+            out[44] = reason
+            rc = self.key_error_code
+        out[39] = rc
+        if extra:
+            out.update(extra)
+        reply = Message(response_mti(mti), out)
+        if working is not None and verdict.rc in codes.MACED_RESPONSE_CODES:
+            out[64] = PLACEHOLDER
+            encoded = self.codec.encode(reply)
+            offset = mac_offset(self.codec, encoded)
+            assert offset is not None
+            mac = self.security.generate_mac(working.mak, encoded[:offset])
+            encoded = encoded[:offset] + mac + encoded[offset + MAC_SIZE:]
+        else:
+            encoded = self.codec.encode(reply)
+        return Outcome(encoded, request, reply, [], rc, reason, verdict.note)
 
 
-# --- building responses --------------------------------------------------------------------------
-
-# Requests whose answer the host stamps with local time, date and a retrieval reference.
-STAMPED = frozenset({"0200", "0800"})
-
-
-def _respond(
-    request: Message, verdict: Verdict, now: float, config: HandlerConfig,
-    working: WorkingSet | None, extra: dict[int, bytes] | None = None,
-) -> Outcome:
-    """The response to `request` with `verdict`; MACed under `working`'s MAK where §3 says so.
-
-    The reply's fields are built once, in one dict, and signed in place (no copy for the MAC):
-    this runs for every message the host answers.
-    """
-    fields = request.fields
-    mti = request.mti
-    out = {n: fields[n] for n in ECHOED.get(mti, ECHOED_OTHERWISE) if n in fields}
-    rc = verdict.rc
-    if mti in STAMPED:
-        clock = clock_fields(int(now))
-        stan = fields.get(11)
-        out[12] = clock.time
-        out[13] = clock.date
-        out[37] = clock.rrn_prefix + (stan if type(stan) is str and len(stan) == 6 else "000000")
-    reason = verdict.reason.field44() if verdict.reason else None
-    if reason is not None:
-        out[44] = reason
-        rc = config.key_error_code
-    out[39] = rc
-    if extra:
-        out.update(extra)
-    reply = Message(response_mti(mti), out)
-    if working is not None and verdict.rc in codes.MACED_RESPONSE_CODES:
-        out[64] = PLACEHOLDER
-        data = hsm.mac_sign_in_place(config.codec, reply, working.mak)
-    else:
-        data = config.codec.encode(reply)
-    return Outcome(data, request, reply, [], rc, reason, verdict.note)
+def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Outcome:
+    """Answer one request message with the configuration's compiled pipeline."""
+    return config.pipeline.handle(data, view, now)
 
 
-@dataclass(frozen=True, slots=True)
-class ClockFields:
+@lru_cache(maxsize=4096)
+def parse_field60(value: str) -> Field60:
+    """Field 60 parsed once per distinct value: a terminal sends the same one all batch long."""
+    return Field60.parse(value)
+
+
+class ClockFields(NamedTuple):
     yymm: str
     time: str  # field 12, hhmmss
     date: str  # field 13, MMDD
@@ -486,4 +517,3 @@ def clock_fields(second: int) -> ClockFields:
 def response_mti(mti: str) -> str:
     """The answer's MTI (third digit + 1); remembered, as a host answers the same few MTIs."""
     return f"{mti[:2]}{int(mti[2]) + 1}{mti[3]}"
-

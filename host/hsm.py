@@ -1,18 +1,24 @@
 """The key operations the host performs, as an HSM's command set would name them.
 
-Every use of clear key material by the host goes through here: generating TMKs and their
-ceremony components, issuing working keys, wrapping them for field 62, sealing keys under the
-LMK as TR-31 blocks, checking and making MACs, and decrypting PIN blocks. The rest of the host
-handles `Key` values whose text forms show only check values.
+Every use of clear key material by the host goes through here. `SecurityModule` is the
+boundary a serving host keeps, after jPOS's SMAdapter: it owns every unsealed key, and the
+handlers, views and caches name keys by `KeyHandle` only. `SoftwareSecurityModule` is the
+default; a PKCS#11 backend implements the same few operations over token objects. The module
+functions below it are the operator's ceremony tools (`pos-host terminal add`, `keys rotate`)
+and the at-rest sealing the key database uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import hmac
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Protocol
 
 from host.clock import Rng
-from host.state import ACTIVE, WorkingSet
-from protocol import macing
+from host.state import ACTIVE, HeldKey, KeyHandle, StoredWorkingSet, Terminal, TerminalKeys, WorkingSet
 from protocol.crypto import (
     CryptoError,
     Key,
@@ -23,6 +29,7 @@ from protocol.crypto import (
     wrap_ecb,
 )
 from protocol.crypto.ciphers import xor
+from protocol.crypto.mac import dialect_mac_function
 from protocol.fields import KCV_SIZE, KeySet, WrappedKey, build_key_set
 from protocol.spec import Dialect
 
@@ -67,7 +74,7 @@ def split_components(tmk: Key, count: int, rng: Rng) -> list[Component]:
 
 def new_working_set(
     key_set: KeySet, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
-) -> WorkingSet:
+) -> StoredWorkingSet:
     """The working keys of one sign-on; the MAK as long as the dialect's MAC needs."""
     lengths = dict(key_set.keys)
     lengths["MAK"] = key_set.mak_length(dialect)
@@ -82,7 +89,7 @@ def new_key_like(key: Key, rng: Rng) -> Key:
     return generate_key(key.algorithm, key.length, key.usage, rng)
 
 
-def field62(tmk: Key, working: WorkingSet, key_set: KeySet) -> bytes:
+def field62(tmk: Key, working: StoredWorkingSet, key_set: KeySet) -> bytes:
     """Each working key under the TMK (TDES-ECB) with its 4-byte check value, in the set's order."""
     keys = {"PIK": working.pik, "MAK": working.mak, "TDK": working.tdk}
     wrapped = [
@@ -107,25 +114,138 @@ def unseal(lmk: bytes, usage: str, block: str) -> Key:
     return key
 
 
-# --- MACs and PINs -------------------------------------------------------------------------------
-
-# The protocol package's own functions, under the names of this command set (no wrapper call:
-# every purchase checks one MAC and makes another).
-mac_verifies = macing.verify
-"""(codec, encoded, mak) -> True when field 64 is present and is the MAC under `mak`."""
-mac_sign = macing.sign
-"""(codec, message, mak) -> the message encoded with its MAC under `mak` in field 64."""
-mac_sign_in_place = macing.sign_in_place
-"""(codec, message holding field 64, mak) -> the same, without copying the message's fields."""
-
+# --- the security module --------------------------------------------------------------------
 
 PIN_FORMATS = (0,)
 """PROTOCOL.md §1: PINs travel as ISO 9564 format 0 under the PIK."""
 
 
-def decrypt_pin(pik: Key, block: bytes, pan: str) -> str:
-    """The PIN of a valid ISO 9564 format 0 block (§1, §4: anything else is K3, whatever the cause)."""
-    try:
-        return decrypt_pin_block(pik, block, pan, formats=PIN_FORMATS)
-    except CryptoError:
-        raise PinBlockInvalid("PIN block does not decrypt to a valid ISO 9564 block") from None
+class IssuedSet(NamedTuple):
+    """A sign-on's working keys: field 62 (each key under the TMK with its check value) for
+    the terminal, and the keys for the database to seal (the change that stores them)."""
+
+    field62: bytes
+    stored: StoredWorkingSet
+
+
+class SecurityModule(Protocol):
+    """Every operation on a clear key, by handle (a PKCS#11 backend plugs in here).
+
+    `admit` turns a terminal's key state just opened from the database into handles; its MAC
+    contexts are bound then, so a MAC costs no per-call setup. A handle the module did not
+    give raises `LookupError` (the host answers 96), never a wrong answer.
+    """
+
+    def admit(self, keys: TerminalKeys[Key]) -> Terminal:
+        """The same state with every key replaced by its handle."""
+        ...
+
+    def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
+                          lifetime: float) -> IssuedSet:
+        """New working keys (the MAK as long as the dialect's MAC needs), wrapped under `tmk`."""
+        ...
+
+    def generate_mac(self, mak: KeyHandle, data: bytes) -> bytes:
+        """The dialect's 8-byte MAC of `data` (PROTOCOL.md §1)."""
+        ...
+
+    def verify_mac(self, mak: KeyHandle, data: bytes, mac: bytes) -> bool:
+        """True when `mac` is the MAC of `data`; compared in constant time."""
+        ...
+
+    def decrypt_pin(self, pik: KeyHandle, block: bytes, pan: str) -> str:
+        """The PIN of a valid ISO 9564 format 0 block; else `PinBlockInvalid`."""
+        ...
+
+    def seal(self, key: KeyHandle) -> str:
+        """The key as a TR-31 version D block under the LMK."""
+        ...
+
+    def unseal(self, usage: str, generation: int, block: str) -> KeyHandle:
+        """A sealed block opened inside the module; a block failing its MAC raises."""
+        ...
+
+
+class SoftwareSecurityModule:
+    """The default module: keys in this process's memory, as an HSM holds them in its own.
+
+    A key admitted again (every cache reload) keeps its handle; keys are held per owner (the
+    terminal whose state admitted them), and a terminal's keys that left its state (older
+    generations than the database keeps) are dropped at its next admission: the module holds
+    what the database holds, not every key it ever saw.
+    """
+
+    def __init__(self, lmk: bytes, rng: Rng, dialect: Dialect) -> None:
+        self._lmk = lmk
+        self._rng = rng
+        self._dialect = dialect
+        self._ids = itertools.count(1)
+        self._keys: dict[int, Key] = {}
+        self._handles: dict[tuple[str, bytes, str, int], KeyHandle] = {}
+        self._owned: dict[str, set[tuple[str, bytes, str, int]]] = {}
+        self._macs: dict[int, Callable[[bytes], bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"<SoftwareSecurityModule keys={len(self._keys)}>"
+
+    def _hold(self, owner: str, key: Key, usage: str, generation: int,
+              held: set[tuple[str, bytes, str, int]]) -> KeyHandle:
+        index = (owner, key.material, usage, generation)
+        held.add(index)
+        handle = self._handles.get(index)
+        if handle is None:
+            handle = KeyHandle(next(self._ids), key.kcv_hex, generation, usage)
+            self._handles[index] = handle
+            self._keys[handle.id] = key
+            if usage == "MAK":
+                # A MAK this dialect cannot use gets no context: generate_mac/verify_mac then
+                # raise LookupError (a 96), as a MAC under it would have raised before.
+                with contextlib.suppress(CryptoError):
+                    self._macs[handle.id] = dialect_mac_function(self._dialect.mac, key.material)
+        return handle
+
+    def admit(self, keys: TerminalKeys[Key]) -> Terminal:
+        owner = keys.tid
+        held: set[tuple[str, bytes, str, int]] = set()
+        tmk = keys.tmk
+        tmk_held = None if tmk is None else HeldKey(
+            tmk.usage, tmk.generation, self._hold(owner, tmk.key, "TMK", tmk.generation, held),
+            tmk.created, tmk.lifetime, tmk.state)
+        working = tuple(
+            WorkingSet(w.generation, w.key_set, w.state, w.created, w.lifetime,
+                       self._hold(owner, w.pik, "PIK", w.generation, held),
+                       self._hold(owner, w.mak, "MAK", w.generation, held),
+                       None if w.tdk is None else self._hold(owner, w.tdk, "TDK", w.generation, held))
+            for w in keys.working
+        )
+        for index in self._owned.get(owner, set()) - held:
+            gone = self._handles.pop(index)
+            del self._keys[gone.id]
+            self._macs.pop(gone.id, None)
+        self._owned[owner] = held
+        return replace(keys, tmk=tmk_held, working=working)  # type: ignore[arg-type]
+
+    def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
+                          lifetime: float) -> IssuedSet:
+        stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng)
+        return IssuedSet(field62(self._keys[tmk.id], stored, key_set), stored)
+
+    def generate_mac(self, mak: KeyHandle, data: bytes) -> bytes:
+        return self._macs[mak.id](data)
+
+    def verify_mac(self, mak: KeyHandle, data: bytes, mac: bytes) -> bool:
+        return hmac.compare_digest(self._macs[mak.id](data), mac)
+
+    def decrypt_pin(self, pik: KeyHandle, block: bytes, pan: str) -> str:
+        try:
+            return decrypt_pin_block(self._keys[pik.id], block, pan, formats=PIN_FORMATS)
+        except CryptoError:
+            raise PinBlockInvalid("PIN block does not decrypt to a valid ISO 9564 block") from None
+
+    def seal(self, key: KeyHandle) -> str:
+        return seal(self._lmk, key.usage, self._keys[key.id], self._rng)
+
+    def unseal(self, usage: str, generation: int, block: str) -> KeyHandle:
+        """Held under no terminal (kept until the process ends): for an operator's key."""
+        return self._hold("", unseal(self._lmk, usage, block), usage, generation,
+                          self._owned.setdefault("", set()))

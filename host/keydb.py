@@ -28,11 +28,10 @@ from host.state import (
     REVOKED,
     Card,
     Change,
-    Debit,
     HeldKey,
     IssueWorkingKeys,
     Prior,
-    RecordTransaction,
+    Purchased,
     RevokeWorkingKeys,
     TerminalKeys,
     WorkingSet,
@@ -346,11 +345,11 @@ class KeyDb:
         debits: dict[str, int] = {}
         for change in changes:
             kind = type(change)
-            if kind is RecordTransaction:
+            if kind is Purchased:
                 records.append((txn_ref(change.terminal, change.batch, change.stan),
                                 change.request_ref, change.response))
-            elif kind is Debit:
-                debits[change.pan_ref] = debits.get(change.pan_ref, 0) + change.amount
+                if change.debit:
+                    debits[change.pan_ref] = debits.get(change.pan_ref, 0) + change.debit
             elif kind is IssueWorkingKeys:
                 self._issue(change.tid, change.working)
             elif kind is RevokeWorkingKeys:

@@ -29,18 +29,11 @@ from functools import partial
 from typing import NamedTuple, TypeVar
 
 from host.clock import Clock
-from host.handlers import HandlerConfig, Outcome, handle, malfunction
+from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
 from host.keydb import KeyDb
 from host.logs import MessageLog
-from host.state import (
-    Card,
-    Change,
-    Debit,
-    Prior,
-    RecordTransaction,
-    TerminalKeys,
-)
-from protocol.errors import FramingError, ProtocolError
+from host.state import Card, Change, Prior, Purchased, Terminal
+from protocol.errors import FramingError
 from protocol.framing import FrameReader, Framing, Tpdu, length_prefixed
 from protocol.link import TraceOptions
 from protocol.transport.serial import SerialLinkError, start_serial_server
@@ -59,7 +52,6 @@ class Pending(NamedTuple):
     reply: Reply
     tpdu: Tpdu | None
     header: bytes
-    message: bytes
 
 
 CACHE_LIMIT = 10_000
@@ -96,33 +88,41 @@ class HostCore:
         self.clock = clock
         self.log = log
         self.framing = framing
-        self._terminals: dict[str, TerminalKeys] = {}
+        assert config.security is not None
+        self._handle = config.pipeline.handle  # bound once: the path of every message
+        self._malfunction = config.pipeline.malfunction
+        self._admit = config.security.admit
+        self._terminals: dict[str, Terminal] = {}  # key handles only: the module holds the keys
         self._cards: dict[str, Card] = {}
         self._stans: dict[tuple[str, str], set[str]] = {}  # answered STANs by (terminal, batch)
         self._data_version = db.data_version()
         self._in_transaction = False
-        self._buffered: list[Change] = []  # this batch's records and debits, written at commit
-        self._recent: dict[tuple[str, str, str], RecordTransaction] = {}  # ... and its records
+        self._buffered: list[Change] = []  # this batch's purchases, written at commit
+        self._recent: dict[tuple[str, str, str], Purchased] = {}  # ... by terminal, batch, STAN
         self._pending: list[Pending] = []
         self.messages = 0  # handled, and
         self.commits = 0  # transactions committed: messages / commits is the mean group commit
 
     # --- HostView ----------------------------------------------------------------------------
 
-    def terminal(self, tid: str) -> TerminalKeys | None:
-        return _cached(self._terminals, tid, self.db.load_terminal)
+    def terminal(self, tid: str) -> Terminal | None:
+        return _cached(self._terminals, tid, self._load_terminal)
+
+    def _load_terminal(self, tid: str) -> Terminal | None:
+        """Opened from the database and handed to the security module at once: the cache
+        keeps handles, never key material."""
+        keys = self.db.load_terminal(tid)
+        return None if keys is None else self._admit(keys)
 
     def card(self, pan_ref: str) -> Card | None:
         return _cached(self._cards, pan_ref, self.db.card)
 
-    def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
+    def prior(self, terminal: Terminal, batch: str, stan: str) -> Prior | None:
         """Only a STAN already answered costs a row read (none if answered in this batch); the
         common case, a new STAN, is a set lookup, the set read once per terminal and batch."""
+        tid = terminal.tid
         stans = self._stans.get((tid, batch))
         if stans is None:
-            terminal = self.terminal(tid)
-            if terminal is None:
-                return None
             if len(self._stans) >= CACHE_LIMIT:
                 self._stans.clear()
             stans = self._stans[tid, batch] = self.db.stans(terminal.number, batch)
@@ -131,8 +131,7 @@ class HostCore:
         record = self._recent.get((tid, batch, stan))
         if record is not None:
             return Prior(record.request_ref, record.response)
-        terminal = self.terminal(tid)
-        return None if terminal is None else self.db.prior(terminal.number, batch, stan)
+        return self.db.prior(terminal.number, batch, stan)
 
     # --- one message -------------------------------------------------------------------------
 
@@ -156,26 +155,25 @@ class HostCore:
             self._refresh()
         now = self.clock()
         try:
-            outcome = handle(unframed.message, self, now, self.config)
-        except (ProtocolError, ValueError, LookupError, sqlite3.Error) as exc:
-            # A bug or a broken row must cost one answer (96), not the host.
-            outcome = malfunction(unframed.message, now, self.config, type(exc).__name__)
+            outcome = self._handle(unframed.message, self, now)
+        except MALFUNCTIONS as exc:
+            # The pipeline answers a decoded request's failure with 96 itself; this is a bug
+            # before the request decoded: it costs that connection, not the host.
+            outcome = Outcome(None, note=f"{type(exc).__name__} before decoding", close=True)
         if outcome.changes:
-            outcome = self._apply(outcome, unframed.message, now)
+            outcome = self._apply(outcome, now)
         self._log(outcome, conn, started)
         if outcome.close:
             self.close_later(reply)
             return CLOSE
         if outcome.response is None:
             return IGNORED
-        self._pending.append(
-            Pending(outcome, reply, unframed.tpdu, unframed.header, unframed.message)
-        )
+        self._pending.append(Pending(outcome, reply, unframed.tpdu, unframed.header))
         return ANSWER
 
     def close_later(self, reply: Reply) -> None:
         """Close a connection once the answers already due to it are sent."""
-        self._pending.append(Pending(Outcome(None, close=True), reply, None, b"", b""))
+        self._pending.append(Pending(Outcome(None, close=True), reply, None, b""))
 
     def commit(self) -> None:
         """Make the batch's changes durable, then release its answers (96s if that failed)."""
@@ -229,19 +227,17 @@ class HostCore:
         self._cards.clear()
         self._stans.clear()
 
-    def _apply(self, outcome: Outcome, message: bytes, now: float) -> Outcome:
+    def _apply(self, outcome: Outcome, now: float) -> Outcome:
         """Take a message's changes into the batch: key changes go to the database at once
-        (the next message must find them there), remembered answers and debits wait for the
-        batch's commit and are meanwhile served from memory. If a write fails, nothing of the
-        batch is kept and every message in it is answered 96."""
+        (the next message must find them there), purchases (the remembered answer and its
+        debit) wait for the batch's commit and are meanwhile served from memory. If a write
+        fails, nothing of the batch is kept and every message in it is answered 96."""
         for change in outcome.changes:
-            kind = type(change)
-            if kind is Debit:
-                card = self._cards.get(change.pan_ref)
-                if card is not None:
-                    self._cards[change.pan_ref] = card.debited(change.amount)
-                self._buffered.append(change)
-            elif kind is RecordTransaction:
+            if type(change) is Purchased:
+                if change.debit:
+                    card = self._cards.get(change.pan_ref)  # type: ignore[arg-type]
+                    if card is not None:
+                        self._cards[card.pan_ref] = card.debited(change.debit)
                 self._recent[change.tid, change.batch, change.stan] = change
                 stans = self._stans.get((change.tid, change.batch))
                 if stans is not None:
@@ -253,8 +249,7 @@ class HostCore:
                     self.db.apply([change])
                 except sqlite3.Error as exc:
                     self._abort_batch(type(exc).__name__, now)
-                    return malfunction(message, now, self.config,
-                                       f"{type(exc).__name__} in apply")
+                    return self._malfunction(outcome.request, now, f"{type(exc).__name__} in apply")
                 self._terminals.pop(change.tid, None)
         return outcome
 
@@ -274,8 +269,8 @@ class HostCore:
         self.log.event(event="batch rolled back", error=error, answers=len(self._pending))
         self._pending = [
             p if p.outcome.response is None else
-            Pending(malfunction(p.message, now, self.config, f"{error}: batch rolled back"),
-                    p.reply, p.tpdu, p.header, p.message)
+            Pending(self._malfunction(p.outcome.request, now, f"{error}: batch rolled back"),
+                    p.reply, p.tpdu, p.header)
             for p in self._pending
         ]
 

@@ -162,8 +162,10 @@ def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> Non
                          lambda _: None, "test")
     site.core.commit()
     assert "X0000001" not in site.core._terminals and len(site.core._terminals) <= 1
+    terminal = site.core.terminal("T0000001")
+    assert terminal is not None
     for batch in range(server.CACHE_LIMIT + 5):
-        site.core.prior("T0000001", f"{batch:06d}", "000001")
+        site.core.prior(terminal, f"{batch:06d}", "000001")
     assert len(site.core._stans) <= server.CACHE_LIMIT
 
 

@@ -6,29 +6,32 @@ changes asked for. The order tests put two failures in one request and check the
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from host import hsm
 from host.clock import seeded_rng
-from host.handlers import PURCHASE_STEPS, HandlerConfig, Outcome, approval_code, handle
+from host.handlers import HandlerConfig, Outcome, approval_code, handle
 from host.lmk import Vault
 from host.state import (
     ACTIVE,
     RETIRED,
     REVOKED,
     Card,
-    Debit,
     HeldKey,
     IssueWorkingKeys,
     Prior,
-    RecordTransaction,
+    Purchased,
     RevokeWorkingKeys,
+    Terminal,
     TerminalKeys,
 )
 from protocol.codec import get_codec
 from protocol.codes import KeyErrorReason
+from protocol.crypto import Key
 from protocol.fields import KEY_SETS
 from protocol.macing import sign
 from protocol.message import Message
@@ -44,20 +47,23 @@ CARD = ClientCard(PAN, EXPIRY, PIN)
 
 @dataclass
 class MemoryView:
-    """A HostView over dicts: the state a test sets up, nothing else."""
+    """A HostView over dicts: the state a test sets up (keys as the database would hand them
+    over), admitted to the security module on each lookup as the server's cache does."""
 
-    terminals: dict[str, TerminalKeys] = field(default_factory=dict)
+    admit: Callable[[TerminalKeys[Key]], Terminal]
+    terminals: dict[str, TerminalKeys[Key]] = field(default_factory=dict)
     cards: dict[str, Card] = field(default_factory=dict)
     priors: dict[tuple[str, str, str], Prior] = field(default_factory=dict)
 
-    def terminal(self, tid: str) -> TerminalKeys | None:
-        return self.terminals.get(tid)
+    def terminal(self, tid: str) -> Terminal | None:
+        keys = self.terminals.get(tid)
+        return None if keys is None else self.admit(keys)
 
     def card(self, pan_ref: str) -> Card | None:
         return self.cards.get(pan_ref)
 
-    def prior(self, tid: str, batch: str, stan: str) -> Prior | None:
-        return self.priors.get((tid, batch, stan))
+    def prior(self, terminal: Terminal, batch: str, stan: str) -> Prior | None:
+        return self.priors.get((terminal.tid, batch, stan))
 
 
 @dataclass
@@ -76,7 +82,7 @@ class World:
         return self.config.codec.decode(outcome.response)
 
     @property
-    def keys(self) -> TerminalKeys:
+    def keys(self) -> TerminalKeys[Key]:
         return self.view.terminals[TID]
 
     def set_keys(self, **changes: object) -> None:
@@ -92,11 +98,13 @@ def make_world(dialect: str = "iso87", key_set: str = "003", **config: object) -
                             (working,), 1)
     card = Card(VAULT.pan_ref(PAN), "621234******1234", EXPIRY, VAULT.pin_value(PAN, PIN),
                 10_000, "156")
-    view = MemoryView({TID: terminal}, {card.pan_ref: card})
+    handler_config = HandlerConfig(codec, VAULT, rng, **config)  # type: ignore[arg-type]
+    assert handler_config.security is not None
+    view = MemoryView(handler_config.security.admit, {TID: terminal}, {card.pan_ref: card})
     client = ClientTerminal(TID, MID, tmk, dialect, keys={"PIK": working.pik,
                                                             "MAK": working.mak},
                             key_set=key_set)
-    return World(view, client, HandlerConfig(codec, VAULT, rng, **config))  # type: ignore[arg-type]
+    return World(view, client, handler_config)
 
 
 @pytest.fixture
@@ -145,7 +153,7 @@ def test_an_approval_code_is_six_digits_from_the_requests_fingerprint(world: Wor
     codes = set()
     for stan in ("000101", "000102", "000103"):
         outcome = world.handle(world.client.purchase(CARD, 100, stan=stan))
-        record = next(c for c in outcome.changes if isinstance(c, RecordTransaction))
+        record = next(c for c in outcome.changes if isinstance(c, Purchased))
         reply = world.config.codec.decode(record.response)
         assert reply[39] == "00" and reply.text(38) == approval_code(record.request_ref)
         assert len(reply.text(38)) == 6 and reply.text(38).isdigit()
@@ -163,6 +171,49 @@ def test_a_message_cut_short_gets_30_that_echoes_what_decoded(world: World) -> N
     # STAN and terminal decoded before the cut: the 30 carries them so it can be matched.
     request = world.config.codec.decode(data)
     assert (reply[11], reply[41]) == (request[11], request[41])
+
+
+# --- bytes decoded once -------------------------------------------------------------------------
+
+
+@dataclass
+class Counted:
+    """Calls of a real function, counted (the function still does its work)."""
+
+    function: Callable[..., object]
+    calls: int = 0
+
+    def __call__(self, *args: object) -> object:
+        self.calls += 1
+        return self.function(*args)
+
+
+def test_a_decode_error_answers_from_its_partial_message(world: World,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = world.config.codec
+    decode, decode_mti = Counted(codec.decode), Counted(codec.decode_mti)
+    monkeypatch.setattr(codec, "decode", decode)
+    monkeypatch.setattr(codec, "decode_mti", decode_mti)
+    reply = world.handle(world.client.purchase(CARD, 100)[:-3]).reply
+    assert reply is not None and reply[39] == "30" and reply[11]
+    assert (decode.calls, decode_mti.calls) == (1, 1)  # the MTI once: inside decode itself
+
+
+def test_a_failing_view_gets_96_without_decoding_again(world: World,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = world.config.codec
+    decode = Counted(codec.decode)
+    monkeypatch.setattr(codec, "decode", decode)
+
+    def broken(pan_ref: str) -> Card | None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(world.view, "card", broken)
+    data = world.client.purchase(CARD, 100)
+    outcome = world.handle(data)
+    assert outcome.reply is not None and outcome.reply[39] == "96" and not outcome.changes
+    assert outcome.reply[11] == codec.decode(data)[11] and outcome.note == "OperationalError"
+    assert decode.calls == 1 + 1  # the handler's one, and this test's own
 
 
 @pytest.mark.parametrize(("mti", "answer"), [("0400", "0410"), ("0100", "0110"),
@@ -190,14 +241,6 @@ def test_a_malformed_field_60_gets_30(world: World) -> None:
 
 
 # --- the 0200 order, step by step ----------------------------------------------------------------
-
-
-def test_the_steps_are_in_the_order_of_protocol_section_4() -> None:
-    assert [s.__name__ for s in PURCHASE_STEPS] == [
-        "check_terminal", "check_keys_present", "check_mac", "check_lifetimes",
-        "check_processing_code", "check_duplicate", "check_pin_block", "check_card",
-        "check_pin", "check_expiry", "check_balance",
-    ]
 
 
 def test_unknown_terminal_gets_03(world: World) -> None:
@@ -274,7 +317,7 @@ def test_a_processing_code_not_served_gets_12_without_a_mac(world: World) -> Non
 def test_a_retransmission_gets_the_original_response(world: World) -> None:
     data = world.client.purchase(CARD, 100)
     first = world.handle(data)
-    record = next(c for c in first.changes if isinstance(c, RecordTransaction))
+    record = next(c for c in first.changes if isinstance(c, Purchased))
     world.view.priors[(record.tid, record.batch, record.stan)] = Prior(record.request_ref,
                                                                        record.response)
     again = world.handle(data)
@@ -283,7 +326,7 @@ def test_a_retransmission_gets_the_original_response(world: World) -> None:
 
 def test_another_request_with_the_same_stan_gets_94_with_a_mac(world: World) -> None:
     first = world.handle(world.client.purchase(CARD, 100, stan="000042"))
-    record = next(c for c in first.changes if isinstance(c, RecordTransaction))
+    record = next(c for c in first.changes if isinstance(c, Purchased))
     world.view.priors[(record.tid, record.batch, record.stan)] = Prior(record.request_ref,
                                                                        record.response)
     outcome = world.handle(world.client.purchase(CARD, 200, stan="000042"))
@@ -320,7 +363,8 @@ def test_an_unknown_card_gets_56_with_a_mac(world: World) -> None:
     assert outcome.response is not None
     assert world.config.codec.decode(outcome.response)[39] == "56"
     assert mac_ok(world, outcome.response)
-    assert [type(c) for c in outcome.changes] == [RecordTransaction]
+    assert [type(c) for c in outcome.changes] == [Purchased]
+    assert outcome.changes[0].debit == 0 and outcome.changes[0].pan_ref is None
 
 
 def test_a_wrong_pin_gets_55(world: World) -> None:
@@ -351,8 +395,10 @@ def test_an_approval_is_maced_recorded_and_debited(world: World) -> None:
     assert reply.mti == "0210" and reply[39] == "00"
     assert {3, 4, 11, 12, 13, 37, 38, 39, 41, 42, 49, 60, 64} == set(reply.fields)
     assert mac_ok(world, outcome.response)
-    debit = next(c for c in outcome.changes if isinstance(c, Debit))
-    assert debit.amount == 10_000 and debit.pan_ref == VAULT.pan_ref(PAN)
+    [purchased] = outcome.changes
+    assert isinstance(purchased, Purchased)
+    assert purchased.debit == 10_000 and purchased.pan_ref == VAULT.pan_ref(PAN)
+    assert purchased.response == outcome.response
 
 
 def test_a_swiped_card_without_a_pin_is_approved(world: World) -> None:

@@ -135,9 +135,11 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             return enc_prefix(len(raw)) + raw
         return enc_var
 
-    # BCD digits: fixed odd lengths are right-aligned (leading 0 nibble), variable ones
-    # left-aligned (trailing 0 nibble); '=' in track data travels as nibble D.
+    # BCD digits: an odd count gets a 0 pad nibble, first when the field is right-aligned
+    # (fixed ones by default), last when left-aligned (variable ones, and CUP's field 22);
+    # '=' in track data travels as nibble D.
     is_track = kind == "z"
+    right = spec.right_aligned()
 
     def enc_bcd(value: FieldValue) -> bytes:
         raw = text_value(value)
@@ -146,7 +148,7 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             digits = digits.replace("=", "D")
         n = len(digits)
         if n % 2:
-            digits = "0" + digits if enc_prefix is None else digits + "0"
+            digits = "0" + digits if right else digits + "0"
         packed = bytes.fromhex(digits)
         return packed if enc_prefix is None else enc_prefix(n) + packed
     return enc_bcd
@@ -280,6 +282,7 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
         return dec_var
 
     is_track = kind == "z"
+    right = spec.right_aligned()
     valid = "0123456789D" if is_track else "0123456789"
     invalid = str.maketrans("", "", valid)
 
@@ -296,10 +299,10 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
         if hexs.translate(invalid):
             raise _err("bad BCD nibble", num, start)
         if ndigits % 2:
-            pad = hexs[0] if fixed else hexs[-1]
+            pad = hexs[0] if right else hexs[-1]
             if pad != "0":
                 raise _err("BCD pad nibble is not 0", num, start)
-            hexs = hexs[1:] if fixed else hexs[:-1]
+            hexs = hexs[1:] if right else hexs[:-1]
         if is_track:
             hexs = hexs.replace("D", "=")
         elif "D" in hexs:

@@ -7,6 +7,8 @@ China UnionPay-style POS terminal uses, with CUP's packing; docs/protocol.md giv
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from protocol.errors import SpecError
 from protocol.spec import Dialect, FieldSpec
 
@@ -139,6 +141,12 @@ CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
 }
 
 
+# Per-field settings beyond the notation: CUP terminals send field 22 (entry mode) left-aligned,
+# `021` as `02 10`, while field 23 stays right-aligned (PROTOCOL.md §1; 40 published CUP frames
+# from 20 sources agree).
+CUP_SETTINGS: dict[int, dict[str, str]] = {22: {"align": "left"}, 23: {"align": "right"}}
+
+
 def parse_notation(number: int, name: str, notation: str, mask: str | None) -> FieldSpec:
     """`n..19` -> FieldSpec(kind="n", length=19, prefix=2): keeps the tables readable."""
     digits_at = next(i for i, c in enumerate(notation) if c.isdigit() or c == ".")
@@ -147,8 +155,12 @@ def parse_notation(number: int, name: str, notation: str, mask: str | None) -> F
     return FieldSpec(number, name, kind, int(rest.lstrip(".")), {0: 0, 2: 2, 3: 3}[prefix], mask)
 
 
-def table_fields(table: dict[int, tuple[str, str, str | None]]) -> dict[int, FieldSpec]:
-    return {n: parse_notation(n, *table[n]) for n in sorted(table)}
+def table_fields(table: dict[int, tuple[str, str, str | None]],
+                 settings: dict[int, dict[str, str]] | None = None) -> dict[int, FieldSpec]:
+    fields = {n: parse_notation(n, *table[n]) for n in sorted(table)}
+    for n, values in (settings or {}).items():
+        fields[n] = replace(fields[n], **values)
+    return fields
 
 
 ISO87 = Dialect(
@@ -166,7 +178,7 @@ CUP = Dialect(
     mti_encoding="bcd",
     digit_encoding="bcd",
     prefix_encoding="bcd",
-    fields=table_fields(CUP_TABLE),
+    fields=table_fields(CUP_TABLE, CUP_SETTINGS),
     tpdu=True,
     header=bytes.fromhex("603100000000"),
     mac="cup-ecb",

@@ -21,6 +21,7 @@ KINDS = frozenset({"n", "a", "an", "ans", "ns", "z", "b", "xn"})
 ENCODINGS = frozenset({"ascii", "bcd"})
 MASKS = frozenset({"pan", "track", "icc", "pin", "key", "mac"})
 MAC_ALGORITHMS = frozenset({"x9.19", "cup-ecb"})
+ALIGNMENTS = frozenset({"left", "right"})
 PREFIXES = {"fixed": 0, "LL": 2, "LLL": 3}
 
 
@@ -38,6 +39,13 @@ class FieldSpec:
     length: int
     prefix: int = 0
     mask: str | None = None
+    align: str | None = None
+    """Where an odd count of BCD digits sits in its bytes: `left` (pad nibble last) or `right`
+    (pad nibble first). None is the contract's default: fixed right, variable left. CUP's field
+    22 is the exception that makes this a per-field setting (PROTOCOL.md §1: `021` is `02 10`)."""
+
+    def right_aligned(self) -> bool:
+        return self.align == "right" if self.align else not self.prefix
 
     def notation(self) -> str:
         dots = {0: "", 2: "..", 3: "..."}[self.prefix]
@@ -74,7 +82,7 @@ def field_from_data(number: int, data: Mapping[str, Any]) -> FieldSpec:
     entry = f"fields.{number}"
     if not isinstance(data, Mapping):
         raise _fail(entry, "must be a table/object")
-    unknown = set(data) - {"name", "type", "length", "max", "prefix", "mask"}
+    unknown = set(data) - {"name", "type", "length", "max", "prefix", "mask", "align"}
     if unknown:
         raise _fail(entry, f"unknown key(s) {sorted(unknown)}")
     kind = data.get("type")
@@ -98,10 +106,13 @@ def field_from_data(number: int, data: Mapping[str, Any]) -> FieldSpec:
     mask = data.get("mask")
     if mask is not None and mask not in MASKS:
         raise _fail(entry, f"mask must be one of {sorted(MASKS)}, not {mask!r}")
+    align = data.get("align")
+    if align is not None and align not in ALIGNMENTS:
+        raise _fail(entry, f"align must be one of {sorted(ALIGNMENTS)}, not {align!r}")
     name = data.get("name", f"Field {number}")
     if not isinstance(name, str):
         raise _fail(entry, "name must be a string")
-    return FieldSpec(number, name, kind, length, prefix, mask)
+    return FieldSpec(number, name, kind, length, prefix, mask, align)
 
 
 def field_to_data(spec: FieldSpec) -> dict[str, Any]:
@@ -110,6 +121,8 @@ def field_to_data(spec: FieldSpec) -> dict[str, Any]:
     out["length" if spec.prefix == 0 else "max"] = spec.length
     if spec.mask:
         out["mask"] = spec.mask
+    if spec.align:
+        out["align"] = spec.align
     return out
 
 

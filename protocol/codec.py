@@ -3,16 +3,17 @@
 A `Codec` compiles the dialect once into one small encoder and one decoder closure per field, so
 the per-message work is a loop over present fields with no per-field branching on the spec. That
 is what makes it several times faster than a generic interpreter of the spec (scripts/bench codec).
-Every malformed input raises `ProtocolError` naming the field, the byte offset and the reason.
+Malformed input raises `DecodeError` (the peer's fault) naming the field, the byte offset and
+the reason, with `partial` holding what decoded; a value that cannot be sent raises `EncodeError`
+(ours). Both are `ProtocolError`s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import cache
 
 from protocol.dialects import BUILTIN
-from protocol.errors import ProtocolError
+from protocol.errors import DecodeError, EncodeError, ProtocolError
 from protocol.message import FieldValue, Message
 from protocol.spec import Dialect, FieldSpec
 
@@ -28,8 +29,14 @@ FIELDS_AT: tuple[tuple[tuple[int, ...], ...], ...] = tuple(
 _TRACK_ASCII = b"0123456789="
 
 
-def _err(reason: str, number: int | str, offset: int | None = None) -> ProtocolError:
-    return ProtocolError(reason, field=number, offset=offset)
+def _enc_err(reason: str, number: int | str) -> EncodeError:
+    """A value we were asked to send that the dialect cannot carry: our fault, not the peer's."""
+    return EncodeError(reason, field=number)
+
+
+def _dec_err(reason: str, number: int | str, offset: int | None = None) -> DecodeError:
+    """Bytes from the peer that do not decode: the peer's fault, located by offset."""
+    return DecodeError(reason, field=number, offset=offset)
 
 
 # --- value checks on raw ASCII bytes: None when fine, else the reason ----------------------------
@@ -76,15 +83,15 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
         def enc_b(value: FieldValue) -> bytes:
             if type(value) is not bytes:
                 if not isinstance(value, bytes | bytearray):
-                    raise _err("a b field takes bytes", num)
+                    raise _enc_err("a b field takes bytes", num)
                 value = bytes(value)
             n = len(value)
             if enc_prefix is None:
                 if n != length:
-                    raise _err(f"b field needs exactly {length} bytes, got {n}", num)
+                    raise _enc_err(f"b field needs exactly {length} bytes, got {n}", num)
                 return value
             if n > length:
-                raise _err(f"value too long: {n} bytes, at most {length}", num)
+                raise _enc_err(f"value too long: {n} bytes, at most {length}", num)
             return enc_prefix(n) + value
         return enc_b
 
@@ -101,29 +108,29 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
 
     def text_value(value: FieldValue) -> bytes:
         if type(value) is not str:
-            raise _err(f"a {kind} field takes str", num)
+            raise _enc_err(f"a {kind} field takes str", num)
         n = len(value)
         if enc_prefix is None and n != length:
             if n > length:
-                raise _err(f"value too long: {n} characters, at most {length}", num)
+                raise _enc_err(f"value too long: {n} characters, at most {length}", num)
             value = pad(value)
         elif n > length:
-            raise _err(f"value too long: {n} characters, at most {length}", num)
+            raise _enc_err(f"value too long: {n} characters, at most {length}", num)
         try:
             raw = value.encode("ascii")
         except UnicodeEncodeError:
-            raise _err("non-ASCII character", num) from None
+            raise _enc_err("non-ASCII character", num) from None
         if printable:  # CHECKS' test on the str (ASCII by now): no call, no translate table
             if not value.isprintable():
-                raise _err(PRINTABLE_REASON, num)
+                raise _enc_err(PRINTABLE_REASON, num)
             return raw
         if is_n:
             if not raw.isdigit() and raw:
-                raise _err("non-digit in an n field", num)
+                raise _enc_err("non-digit in an n field", num)
             return raw
         reason = check(raw)
         if reason:
-            raise _err(reason, num)
+            raise _enc_err(reason, num)
         return raw
 
     if not bcd:
@@ -163,12 +170,12 @@ def _prefix_decoder(num: int, prefix: int, encoding: str, maximum: int) -> Decod
         def dec_ascii(data: bytes, pos: int) -> tuple[int, int]:
             raw = data[pos:pos + width]
             if len(raw) != width:
-                raise _err("truncated: length prefix cut short", num, pos)
+                raise _dec_err("truncated: length prefix cut short", num, pos)
             if not raw.isdigit():
-                raise _err("length prefix is not ASCII digits", num, pos)
+                raise _dec_err("length prefix is not ASCII digits", num, pos)
             n = int(raw)
             if n > maximum:
-                raise _err(f"length {n} exceeds the maximum {maximum}", num, pos)
+                raise _dec_err(f"length {n} exceeds the maximum {maximum}", num, pos)
             return n, pos + width
         return dec_ascii  # type: ignore[return-value]
     width = 1 if prefix == 2 else 2
@@ -176,13 +183,13 @@ def _prefix_decoder(num: int, prefix: int, encoding: str, maximum: int) -> Decod
     def dec_bcd(data: bytes, pos: int) -> tuple[int, int]:
         raw = data[pos:pos + width]
         if len(raw) != width:
-            raise _err("truncated: length prefix cut short", num, pos)
+            raise _dec_err("truncated: length prefix cut short", num, pos)
         hexs = raw.hex()
         if not hexs.isdigit():
-            raise _err("length prefix is not BCD", num, pos)
+            raise _dec_err("length prefix is not BCD", num, pos)
         n = int(hexs)
         if n > maximum:
-            raise _err(f"length {n} exceeds the maximum {maximum}", num, pos)
+            raise _dec_err(f"length {n} exceeds the maximum {maximum}", num, pos)
         return n, pos + width
     return dec_bcd  # type: ignore[return-value]
 
@@ -207,13 +214,13 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 try:
                     text = raw.decode("ascii")
                 except UnicodeDecodeError:
-                    raise _err(PRINTABLE_REASON, num, at) from None
+                    raise _dec_err(PRINTABLE_REASON, num, at) from None
                 if not text.isprintable():
-                    raise _err(PRINTABLE_REASON, num, at)
+                    raise _dec_err(PRINTABLE_REASON, num, at)
                 return text
             reason = check(raw)
             if reason:
-                raise _err(reason, num, at)
+                raise _dec_err(reason, num, at)
             return raw.decode("ascii")
 
         if dec_prefix is None and kind == "n":
@@ -221,9 +228,9 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
-                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                    raise _dec_err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
                 if not raw.isdigit():
-                    raise _err("non-digit in an n field", num, pos)
+                    raise _dec_err("non-digit in an n field", num, pos)
                 return raw.decode("ascii"), end
             return dec_fixed_n
 
@@ -232,13 +239,13 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
-                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                    raise _dec_err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
                 try:
                     text = raw.decode("ascii")
                 except UnicodeDecodeError:
-                    raise _err(PRINTABLE_REASON, num, pos) from None
+                    raise _dec_err(PRINTABLE_REASON, num, pos) from None
                 if not text.isprintable():
-                    raise _err(PRINTABLE_REASON, num, pos)
+                    raise _dec_err(PRINTABLE_REASON, num, pos)
                 return text, end
             return dec_fixed_text
 
@@ -247,7 +254,7 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
-                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                    raise _dec_err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
                 return value(raw, pos), end
             return dec_fixed
 
@@ -259,16 +266,16 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 start = pos + width
                 head = data[pos:start]
                 if len(head) != width:
-                    raise _err("truncated: length prefix cut short", num, pos)
+                    raise _dec_err("truncated: length prefix cut short", num, pos)
                 if not head.isdigit():
-                    raise _err("length prefix is not ASCII digits", num, pos)
+                    raise _dec_err("length prefix is not ASCII digits", num, pos)
                 n = int(head)
                 if n > length:
-                    raise _err(f"length {n} exceeds the maximum {length}", num, pos)
+                    raise _dec_err(f"length {n} exceeds the maximum {length}", num, pos)
                 end = start + n
                 raw = data[start:end]
                 if len(raw) != n:
-                    raise _err(f"length prefix {n} runs past the end", num, pos)
+                    raise _dec_err(f"length prefix {n} runs past the end", num, pos)
                 return value(raw, start), end
             return dec_var_ascii
 
@@ -277,7 +284,7 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
             end = start + n  # type: ignore[operator]
             raw = data[start:end]
             if len(raw) != n:
-                raise _err(f"length prefix {n} runs past the end", num, pos)
+                raise _dec_err(f"length prefix {n} runs past the end", num, pos)
             return value(raw, start), end  # type: ignore[arg-type]
         return dec_var
 
@@ -291,22 +298,22 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
         end = start + nbytes
         raw = data[start:end]
         if len(raw) != nbytes:
-            raise _err(
+            raise _dec_err(
                 f"truncated: needs {nbytes} bytes, {len(raw)} left" if fixed
                 else f"length prefix {ndigits} runs past the end", num, at,
             )
         hexs = raw.hex().upper()
         if hexs.translate(invalid):
-            raise _err("bad BCD nibble", num, start)
+            raise _dec_err("bad BCD nibble", num, start)
         if ndigits % 2:
             pad = hexs[0] if right else hexs[-1]
             if pad != "0":
-                raise _err("BCD pad nibble is not 0", num, start)
+                raise _dec_err("BCD pad nibble is not 0", num, start)
             hexs = hexs[1:] if right else hexs[:-1]
         if is_track:
             hexs = hexs.replace("D", "=")
         elif "D" in hexs:
-            raise _err("bad BCD nibble", num, start)
+            raise _dec_err("bad BCD nibble", num, start)
         return hexs, end
 
     if dec_prefix is None:
@@ -354,16 +361,16 @@ class Codec:
     # MTI
     def encode_mti(self, mti: str) -> bytes:
         if type(mti) is not str or len(mti) != 4 or not mti.isascii() or not mti.isdigit():
-            raise _err("MTI must be 4 digits", "MTI")
+            raise _enc_err("MTI must be 4 digits", "MTI")
         return bytes.fromhex(mti) if self._bcd_mti else mti.encode("ascii")
 
     def decode_mti(self, data: bytes) -> str:
         raw = data[:self.mti_length]
         if len(raw) != self.mti_length:
-            raise _err("truncated: MTI cut short", "MTI", 0)
+            raise _dec_err("truncated: MTI cut short", "MTI", 0)
         mti = raw.hex() if self._bcd_mti else raw.decode("latin-1")
         if not mti.isdigit() or not mti.isascii():
-            raise _err("MTI is not 4 digits", "MTI", 0)
+            raise _dec_err("MTI is not 4 digits", "MTI", 0)
         return mti
 
     def encode(self, message: Message) -> bytes:
@@ -433,7 +440,7 @@ class Codec:
         for n in numbers:
             enc = encoders.get(n)
             if enc is None:
-                raise _err(
+                raise _enc_err(
                     "field 1 is the secondary bitmap, which the codec computes" if n == 1
                     else f"the {self.dialect.name} dialect does not define this field", n,
                 )
@@ -460,15 +467,15 @@ class Codec:
         pos = self.mti_length
         primary = data[pos:pos + 8]
         if len(primary) != 8:
-            raise _err("truncated: primary bitmap cut short", "bitmap", pos)
+            raise _dec_err("truncated: primary bitmap cut short", "bitmap", pos)
         bitmap = primary
         if primary[0] & 0x80:
             secondary = data[pos + 8:pos + 16]
             if len(secondary) != 8:
-                raise _err("truncated: secondary bitmap cut short", 1, pos + 8)
+                raise _dec_err("truncated: secondary bitmap cut short", 1, pos + 8)
             if not any(secondary):
                 # An encoder sets bit 1 only for a field 65-128 (PROTOCOL.md §1).
-                raise _err("secondary bitmap present but empty", 1, pos + 8)
+                raise _dec_err("secondary bitmap present but empty", 1, pos + 8)
             bitmap = primary + secondary
         if spans is not None:
             spans["MTI"] = (0, pos)
@@ -482,7 +489,7 @@ class Codec:
             exc.partial = Message(mti, fields)
             raise
         if pos != len(data):
-            exc = _err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
+            exc = _dec_err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
             exc.partial = Message(mti, fields)
             raise exc
         return Message(mti, fields)
@@ -521,7 +528,7 @@ class Codec:
                     continue
                 dec = decoders[n]
                 if dec is None:
-                    raise _err(
+                    raise _dec_err(
                         f"bit set for a field the {self.dialect.name} dialect does not define",
                         n, bitmap_at + (n - 1) // 8,
                     )
@@ -584,11 +591,25 @@ EncodeSteps = tuple[tuple[int, Encoder, EncodeRun | None], ...]
 PLAN_CACHE_SIZE = 256
 
 
-@cache
-def get_codec(name: str) -> Codec:
-    """The shared codec of a built-in dialect (codecs are stateless, so sharing is safe)."""
-    return Codec(BUILTIN[name])
+_CODECS: dict[int, tuple[Dialect, Codec]] = {}
+"""Codecs by dialect identity: a Dialect holds a dict of fields, so it cannot be hashed, and a
+dialect loaded from a file is compiled once however many connections use it. The dialect is
+kept beside its codec, so its id cannot be reused while the entry lives."""
+CODEC_CACHE_SIZE = 64
 
 
 def codec_for(dialect: Dialect) -> Codec:
-    return get_codec(dialect.name) if BUILTIN.get(dialect.name) is dialect else Codec(dialect)
+    """The shared codec of a dialect (codecs are stateless, so sharing is safe)."""
+    entry = _CODECS.get(id(dialect))
+    if entry is not None and entry[0] is dialect:
+        return entry[1]
+    if len(_CODECS) >= CODEC_CACHE_SIZE:
+        _CODECS.clear()
+    codec = Codec(dialect)
+    _CODECS[id(dialect)] = (dialect, codec)
+    return codec
+
+
+def get_codec(name: str) -> Codec:
+    """The shared codec of a built-in dialect."""
+    return codec_for(BUILTIN[name])

@@ -85,7 +85,7 @@ def describe(data: bytes, dialect: Dialect) -> Description:
             desc.header = unframed.header.hex().upper()
         message, spans = codec.decode_spans(unframed.message)
     except ProtocolError as exc:
-        desc.error = str(exc)
+        desc.error = _wrong_length(data) if not desc.framed and _wrong_length(data) else str(exc)
         return desc
     start, end = spans["bitmap"]
     desc.mti = message.mti
@@ -95,6 +95,17 @@ def describe(data: bytes, dialect: Dialect) -> Description:
         spec = dialect.fields[n]
         desc.fields[n] = {"name": spec.name, "type": spec.notation(), "value": value}
     return desc
+
+
+def _wrong_length(data: bytes) -> str | None:
+    """A frame whose length prefix is off by a little says so, rather than failing further on
+    (a TPDU id or an MTI that is really the length's second byte)."""
+    if len(data) < 2:
+        return None
+    declared, follows = int.from_bytes(data[:2], "big"), len(data) - 2
+    if declared and abs(declared - follows) <= 64:
+        return f"length: the 2-byte length prefix says {declared} bytes follow, {follows} do"
+    return None
 
 
 def render(desc: Description, as_json: bool) -> str:

@@ -7,10 +7,12 @@ China UnionPay-style POS terminal uses, with CUP's packing; docs/protocol.md giv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 from protocol.errors import SpecError
-from protocol.spec import Dialect, FieldSpec
+from protocol.spec import Dialect, FieldSpec, dialect_from_data, read_spec_file
 
 # number: (name, notation, mask). Notation as in the standard: kind, then ".."/"..." for LL/LLL,
 # then the length. `b` lengths are in bytes here (ISO writes b64 for 8 bytes).
@@ -194,7 +196,22 @@ def get_dialect(name: str) -> Dialect:
     if name in BUILTIN:
         return BUILTIN[name]
     if name.endswith((".json", ".toml")):
-        from protocol.spec import load_dialect
-
         return load_dialect(name)
     raise SpecError(f"unknown dialect {name!r}; built in: {', '.join(BUILTIN)}, or a .json/.toml spec file")
+
+
+def load_dialect(path: str | Path) -> Dialect:
+    """Load a dialect from a `.json` or `.toml` file; `base = "iso87"` inherits a built-in one.
+
+    It lives here, beside the built-ins it may inherit from, so that `protocol.spec` (what a
+    dialect is) never needs `protocol.dialects` (which dialects exist)."""
+    data = read_spec_file(path)
+    base_name = data.get("base") if isinstance(data, Mapping) else None
+    base = None
+    if base_name is not None:
+        # Only built-in dialects can be inherited: a file naming a file could name itself.
+        if not isinstance(base_name, str) or base_name not in BUILTIN:
+            raise SpecError(f"dialect spec: base: must name a built-in dialect ({', '.join(BUILTIN)}), "
+                            f"not {base_name!r}")
+        base = BUILTIN[base_name]
+    return dialect_from_data(data, base)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from construct import Int8ub, Int16ub, StreamError, Struct
 
-from protocol.errors import FramingError
+from protocol.errors import FrameDecodeError, FrameEncodeError
 from protocol.spec import Dialect
 
 LENGTH = Int16ub.compile()
@@ -62,7 +62,7 @@ class Framing:
             return message
         head = self.header if header is None else header
         if len(head) != len(self.header):
-            raise FramingError(f"header must be {len(self.header)} bytes", field="header")
+            raise FrameEncodeError(f"header must be {len(self.header)} bytes", field="header")
         return (tpdu or Tpdu()).build() + head + message
 
     def frame(self, message: bytes, tpdu: Tpdu | None = None, header: bytes | None = None) -> bytes:
@@ -73,25 +73,38 @@ class Framing:
         if not self.has_tpdu:
             return Unframed(None, b"", payload)
         if len(payload) < self.prefix_size:
-            raise FramingError(
+            raise FrameDecodeError(
                 f"truncated: {len(payload)} bytes cannot hold the TPDU and header",
                 field="TPDU", offset=0,
             )
         try:
             raw = TPDU_STRUCT.parse(payload[:TPDU_SIZE])
         except StreamError:  # pragma: no cover - length checked above
-            raise FramingError("truncated TPDU", field="TPDU", offset=0) from None
+            raise FrameDecodeError("truncated TPDU", field="TPDU", offset=0) from None
         if raw.id != TPDU_ID:
-            raise FramingError(f"TPDU id must be 0x60, got 0x{raw.id:02X}", field="TPDU", offset=0)
+            raise FrameDecodeError(self._no_tpdu(payload, raw.id), field="TPDU", offset=0)
         tpdu = Tpdu(destination=raw.destination, source=raw.source, id=raw.id)
         header = payload[TPDU_SIZE:self.prefix_size]
         return Unframed(tpdu, header, payload[self.prefix_size:])
 
 
+    def _no_tpdu(self, payload: bytes, got: int) -> str:
+        """Say what the bytes look like instead of a TPDU: a bare message and a payload that
+        still has its length prefix are the usual mistakes, and each has its own fix."""
+        bare = payload[:2].hex() if self.dialect.mti_encoding == "bcd" else payload[:4].decode("latin-1")
+        if len(payload) >= 2 and int.from_bytes(payload[:2], "big") == len(payload) - 2:
+            return (f"no TPDU: the first 2 bytes are a length ({len(payload) - 2}) of what follows: "
+                    "a whole frame where the payload after its length was expected")
+        if len(bare) == 4 and bare.isascii() and bare.isdigit() and bare[0] in "012" and bare[1] != "0":
+            return (f"no TPDU (id 0x60 expected, got 0x{got:02X}): the bytes start with what reads "
+                    f"as MTI {bare}: a bare message without TPDU and header?")
+        return f"TPDU id must be 0x60, got 0x{got:02X}"
+
+
 def length_prefixed(payload: bytes) -> bytes:
     if len(payload) > MAX_FRAME:
-        raise FramingError(f"a frame holds at most {MAX_FRAME} bytes, not {len(payload)}",
-                           field="length")
+        raise FrameEncodeError(f"a frame holds at most {MAX_FRAME} bytes, not {len(payload)}",
+                               field="length")
     # LENGTH's bytes (2, big-endian) without construct's build call: one per answer sent.
     return len(payload).to_bytes(2, "big") + payload
 
@@ -121,7 +134,7 @@ class FrameReader:
                 self._buffer = bytearray()
                 reason = ("zero-length frame" if length == 0
                           else f"declared length {length} exceeds the limit {self.max_length}")
-                raise FramingError(reason, field="length", offset=at, frames=frames)
+                raise FrameDecodeError(reason, field="length", offset=at, frames=frames)
             end = pos + 2 + length
             if end > len(buf):
                 break

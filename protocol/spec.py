@@ -208,25 +208,15 @@ def dialect_to_data(dialect: Dialect) -> dict[str, Any]:
     }
 
 
-def load_dialect(path: str | Path) -> Dialect:
-    """Load a dialect from a `.json` or `.toml` file; `base = "iso87"` inherits a built-in one."""
+def read_spec_file(path: str | Path) -> Any:
+    """A spec file's parsed data (TOML by its suffix, else JSON), or the SpecError that says why not."""
     p = Path(path)
     try:
         text = p.read_bytes()
     except OSError as exc:
         raise SpecError(f"dialect spec {p}: cannot read: {exc.strerror}") from None
     try:
-        data = tomllib.loads(text.decode("utf-8")) if p.suffix.lower() == ".toml" else json.loads(text)
+        return tomllib.loads(text.decode("utf-8")) if p.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         kind = p.suffix.lstrip(".") or "JSON"
         raise SpecError(f"dialect spec {p}: not valid {kind}: {exc}") from None
-    from protocol.dialects import BUILTIN
-
-    base_name = data.get("base") if isinstance(data, Mapping) else None
-    base = None
-    if base_name is not None:
-        # Only built-in dialects can be inherited: a file naming a file could name itself.
-        if not isinstance(base_name, str) or base_name not in BUILTIN:
-            raise _fail("base", f"must name a built-in dialect ({', '.join(BUILTIN)}), not {base_name!r}")
-        base = BUILTIN[base_name]
-    return dialect_from_data(data, base)

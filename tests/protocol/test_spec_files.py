@@ -7,11 +7,11 @@ import json
 import pytest
 
 from protocol.codec import Codec
-from protocol.dialects import CUP, ISO87, get_dialect
+from protocol.dialects import CUP, ISO87, get_dialect, load_dialect
 from protocol.errors import SpecError
 from protocol.framing import Framing
 from protocol.message import Message
-from protocol.spec import dialect_from_data, dialect_to_data, load_dialect
+from protocol.spec import dialect_from_data, dialect_to_data
 
 MIXED_TOML = """
 name = "mixed"

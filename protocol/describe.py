@@ -72,10 +72,13 @@ def describe(data: bytes, dialect: Dialect) -> Description:
     codec = codec_for(dialect)
     desc = Description(dialect=dialect.name, framed=False)
     payload = data
-    if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
+    head = framing.length
+    declared = head.decode(data[:head.size]) if head.size and len(data) >= head.size else None
+    own = head.size if head.includes_self else 0
+    if declared is not None and declared - own == len(data) - head.size:
         desc.framed = True
-        desc.length = len(data) - 2
-        payload = data[2:]
+        desc.length = declared
+        payload = data[head.size:]
     try:
         unframed = framing.unframe(payload)
         if unframed.tpdu:

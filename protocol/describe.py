@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.codec import codec_for
+from protocol.emv import describe_tags
 from protocol.errors import ProtocolError
 from protocol.framing import Framing
 from protocol.mask import masked_fields
 from protocol.spec import Dialect
+from protocol.subfields import split
 
 _HEX = set(string.hexdigits + string.whitespace)
 
@@ -30,7 +32,7 @@ class Description:
     header: str | None = None
     mti: str | None = None
     bitmap: str | None = None
-    fields: dict[int, dict[str, str]] = field(default_factory=dict)
+    fields: dict[int, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -52,6 +54,12 @@ class Description:
             lines.append(f"bitmap    {self.bitmap}")
         for n, info in self.fields.items():
             lines.append(f"{n:>3} {info['name'][:38]:<38} {info['type']:<9} {info['value']}")
+            for path, part in info.get("subfields", {}).items():
+                lines.append(f"    {path:<8} {part}")
+            for t in info.get("tags", []):
+                lines.append(f"    {t['tag']:<5} {t['name'][:36]:<36} {t['value']}")
+            if "tags_error" in info:
+                lines.append(f"    not BER-TLV: {info['tags_error']}")
         if self.error:
             lines.append(f"error     {self.error}")
         return "\n".join(lines)
@@ -96,7 +104,16 @@ def describe(data: bytes, dialect: Dialect) -> Description:
     values = masked_fields(message, dialect)
     for n, value in values.items():
         spec = dialect.fields[n]
-        desc.fields[n] = {"name": spec.name, "type": spec.notation(), "value": value}
+        info: dict[str, Any] = {"name": spec.name, "type": spec.notation(), "value": value}
+        raw = message.fields[n]
+        if spec.subfields and isinstance(raw, str) and not spec.mask:
+            info["subfields"] = split(spec, raw)
+        if spec.tlv and isinstance(raw, bytes):
+            try:
+                info["tags"] = describe_tags(raw, n)
+            except ProtocolError as exc:
+                info["tags_error"] = str(exc)
+        desc.fields[n] = info
     return desc
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from protocol.errors import SpecError
-from protocol.spec import Dialect, FieldSpec, dialect_from_data, read_spec_file
+from protocol.spec import Dialect, FieldSpec, Subfield, dialect_from_data, read_spec_file
 
 # number: (name, notation, mask). Notation as in the standard: kind, then ".."/"..." for LL/LLL,
 # then the length. `b` lengths are in bytes here (ISO writes b64 for 8 bytes).
@@ -127,10 +128,12 @@ ISO87_TABLE: dict[int, tuple[str, str, str | None]] = {
 }
 
 # The fields a CUP-style POS terminal exchanges, with CUP's types where they differ from 1987.
+# 43, 46, 51, 56, 57 and 59 appear in published CUP frames (merchant name, QR code data, TLV,
+# location) and keep the 1987 types; their contents are the acquirer's.
 CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
     **{n: ISO87_TABLE[n] for n in (
-        2, 3, 4, 11, 12, 13, 14, 15, 22, 23, 25, 26, 32, 35, 37, 38, 39, 41, 42, 44, 49, 52,
-        53, 62, 64,
+        2, 3, 4, 11, 12, 13, 14, 15, 22, 23, 25, 26, 32, 35, 37, 38, 39, 41, 42, 43, 44, 46, 49,
+        51, 52, 53, 56, 57, 59, 62, 64,
     )},
     36: ("Track 3 data", "z...104", "track"),
     48: ("Additional data - private", "n...322", None),
@@ -146,7 +149,19 @@ CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
 # Per-field settings beyond the notation: CUP terminals send field 22 (entry mode) left-aligned,
 # `021` as `02 10`, while field 23 stays right-aligned (PROTOCOL.md §1; 40 published CUP frames
 # from 20 sources agree).
-CUP_SETTINGS: dict[int, dict[str, str]] = {22: {"align": "left"}, 23: {"align": "right"}}
+# Field 60's parts (CUP POS field 60: 60.1-60.3 are the contract's, PROTOCOL.md §3; 60.4-60.7
+# are CUP's terminal capability, IC condition, partial-approval flag and account type), read as
+# far as a value goes. `cup`'s field 55 (b...255) is BER-TLV chip data.
+FIELD_60_PARTS = (
+    Subfield("60.1 message type code", 2), Subfield("60.2 batch number", 6),
+    Subfield("60.3 network management code", 3), Subfield("60.4 terminal read capability", 1),
+    Subfield("60.5 IC card condition code", 1), Subfield("60.6 partial approval flag", 1),
+    Subfield("60.7 account type", 3),
+)
+COMMON_SETTINGS: dict[int, dict[str, Any]] = {60: {"subfields": FIELD_60_PARTS}}
+CUP_SETTINGS: dict[int, dict[str, Any]] = {
+    **COMMON_SETTINGS, 22: {"align": "left"}, 23: {"align": "right"}, 55: {"tlv": True},
+}
 
 
 def parse_notation(number: int, name: str, notation: str, mask: str | None) -> FieldSpec:
@@ -158,7 +173,7 @@ def parse_notation(number: int, name: str, notation: str, mask: str | None) -> F
 
 
 def table_fields(table: dict[int, tuple[str, str, str | None]],
-                 settings: dict[int, dict[str, str]] | None = None) -> dict[int, FieldSpec]:
+                 settings: dict[int, dict[str, Any]] | None = None) -> dict[int, FieldSpec]:
     fields = {n: parse_notation(n, *table[n]) for n in sorted(table)}
     for n, values in (settings or {}).items():
         fields[n] = replace(fields[n], **values)
@@ -170,7 +185,7 @@ ISO87 = Dialect(
     mti_encoding="ascii",
     digit_encoding="ascii",
     prefix_encoding="ascii",
-    fields=table_fields(ISO87_TABLE),
+    fields=table_fields(ISO87_TABLE, COMMON_SETTINGS),
     mac="x9.19",
     description="ISO 8583:1987, ASCII digits and lengths, 2-byte length frame, X9.19 MAC",
 )

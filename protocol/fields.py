@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from protocol.dialects import FIELD_60_PARTS
 from protocol.errors import DecodeError, EncodeError, ProtocolError
 from protocol.spec import Dialect
 
@@ -20,7 +21,8 @@ NMIC_SIGN_OFF: Final = "002"
 NMIC_ECHO: Final = "301"
 
 KCV_SIZE: Final = 4
-PARTS_60: Final = (("60.1", 2), ("60.2", 6), ("60.3", 3))
+PARTS_60: Final = tuple((p.name.split()[0], p.length) for p in FIELD_60_PARTS[:3])
+"""The parts of field 60 that the contract requires (PROTOCOL.md §3), from the dialects' table."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,14 @@ DOTS = {0: "", 1: ".", 2: "..", 3: "...", 4: "...."}
 
 
 @dataclass(frozen=True, slots=True)
+class Subfield:
+    """One fixed-length part of a structured field (60.1, 60.2, ...), in characters."""
+
+    name: str
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
 class FieldSpec:
     """One data element. `length` is the fixed length, or the maximum for L..LLLL fields.
 
@@ -63,6 +71,10 @@ class FieldSpec:
     on the wire; they differ only for BCD. None: digits."""
     pad: str | None = None
     """The BCD pad nibble, `0` or `F`; None: 0."""
+    subfields: tuple[Subfield, ...] = ()
+    """Parts read in order, as many as the value holds (`protocol.subfields`)."""
+    tlv: bool = False
+    """The value is BER-TLV (field 55's chip data): shown tag by tag, by name."""
 
     def right_aligned(self) -> bool:
         return self.align == "right" if self.align else not self.prefix
@@ -134,7 +146,7 @@ def _choice(data: Mapping[str, Any], key: str, choices: frozenset[str], entry: s
 
 
 FIELD_KEYS = frozenset({"name", "type", "length", "max", "prefix", "mask", "align", "encoding",
-                        "prefix_encoding", "counts", "pad"})
+                        "prefix_encoding", "counts", "pad", "subfields", "tlv"})
 
 
 def field_from_data(number: int, data: Mapping[str, Any]) -> FieldSpec:
@@ -178,11 +190,32 @@ def field_from_data(number: int, data: Mapping[str, Any]) -> FieldSpec:
     name = data.get("name", f"Field {number}")
     if not isinstance(name, str):
         raise _fail(entry, "name must be a string")
+    subfields = _subfields(data.get("subfields", []), entry, kind)
+    is_tlv = data.get("tlv", False)
+    if not isinstance(is_tlv, bool) or (is_tlv and kind != "b"):
+        raise _fail(entry, "tlv is true or false, and true only for a b field")
     return FieldSpec(number, name, kind, length, prefix, mask, align, encoding, prefix_encoding,
-                     counts, pad)
+                     counts, pad, subfields, is_tlv)
 
 
-OPTIONAL_FIELD_SETTINGS = ("mask", "align", "encoding", "prefix_encoding", "counts", "pad")
+def _subfields(data: Any, entry: str, kind: str) -> tuple[Subfield, ...]:
+    if not isinstance(data, list):
+        raise _fail(entry, "subfields must be a list of {name, length}")
+    if data and kind == "b":
+        raise _fail(entry, "subfields split characters: a b field has none")
+    out = []
+    for i, part in enumerate(data, start=1):
+        where = f"{entry}.subfields[{i}]"
+        if not isinstance(part, Mapping) or set(part) - {"name", "length"}:
+            raise _fail(where, "must be {name, length}")
+        length = part.get("length")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise _fail(where, f"length must be a positive integer, not {length!r}")
+        out.append(Subfield(str(part.get("name", f"part {i}")), length))
+    return tuple(out)
+
+
+OPTIONAL_FIELD_SETTINGS = ("mask", "align", "encoding", "prefix_encoding", "counts", "pad", "tlv")
 
 
 def field_to_data(spec: FieldSpec) -> dict[str, Any]:
@@ -192,6 +225,8 @@ def field_to_data(spec: FieldSpec) -> dict[str, Any]:
     for key in OPTIONAL_FIELD_SETTINGS:
         if getattr(spec, key):
             out[key] = getattr(spec, key)
+    if spec.subfields:
+        out["subfields"] = [{"name": p.name, "length": p.length} for p in spec.subfields]
     return out
 
 

@@ -116,6 +116,43 @@ class TcpCapture:
         self._packet(by_client, _ACK)
 
 
+class PcapTap:
+    """The transport hook behind `--pcap FILE`: one capture file for a whole process, a
+    `TcpCapture` per connection. A driver calls `connection` when a connection is made (with
+    the socket's own and its peer's address, as `getsockname`/`getpeername` or asyncio's
+    `sockname`/`peername` give them) and then `sent` on each write and read."""
+
+    def __init__(self, path: str | os.PathLike[str], clock: Callable[[], float] = time.time):
+        self.writer = open_capture(path, LINKTYPE_RAW, clock)
+
+    def connection(self, local: tuple[str, int], peer: tuple[str, int],
+                   local_is_client: bool) -> TapConnection:
+        client, server = (local, peer) if local_is_client else (peer, local)
+        capture = TcpCapture(self.writer, client[:2], server[:2])
+        capture.opened()
+        return TapConnection(capture, local_is_client)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TapConnection:
+    """One connection's hook, in the driver's own terms: what it wrote and what it read."""
+
+    def __init__(self, capture: TcpCapture, local_is_client: bool):
+        self._capture = capture
+        self._local_is_client = local_is_client
+
+    def wrote(self, data: bytes) -> None:
+        self._capture.sent(data, by_client=self._local_is_client)
+
+    def read(self, data: bytes) -> None:
+        self._capture.sent(data, by_client=not self._local_is_client)
+
+    def closed(self) -> None:
+        self._capture.closed(by_client=self._local_is_client)
+
+
 class LinkCapture:
     """Serial link traffic, each chunk as it crossed the line, with its direction."""
 

@@ -146,3 +146,50 @@ def test_cli_writes_the_dissector_with_a_spec_files_dialect(tmp_path):
     run = subprocess.run([sys.executable, "-m", "protocol", "wireshark", "--dialect", str(spec),
                           "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "ASCII/BCD" in run.stderr
+
+
+@needs_tshark
+def test_tap_records_a_real_tcp_exchange(tmp_path):
+    """The `--pcap` hook on both ends of a real 127.0.0.1 connection, as the host and the
+    terminal drivers use it; tshark reads each side's capture back."""
+    import socket
+
+    from protocol.pcap import PcapTap
+
+    request, reply = cup_purchase()
+    framing, codec = Framing(CUP), get_codec("cup")
+    def read_exactly(sock: socket.socket, n: int) -> bytes:
+        got = b""
+        for _ in range(100):  # bounded: a frame of this size comes in a few reads at most
+            if len(got) >= n:
+                break
+            chunk = sock.recv(n - len(got))
+            assert chunk, "peer closed early"
+            got += chunk
+        return got
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        port = server.getsockname()[1]
+        terminal_tap, host_tap = PcapTap(tmp_path / "t.pcap"), PcapTap(tmp_path / "h.pcap")
+        client = socket.create_connection(server.getsockname(), timeout=10)
+        conn, _ = server.accept()
+        with client, conn:
+            t = terminal_tap.connection(client.getsockname(), client.getpeername(), local_is_client=True)
+            h = host_tap.connection(conn.getsockname(), conn.getpeername(), local_is_client=False)
+            out = framing.frame(codec.encode(request))
+            client.sendall(out)
+            t.wrote(out)
+            h.read(read_exactly(conn, len(out)))
+            answer = framing.frame(codec.encode(reply))
+            conn.sendall(answer)
+            h.wrote(answer)
+            t.read(read_exactly(client, len(answer)))
+            t.closed()
+            h.closed()
+        terminal_tap.close()
+        host_tap.close()
+    for name in ("t.pcap", "h.pcap"):
+        tree = tshark(tmp_path / name, "cup", "-V", "-o", f"posemu.port:{port}")
+        assert "MTI: 0200" in tree and "MTI: 0210" in tree, name
+        assert "622202*********3445" in tree and PAN not in tree

@@ -141,7 +141,8 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
         return raw
 
     if general:
-        return _general_encoder(spec, dialect, text_value)
+        gbk = dialect.encoding_of(spec) == "gbk"
+        return _general_encoder(spec, dialect, _gbk_value(spec) if gbk else text_value)
     if not bcd:
         if enc_prefix is None:
             return text_value
@@ -248,6 +249,25 @@ def standard(spec: FieldSpec, dialect: Dialect) -> bool:
     )
 
 
+def _gbk_value(spec: FieldSpec) -> Encoder:
+    """A text value as GBK bytes, its length counted in bytes (what a GBK device's prefix says)."""
+    num, length, fixed = spec.number, spec.length, not spec.prefix
+
+    def value(text: FieldValue) -> bytes:
+        if type(text) is not str:
+            raise _enc_err(f"a {spec.kind} field takes str", num)
+        if not text.isprintable():
+            raise _enc_err(PRINTABLE_REASON, num)
+        try:
+            raw = text.encode("gbk")
+        except UnicodeEncodeError:
+            raise _enc_err("character outside GBK", num) from None
+        if len(raw) > length:
+            raise _enc_err(f"value too long: {len(raw)} bytes, at most {length}", num)
+        return raw.ljust(length) if fixed else raw
+    return value
+
+
 def _general_encoder(spec: FieldSpec, dialect: Dialect, text_value: Encoder) -> Encoder:
     """Any encoding, prefix and count a spec file can name, from the ASCII value `text_value`
     has already checked (and padded, when fixed)."""
@@ -298,6 +318,14 @@ def _general_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
             return hexs.replace("D", "=")
         if encoding == "ebcdic":
             raw = raw.translate(E2A)
+        elif encoding == "gbk":
+            try:
+                text = raw.decode("gbk")
+            except UnicodeDecodeError:
+                raise _dec_err("bytes that are not GBK text", num, at) from None
+            if not text.isprintable():
+                raise _dec_err(PRINTABLE_REASON, num, at)
+            return text
         return value(raw, at)
 
     if not spec.prefix:

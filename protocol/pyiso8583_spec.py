@@ -13,7 +13,7 @@ from protocol.message import Message
 from protocol.spec import Dialect, FieldSpec, prefix_width
 
 # Our encoding names -> pyiso8583's: "b" is binary (BCD and raw bytes alike), text by codec name.
-DATA_ENC = {"ascii": "ascii", "ebcdic": "cp037", "bcd": "b", "binary": "b"}
+DATA_ENC = {"ascii": "ascii", "ebcdic": "cp037", "bcd": "b", "binary": "b", "gbk": "gbk"}
 LEN_ENC = {"ascii": "ascii", "ebcdic": "cp037", "bcd": "bcd", "binary": "b"}
 
 

@@ -23,7 +23,9 @@ ENCODINGS = frozenset({"ascii", "bcd", "ebcdic"})
 """How MTI and digits travel: ASCII characters, packed BCD, or EBCDIC (code page 037) characters."""
 TEXT_ENCODINGS = frozenset({"ascii", "ebcdic"})
 PREFIX_ENCODINGS = frozenset({"ascii", "bcd", "ebcdic", "binary"})
-FIELD_ENCODINGS = frozenset({"ascii", "bcd", "ebcdic", "binary"})
+FIELD_ENCODINGS = frozenset({"ascii", "bcd", "ebcdic", "binary", "gbk"})
+"""`gbk`: Chinese merchant names and messages (43, 63 in CUP frames); lengths count bytes."""
+GBK_KINDS = frozenset({"an", "ans", "ns"})
 BITMAPS = frozenset({"binary", "hex"})
 LENGTH_HEADERS = frozenset({"binary2", "binary4", "ascii4", "bcd2", "none"})
 COUNTS = frozenset({"digits", "bytes"})
@@ -64,7 +66,8 @@ class FieldSpec:
     (pad nibble first). None is the contract's default: fixed right, variable left. CUP's field
     22 is the exception that makes this a per-field setting (PROTOCOL.md §1: `021` is `02 10`)."""
     encoding: str | None = None
-    """ascii, bcd (n and z only), ebcdic, binary (b only); None: the dialect's digits or text."""
+    """ascii, bcd (n and z only), ebcdic, binary (b only), gbk (text; counts bytes); None: the
+    dialect's digits or text."""
     prefix_encoding: str | None = None
     counts: str | None = None
     """What the length prefix counts: `digits` (characters, digits, or bytes of `b`) or `bytes`
@@ -180,6 +183,8 @@ def field_from_data(number: int, data: Mapping[str, Any]) -> FieldSpec:
     encoding = _choice(data, "encoding", FIELD_ENCODINGS, entry)
     if encoding == "bcd" and kind not in DIGIT_KINDS:
         raise _fail(entry, f"encoding bcd packs digits: it needs type n or z, not {kind}")
+    if encoding == "gbk" and kind not in GBK_KINDS:
+        raise _fail(entry, f"encoding gbk is for text (an, ans, ns), not {kind}")
     if (encoding == "binary") != (kind == "b") and encoding is not None:
         raise _fail(entry, "encoding binary is for type b, and type b is always binary")
     prefix_encoding = _choice(data, "prefix_encoding", PREFIX_ENCODINGS, entry)

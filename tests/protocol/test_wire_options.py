@@ -221,3 +221,39 @@ def test_describe_reads_a_device_frame_by_its_length_header():
     desc = describe(frame, d)
     assert desc.error is None and desc.framed and desc.length == 34
     assert desc.mti == "0200" and desc.fields[41]["value"] == "TERM0001"
+
+
+# --- GBK text (merchant names in fields 43 and 63 of CUP frames) ----------------------------------
+
+GBK = dialect({
+    **FIELDS,
+    "43": {"type": "ans", "length": 40, "encoding": "gbk"},
+    "63": {"type": "ans", "max": 163, "prefix": "LLL", "encoding": "gbk"},
+}, digits="bcd", prefixes="bcd")
+
+
+def test_gbk_text_counts_bytes_and_agrees_with_pyiso8583():
+    message = Message("0200", {43: "银联商户 POSEMU".ljust(40 - 4), 63: "操作员01"})
+    ours = codec_for(GBK).encode(message)
+    name = "银联商户 POSEMU".encode("gbk")
+    # 43: 4 Chinese characters are 8 bytes, so 32 characters fill its 40 bytes; 63: LLL BCD 0008
+    assert ours[12:52] == name + b" " * (40 - len(name))  # after MTI (4) and bitmap (8)
+    assert ours[52:] == b"\x00\x08" + "操作员01".encode("gbk")
+    assert codec_for(GBK).decode(ours) == message
+    theirs, _ = iso8583.encode(to_pyiso8583_doc(message, GBK), pyiso8583_spec(GBK))
+    assert bytes(theirs) == ours
+
+
+def test_gbk_refuses_what_it_cannot_carry():
+    from protocol.errors import EncodeError
+
+    with pytest.raises(EncodeError, match="outside GBK") as info:
+        codec_for(GBK).encode(Message("0200", {63: "café ☕"}))
+    assert info.value.path == "63"
+    with pytest.raises(EncodeError, match="too long"):
+        codec_for(GBK).encode(Message("0200", {43: "银" * 21}))
+    with pytest.raises(DecodeError, match="not GBK") as decoded:
+        codec_for(GBK).decode(codec_for(GBK).encode(Message("0200", {63: "ab"}))[:-2] + b"\x81\x20")
+    assert decoded.value.path == "63"
+    with pytest.raises(SpecError, match="gbk is for text"):
+        dialect({"3": {"type": "n", "length": 6, "encoding": "gbk"}})

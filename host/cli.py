@@ -27,12 +27,12 @@ from host.server import HostCore, SerialPorts, serve_until_signalled
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
 from protocol.crypto import CryptoError
-from protocol.dialects import get_dialect
+from protocol.dialects import get_dialect, load_dialect
 from protocol.errors import SpecError
 from protocol.fields import KEY_SETS
 from protocol.framing import Framing
 from protocol.link import TraceOptions
-from protocol.spec import Dialect, load_dialect
+from protocol.spec import Dialect
 from protocol.transport.bridge import run_bridge
 from protocol.transport.serial import (
     PortSpecError,

@@ -3,18 +3,20 @@
 A `Codec` compiles the dialect once into one small encoder and one decoder closure per field, so
 the per-message work is a loop over present fields with no per-field branching on the spec. That
 is what makes it several times faster than a generic interpreter of the spec (scripts/bench codec).
-Every malformed input raises `ProtocolError` naming the field, the byte offset and the reason.
+Malformed input raises `DecodeError` (the peer's fault) naming the field, the byte offset and
+the reason, with `partial` holding what decoded; a value that cannot be sent raises `EncodeError`
+(ours). Both are `ProtocolError`s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import cache
 
 from protocol.dialects import BUILTIN
-from protocol.errors import ProtocolError
+from protocol.encodings import A2E, E2A, pack_bcd, prefix_coder, unpack_bcd
+from protocol.errors import DecodeError, EncodeError, ProtocolError
 from protocol.message import FieldValue, Message
-from protocol.spec import Dialect, FieldSpec
+from protocol.spec import DIGIT_KINDS, Dialect, FieldSpec
 
 Encoder = Callable[[FieldValue], bytes]
 Decoder = Callable[[bytes, int], tuple[FieldValue, int]]
@@ -28,8 +30,14 @@ FIELDS_AT: tuple[tuple[tuple[int, ...], ...], ...] = tuple(
 _TRACK_ASCII = b"0123456789="
 
 
-def _err(reason: str, number: int | str, offset: int | None = None) -> ProtocolError:
-    return ProtocolError(reason, field=number, offset=offset)
+def _enc_err(reason: str, number: int | str) -> EncodeError:
+    """A value we were asked to send that the dialect cannot carry: our fault, not the peer's."""
+    return EncodeError(reason, field=number)
+
+
+def _dec_err(reason: str, number: int | str, offset: int | None = None) -> DecodeError:
+    """Bytes from the peer that do not decode: the peer's fault, located by offset."""
+    return DecodeError(reason, field=number, offset=offset)
 
 
 # --- value checks on raw ASCII bytes: None when fine, else the reason ----------------------------
@@ -70,23 +78,29 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
     num, kind, length, prefix = spec.number, spec.kind, spec.length, spec.prefix
     bcd = dialect.digit_encoding == "bcd" and kind in ("n", "z")
     check = CHECKS[kind]
-    enc_prefix = _prefix_encoder(prefix, dialect.prefix_encoding) if prefix else None
+    general = not standard(spec, dialect)
+    enc_prefix = _prefix_encoder(prefix, dialect.prefix_encoding) if prefix and not general else None
 
     if kind == "b":
         def enc_b(value: FieldValue) -> bytes:
             if type(value) is not bytes:
                 if not isinstance(value, bytes | bytearray):
-                    raise _err("a b field takes bytes", num)
+                    raise _enc_err("a b field takes bytes", num)
                 value = bytes(value)
             n = len(value)
+            if general:
+                if (n != length and not prefix) or n > length:
+                    raise _enc_err(f"b field takes {'exactly' if not prefix else 'at most'} {length} "
+                                   f"bytes, got {n}", num)
+                return value
             if enc_prefix is None:
                 if n != length:
-                    raise _err(f"b field needs exactly {length} bytes, got {n}", num)
+                    raise _enc_err(f"b field needs exactly {length} bytes, got {n}", num)
                 return value
             if n > length:
-                raise _err(f"value too long: {n} bytes, at most {length}", num)
+                raise _enc_err(f"value too long: {n} bytes, at most {length}", num)
             return enc_prefix(n) + value
-        return enc_b
+        return _general_encoder(spec, dialect, enc_b) if general else enc_b
 
     def pad(value: str) -> str:
         """Right-align digits; an x+n value keeps its sign first (C5 -> C00000005)."""
@@ -101,31 +115,34 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
 
     def text_value(value: FieldValue) -> bytes:
         if type(value) is not str:
-            raise _err(f"a {kind} field takes str", num)
+            raise _enc_err(f"a {kind} field takes str", num)
         n = len(value)
-        if enc_prefix is None and n != length:
+        if not prefix and n != length:
             if n > length:
-                raise _err(f"value too long: {n} characters, at most {length}", num)
+                raise _enc_err(f"value too long: {n} characters, at most {length}", num)
             value = pad(value)
         elif n > length:
-            raise _err(f"value too long: {n} characters, at most {length}", num)
+            raise _enc_err(f"value too long: {n} characters, at most {length}", num)
         try:
             raw = value.encode("ascii")
         except UnicodeEncodeError:
-            raise _err("non-ASCII character", num) from None
+            raise _enc_err("non-ASCII character", num) from None
         if printable:  # CHECKS' test on the str (ASCII by now): no call, no translate table
             if not value.isprintable():
-                raise _err(PRINTABLE_REASON, num)
+                raise _enc_err(PRINTABLE_REASON, num)
             return raw
         if is_n:
             if not raw.isdigit() and raw:
-                raise _err("non-digit in an n field", num)
+                raise _enc_err("non-digit in an n field", num)
             return raw
         reason = check(raw)
         if reason:
-            raise _err(reason, num)
+            raise _enc_err(reason, num)
         return raw
 
+    if general:
+        gbk = dialect.encoding_of(spec) == "gbk"
+        return _general_encoder(spec, dialect, _gbk_value(spec) if gbk else text_value)
     if not bcd:
         if enc_prefix is None:
             return text_value
@@ -135,9 +152,11 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             return enc_prefix(len(raw)) + raw
         return enc_var
 
-    # BCD digits: fixed odd lengths are right-aligned (leading 0 nibble), variable ones
-    # left-aligned (trailing 0 nibble); '=' in track data travels as nibble D.
+    # BCD digits: an odd count gets a 0 pad nibble, first when the field is right-aligned
+    # (fixed ones by default), last when left-aligned (variable ones, and CUP's field 22);
+    # '=' in track data travels as nibble D.
     is_track = kind == "z"
+    right = spec.right_aligned()
 
     def enc_bcd(value: FieldValue) -> bytes:
         raw = text_value(value)
@@ -146,7 +165,7 @@ def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
             digits = digits.replace("=", "D")
         n = len(digits)
         if n % 2:
-            digits = "0" + digits if enc_prefix is None else digits + "0"
+            digits = "0" + digits if right else digits + "0"
         packed = bytes.fromhex(digits)
         return packed if enc_prefix is None else enc_prefix(n) + packed
     return enc_bcd
@@ -161,12 +180,12 @@ def _prefix_decoder(num: int, prefix: int, encoding: str, maximum: int) -> Decod
         def dec_ascii(data: bytes, pos: int) -> tuple[int, int]:
             raw = data[pos:pos + width]
             if len(raw) != width:
-                raise _err("truncated: length prefix cut short", num, pos)
+                raise _dec_err("truncated: length prefix cut short", num, pos)
             if not raw.isdigit():
-                raise _err("length prefix is not ASCII digits", num, pos)
+                raise _dec_err("length prefix is not ASCII digits", num, pos)
             n = int(raw)
             if n > maximum:
-                raise _err(f"length {n} exceeds the maximum {maximum}", num, pos)
+                raise _dec_err(f"length {n} exceeds the maximum {maximum}", num, pos)
             return n, pos + width
         return dec_ascii  # type: ignore[return-value]
     width = 1 if prefix == 2 else 2
@@ -174,54 +193,192 @@ def _prefix_decoder(num: int, prefix: int, encoding: str, maximum: int) -> Decod
     def dec_bcd(data: bytes, pos: int) -> tuple[int, int]:
         raw = data[pos:pos + width]
         if len(raw) != width:
-            raise _err("truncated: length prefix cut short", num, pos)
+            raise _dec_err("truncated: length prefix cut short", num, pos)
         hexs = raw.hex()
         if not hexs.isdigit():
-            raise _err("length prefix is not BCD", num, pos)
+            raise _dec_err("length prefix is not BCD", num, pos)
         n = int(hexs)
         if n > maximum:
-            raise _err(f"length {n} exceeds the maximum {maximum}", num, pos)
+            raise _dec_err(f"length {n} exceeds the maximum {maximum}", num, pos)
         return n, pos + width
     return dec_bcd  # type: ignore[return-value]
 
 
+def _value_checker(kind: str, num: int) -> Callable[[bytes, int], FieldValue]:
+    """The field's value from its bytes (ASCII by now), or the DecodeError its check gives."""
+    is_b = kind == "b"
+    printable = kind in PRINTABLE_KINDS
+    check = CHECKS[kind]
+
+    def value(raw: bytes, at: int) -> FieldValue:
+        if is_b:
+            return raw
+        if printable:
+            # CHECKS' printable test, by way of the str the value becomes anyway: ASCII
+            # decodes, and for ASCII, str.isprintable() is exactly 0x20-0x7E.
+            try:
+                text = raw.decode("ascii")
+            except UnicodeDecodeError:
+                raise _dec_err(PRINTABLE_REASON, num, at) from None
+            if not text.isprintable():
+                raise _dec_err(PRINTABLE_REASON, num, at)
+            return text
+        reason = check(raw)
+        if reason:
+            raise _dec_err(reason, num, at)
+        return raw.decode("ascii")
+    return value
+
+
+def standard(spec: FieldSpec, dialect: Dialect) -> bool:
+    """True when the compiled fast paths below cover this field: ASCII text, the contract's
+    ASCII or BCD digits (pad 0) and ASCII or BCD LL/LLL prefixes counting digits. Anything a
+    device's spec file sets beyond that goes by `protocol.encodings`."""
+    default = (
+        "binary" if spec.kind == "b"
+        else dialect.digit_encoding if spec.kind in DIGIT_KINDS else dialect.text_encoding
+    )
+    return (
+        dialect.encoding_of(spec) == default
+        and default in ("ascii", "bcd", "binary")
+        and dialect.prefix_encoding_of(spec) == dialect.prefix_encoding
+        and dialect.prefix_encoding in ("ascii", "bcd")
+        and spec.prefix in (0, 2, 3)
+        and spec.counts != "bytes"
+        and spec.pad != "F"
+    )
+
+
+def _gbk_value(spec: FieldSpec) -> Encoder:
+    """A text value as GBK bytes, its length counted in bytes (what a GBK device's prefix says)."""
+    num, length, fixed = spec.number, spec.length, not spec.prefix
+
+    def value(text: FieldValue) -> bytes:
+        if type(text) is not str:
+            raise _enc_err(f"a {spec.kind} field takes str", num)
+        if not text.isprintable():
+            raise _enc_err(PRINTABLE_REASON, num)
+        try:
+            raw = text.encode("gbk")
+        except UnicodeEncodeError:
+            raise _enc_err("character outside GBK", num) from None
+        if len(raw) > length:
+            raise _enc_err(f"value too long: {len(raw)} bytes, at most {length}", num)
+        return raw.ljust(length) if fixed else raw
+    return value
+
+
+def _general_encoder(spec: FieldSpec, dialect: Dialect, text_value: Encoder) -> Encoder:
+    """Any encoding, prefix and count a spec file can name, from the ASCII value `text_value`
+    has already checked (and padded, when fixed)."""
+    encoding = dialect.encoding_of(spec)
+    right, pad = spec.right_aligned(), spec.pad or "0"
+    if encoding == "bcd":
+        def body(raw: bytes) -> bytes:
+            return pack_bcd(raw.decode("ascii").replace("=", "D"), right, pad)
+    elif encoding == "ebcdic":
+        def body(raw: bytes) -> bytes:
+            return raw.translate(A2E)
+    else:
+        def body(raw: bytes) -> bytes:
+            return raw
+    if not spec.prefix:
+        return lambda value: body(text_value(value))
+    coder = prefix_coder(spec.prefix, dialect.prefix_encoding_of(spec))
+    count_bytes = spec.counts == "bytes"
+
+    def encode(value: FieldValue) -> bytes:
+        raw = text_value(value)
+        out = body(raw)
+        return coder.encode(len(out) if count_bytes else len(raw)) + out
+    return encode
+
+
+def _general_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
+    """The reverse of `_general_encoder`, every failure located like the fast paths'."""
+    num, kind, length = spec.number, spec.kind, spec.length
+    encoding = dialect.encoding_of(spec)
+    bcd = encoding == "bcd"
+    right, pad = spec.right_aligned(), spec.pad or "0"
+    value = _value_checker(kind, num)
+    valid = frozenset("0123456789D" if kind == "z" else "0123456789")
+
+    def nbytes_of(units: int) -> int:
+        return (units + 1) // 2 if bcd else units
+
+    def convert(raw: bytes, units: int | None, at: int) -> FieldValue:
+        if bcd:
+            hexs, reason = unpack_bcd(raw, units, right, pad)
+            if reason:
+                raise _dec_err(reason, num, at)
+            if not set(hexs) <= valid:
+                raise _dec_err("bad BCD nibble", num, at)
+            if len(hexs) > length:
+                raise _dec_err(f"{len(hexs)} digits exceed the maximum {length}", num, at)
+            return hexs.replace("D", "=")
+        if encoding == "ebcdic":
+            raw = raw.translate(E2A)
+        elif encoding == "gbk":
+            try:
+                text = raw.decode("gbk")
+            except UnicodeDecodeError:
+                raise _dec_err("bytes that are not GBK text", num, at) from None
+            if not text.isprintable():
+                raise _dec_err(PRINTABLE_REASON, num, at)
+            return text
+        return value(raw, at)
+
+    if not spec.prefix:
+        size = nbytes_of(length)
+
+        def dec_fixed(data: bytes, pos: int) -> tuple[FieldValue, int]:
+            raw = data[pos:pos + size]
+            if len(raw) != size:
+                raise _dec_err(f"truncated: needs {size} bytes, {len(raw)} left", num, pos)
+            return convert(raw, length, pos), pos + size
+        return dec_fixed
+    prefix_encoding = dialect.prefix_encoding_of(spec)
+    coder = prefix_coder(spec.prefix, prefix_encoding)
+    count_bytes = spec.counts == "bytes"
+    most = nbytes_of(length) if count_bytes else length
+
+    def dec_var(data: bytes, pos: int) -> tuple[FieldValue, int]:
+        start = pos + coder.width
+        head = data[pos:start]
+        if len(head) != coder.width:
+            raise _dec_err("truncated: length prefix cut short", num, pos)
+        n = coder.decode(head)
+        if n is None:
+            raise _dec_err(f"length prefix is not {prefix_encoding} digits", num, pos)
+        if n > most:
+            raise _dec_err(f"length {n} exceeds the maximum {most}", num, pos)
+        size = n if count_bytes else nbytes_of(n)
+        raw = data[start:start + size]
+        if len(raw) != size:
+            raise _dec_err(f"length prefix {n} runs past the end", num, pos)
+        return convert(raw, None if count_bytes else n, start), start + size
+    return dec_var
+
+
 def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
+    if not standard(spec, dialect):
+        return _general_decoder(spec, dialect)
     num, kind, length, prefix = spec.number, spec.kind, spec.length, spec.prefix
     bcd = dialect.digit_encoding == "bcd" and kind in ("n", "z")
-    check = CHECKS[kind]
+    printable = kind in PRINTABLE_KINDS
     dec_prefix = _prefix_decoder(num, prefix, dialect.prefix_encoding, length) if prefix else None
 
     if not bcd:
-        is_b = kind == "b"
-        printable = kind in PRINTABLE_KINDS
-
-        def value(raw: bytes, at: int) -> FieldValue:
-            """The field's value from its bytes, or the ProtocolError its check gives."""
-            if is_b:
-                return raw
-            if printable:
-                # CHECKS' printable test, by way of the str the value becomes anyway: ASCII
-                # decodes, and for ASCII, str.isprintable() is exactly 0x20-0x7E.
-                try:
-                    text = raw.decode("ascii")
-                except UnicodeDecodeError:
-                    raise _err(PRINTABLE_REASON, num, at) from None
-                if not text.isprintable():
-                    raise _err(PRINTABLE_REASON, num, at)
-                return text
-            reason = check(raw)
-            if reason:
-                raise _err(reason, num, at)
-            return raw.decode("ascii")
+        value = _value_checker(kind, num)
 
         if dec_prefix is None and kind == "n":
             def dec_fixed_n(data: bytes, pos: int) -> tuple[FieldValue, int]:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
-                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                    raise _dec_err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
                 if not raw.isdigit():
-                    raise _err("non-digit in an n field", num, pos)
+                    raise _dec_err("non-digit in an n field", num, pos)
                 return raw.decode("ascii"), end
             return dec_fixed_n
 
@@ -230,13 +387,13 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
-                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                    raise _dec_err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
                 try:
                     text = raw.decode("ascii")
                 except UnicodeDecodeError:
-                    raise _err(PRINTABLE_REASON, num, pos) from None
+                    raise _dec_err(PRINTABLE_REASON, num, pos) from None
                 if not text.isprintable():
-                    raise _err(PRINTABLE_REASON, num, pos)
+                    raise _dec_err(PRINTABLE_REASON, num, pos)
                 return text, end
             return dec_fixed_text
 
@@ -245,7 +402,7 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 end = pos + length
                 raw = data[pos:end]
                 if len(raw) != length:
-                    raise _err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
+                    raise _dec_err(f"truncated: needs {length} bytes, {len(raw)} left", num, pos)
                 return value(raw, pos), end
             return dec_fixed
 
@@ -257,16 +414,16 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
                 start = pos + width
                 head = data[pos:start]
                 if len(head) != width:
-                    raise _err("truncated: length prefix cut short", num, pos)
+                    raise _dec_err("truncated: length prefix cut short", num, pos)
                 if not head.isdigit():
-                    raise _err("length prefix is not ASCII digits", num, pos)
+                    raise _dec_err("length prefix is not ASCII digits", num, pos)
                 n = int(head)
                 if n > length:
-                    raise _err(f"length {n} exceeds the maximum {length}", num, pos)
+                    raise _dec_err(f"length {n} exceeds the maximum {length}", num, pos)
                 end = start + n
                 raw = data[start:end]
                 if len(raw) != n:
-                    raise _err(f"length prefix {n} runs past the end", num, pos)
+                    raise _dec_err(f"length prefix {n} runs past the end", num, pos)
                 return value(raw, start), end
             return dec_var_ascii
 
@@ -275,11 +432,12 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
             end = start + n  # type: ignore[operator]
             raw = data[start:end]
             if len(raw) != n:
-                raise _err(f"length prefix {n} runs past the end", num, pos)
+                raise _dec_err(f"length prefix {n} runs past the end", num, pos)
             return value(raw, start), end  # type: ignore[arg-type]
         return dec_var
 
     is_track = kind == "z"
+    right = spec.right_aligned()
     valid = "0123456789D" if is_track else "0123456789"
     invalid = str.maketrans("", "", valid)
 
@@ -288,22 +446,22 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
         end = start + nbytes
         raw = data[start:end]
         if len(raw) != nbytes:
-            raise _err(
+            raise _dec_err(
                 f"truncated: needs {nbytes} bytes, {len(raw)} left" if fixed
                 else f"length prefix {ndigits} runs past the end", num, at,
             )
         hexs = raw.hex().upper()
         if hexs.translate(invalid):
-            raise _err("bad BCD nibble", num, start)
+            raise _dec_err("bad BCD nibble", num, start)
         if ndigits % 2:
-            pad = hexs[0] if fixed else hexs[-1]
+            pad = hexs[0] if right else hexs[-1]
             if pad != "0":
-                raise _err("BCD pad nibble is not 0", num, start)
-            hexs = hexs[1:] if fixed else hexs[:-1]
+                raise _dec_err("BCD pad nibble is not 0", num, start)
+            hexs = hexs[1:] if right else hexs[:-1]
         if is_track:
             hexs = hexs.replace("D", "=")
         elif "D" in hexs:
-            raise _err("bad BCD nibble", num, start)
+            raise _dec_err("bad BCD nibble", num, start)
         return hexs, end
 
     if dec_prefix is None:
@@ -347,20 +505,29 @@ class Codec:
         self._mtis: dict[str, bytes] = {}  # MTIs encoded before: valid, and their bytes
         self.mti_length = 2 if dialect.mti_encoding == "bcd" else 4
         self._bcd_mti = dialect.mti_encoding == "bcd"
+        self._ebcdic_mti = dialect.mti_encoding == "ebcdic"
+        self._hex_bitmap = dialect.bitmap == "hex"
+        self._bitmap_unit = 16 if self._hex_bitmap else 8
+        """Wire bytes of one bitmap: 8 raw, or 16 hex characters."""
+        self._ebcdic_text = dialect.text_encoding == "ebcdic"
 
     # MTI
     def encode_mti(self, mti: str) -> bytes:
         if type(mti) is not str or len(mti) != 4 or not mti.isascii() or not mti.isdigit():
-            raise _err("MTI must be 4 digits", "MTI")
-        return bytes.fromhex(mti) if self._bcd_mti else mti.encode("ascii")
+            raise _enc_err("MTI must be 4 digits", "MTI")
+        if self._bcd_mti:
+            return bytes.fromhex(mti)
+        return mti.encode("ascii").translate(A2E) if self._ebcdic_mti else mti.encode("ascii")
 
     def decode_mti(self, data: bytes) -> str:
         raw = data[:self.mti_length]
         if len(raw) != self.mti_length:
-            raise _err("truncated: MTI cut short", "MTI", 0)
+            raise _dec_err("truncated: MTI cut short", "MTI", 0)
+        if self._ebcdic_mti:
+            raw = raw.translate(E2A)
         mti = raw.hex() if self._bcd_mti else raw.decode("latin-1")
         if not mti.isdigit() or not mti.isascii():
-            raise _err("MTI is not 4 digits", "MTI", 0)
+            raise _dec_err("MTI is not 4 digits", "MTI", 0)
         return mti
 
     def encode(self, message: Message) -> bytes:
@@ -399,9 +566,9 @@ class Codec:
         # Only now (every field encoded, so every field defined): the same set of fields costs
         # a dict lookup next time instead of a bitmap built bit by bit.
         self._encode_plans[numbers] = (
-            encoded[self.mti_length:self.mti_length + (16 if numbers[-1] > 64 else 8)],
+            encoded[self.mti_length:self.mti_length + self._bitmap_unit * (2 if numbers[-1] > 64 else 1)],
             self._encode_steps(numbers),
-        ) if numbers else (bytes(8), ())
+        ) if numbers else (self._bitmap_wire(bytes(8)), ())
         mti = message.mti
         if type(mti) is str and len(self._mtis) < PLAN_CACHE_SIZE:
             self._mtis[mti] = encoded[:self.mti_length]
@@ -430,7 +597,7 @@ class Codec:
         for n in numbers:
             enc = encoders.get(n)
             if enc is None:
-                raise _err(
+                raise _enc_err(
                     "field 1 is the secondary bitmap, which the codec computes" if n == 1
                     else f"the {self.dialect.name} dialect does not define this field", n,
                 )
@@ -440,7 +607,30 @@ class Codec:
             parts[1] = (bitmap | 1 << 127).to_bytes(16, "big")
         else:
             parts[1] = (bitmap >> 64).to_bytes(8, "big")
+        if self._hex_bitmap:
+            parts[1] = self._bitmap_wire(parts[1])
         return b"".join(parts)
+
+    def _bitmap_wire(self, bitmap: bytes) -> bytes:
+        """A bitmap as it travels: raw, or as upper-case hex text in the dialect's text encoding."""
+        if not self._hex_bitmap:
+            return bitmap
+        text = bitmap.hex().upper().encode("ascii")
+        return text.translate(A2E) if self._ebcdic_text else text
+
+    def _read_hex_bitmap(self, data: bytes, pos: int, number: int | str) -> bytes:
+        raw = data[pos:pos + 16]
+        if len(raw) != 16:
+            kind = "primary" if number == "bitmap" else "secondary"
+            raise _dec_err(f"truncated: {kind} bitmap cut short", number, pos)
+        if self._ebcdic_text:
+            raw = raw.translate(E2A)
+        try:
+            if not raw.isascii():
+                raise ValueError
+            return bytes.fromhex(raw.decode("ascii"))
+        except ValueError:
+            raise _dec_err("bitmap is not 16 hex characters", number, pos) from None
 
     def decode(self, data: bytes) -> Message:
         return self._decode(data, None)
@@ -455,23 +645,31 @@ class Codec:
             data = bytes(data)
         mti = self.decode_mti(data)
         pos = self.mti_length
-        primary = data[pos:pos + 8]
-        if len(primary) != 8:
-            raise _err("truncated: primary bitmap cut short", "bitmap", pos)
+        unit = self._bitmap_unit
+        if self._hex_bitmap:
+            primary = self._read_hex_bitmap(data, pos, "bitmap")
+        else:
+            primary = data[pos:pos + 8]
+            if len(primary) != 8:
+                raise _dec_err("truncated: primary bitmap cut short", "bitmap", pos)
         bitmap = primary
         if primary[0] & 0x80:
-            secondary = data[pos + 8:pos + 16]
-            if len(secondary) != 8:
-                raise _err("truncated: secondary bitmap cut short", 1, pos + 8)
+            if self._hex_bitmap:
+                secondary = self._read_hex_bitmap(data, pos + unit, 1)
+            else:
+                secondary = data[pos + 8:pos + 16]
+                if len(secondary) != 8:
+                    raise _dec_err("truncated: secondary bitmap cut short", 1, pos + 8)
             if not any(secondary):
                 # An encoder sets bit 1 only for a field 65-128 (PROTOCOL.md §1).
-                raise _err("secondary bitmap present but empty", 1, pos + 8)
+                raise _dec_err("secondary bitmap present but empty", 1, pos + unit)
             bitmap = primary + secondary
+        wire = unit * len(bitmap) // 8
         if spans is not None:
             spans["MTI"] = (0, pos)
-            spans["bitmap"] = (pos, pos + len(bitmap))
+            spans["bitmap"] = (pos, pos + wire)
         bitmap_at = pos
-        pos += len(bitmap)
+        pos += wire
         fields: dict[int, FieldValue] = {}
         try:
             pos = self._decode_fields(data, bitmap, bitmap_at, pos, fields, spans)
@@ -479,7 +677,7 @@ class Codec:
             exc.partial = Message(mti, fields)
             raise
         if pos != len(data):
-            exc = _err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
+            exc = _dec_err(f"{len(data) - pos} trailing byte(s) after the last field", "end", pos)
             exc.partial = Message(mti, fields)
             raise exc
         return Message(mti, fields)
@@ -518,9 +716,9 @@ class Codec:
                     continue
                 dec = decoders[n]
                 if dec is None:
-                    raise _err(
+                    raise _dec_err(
                         f"bit set for a field the {self.dialect.name} dialect does not define",
-                        n, bitmap_at + (n - 1) // 8,
+                        n, bitmap_at + (n - 1) // 8 * (self._bitmap_unit // 8),
                     )
                 start = pos
                 fields[n], pos = dec(data, pos)
@@ -563,11 +761,12 @@ class Codec:
     def _run_class(self, n: int) -> tuple[str | None, int]:
         """Which one-slice check can stand for field n's own (None: none can), and its length."""
         spec = self.dialect.fields[n]
-        if spec.prefix:
+        if spec.prefix or not standard(spec, self.dialect):
             return None, 0
-        if spec.kind == "n" and self.dialect.digit_encoding != "bcd":
+        encoding = self.dialect.encoding_of(spec)
+        if spec.kind == "n" and encoding == "ascii":
             return "digits", spec.length
-        if spec.kind in PRINTABLE_KINDS:
+        if spec.kind in PRINTABLE_KINDS and encoding == "ascii":
             return "printable", spec.length
         return None, 0
 
@@ -581,11 +780,25 @@ EncodeSteps = tuple[tuple[int, Encoder, EncodeRun | None], ...]
 PLAN_CACHE_SIZE = 256
 
 
-@cache
-def get_codec(name: str) -> Codec:
-    """The shared codec of a built-in dialect (codecs are stateless, so sharing is safe)."""
-    return Codec(BUILTIN[name])
+_CODECS: dict[int, tuple[Dialect, Codec]] = {}
+"""Codecs by dialect identity: a Dialect holds a dict of fields, so it cannot be hashed, and a
+dialect loaded from a file is compiled once however many connections use it. The dialect is
+kept beside its codec, so its id cannot be reused while the entry lives."""
+CODEC_CACHE_SIZE = 64
 
 
 def codec_for(dialect: Dialect) -> Codec:
-    return get_codec(dialect.name) if BUILTIN.get(dialect.name) is dialect else Codec(dialect)
+    """The shared codec of a dialect (codecs are stateless, so sharing is safe)."""
+    entry = _CODECS.get(id(dialect))
+    if entry is not None and entry[0] is dialect:
+        return entry[1]
+    if len(_CODECS) >= CODEC_CACHE_SIZE:
+        _CODECS.clear()
+    codec = Codec(dialect)
+    _CODECS[id(dialect)] = (dialect, codec)
+    return codec
+
+
+def get_codec(name: str) -> Codec:
+    """The shared codec of a built-in dialect."""
+    return codec_for(BUILTIN[name])

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.codec import codec_for
+from protocol.emv import describe_tags
 from protocol.errors import ProtocolError
 from protocol.framing import Framing
 from protocol.mask import masked_fields
 from protocol.spec import Dialect
+from protocol.subfields import split
 
 _HEX = set(string.hexdigits + string.whitespace)
 
@@ -30,7 +32,7 @@ class Description:
     header: str | None = None
     mti: str | None = None
     bitmap: str | None = None
-    fields: dict[int, dict[str, str]] = field(default_factory=dict)
+    fields: dict[int, dict[str, Any]] = field(default_factory=dict)
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -52,6 +54,12 @@ class Description:
             lines.append(f"bitmap    {self.bitmap}")
         for n, info in self.fields.items():
             lines.append(f"{n:>3} {info['name'][:38]:<38} {info['type']:<9} {info['value']}")
+            for path, part in info.get("subfields", {}).items():
+                lines.append(f"    {path:<8} {part}")
+            for t in info.get("tags", []):
+                lines.append(f"    {t['tag']:<5} {t['name'][:36]:<36} {t['value']}")
+            if "tags_error" in info:
+                lines.append(f"    not BER-TLV: {info['tags_error']}")
         if self.error:
             lines.append(f"error     {self.error}")
         return "\n".join(lines)
@@ -72,10 +80,13 @@ def describe(data: bytes, dialect: Dialect) -> Description:
     codec = codec_for(dialect)
     desc = Description(dialect=dialect.name, framed=False)
     payload = data
-    if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
+    head = framing.length
+    declared = head.decode(data[:head.size]) if head.size and len(data) >= head.size else None
+    own = head.size if head.includes_self else 0
+    if declared is not None and declared - own == len(data) - head.size:
         desc.framed = True
-        desc.length = len(data) - 2
-        payload = data[2:]
+        desc.length = declared
+        payload = data[head.size:]
     try:
         unframed = framing.unframe(payload)
         if unframed.tpdu:
@@ -85,7 +96,7 @@ def describe(data: bytes, dialect: Dialect) -> Description:
             desc.header = unframed.header.hex().upper()
         message, spans = codec.decode_spans(unframed.message)
     except ProtocolError as exc:
-        desc.error = str(exc)
+        desc.error = _wrong_length(data) if not desc.framed and _wrong_length(data) else str(exc)
         return desc
     start, end = spans["bitmap"]
     desc.mti = message.mti
@@ -93,8 +104,28 @@ def describe(data: bytes, dialect: Dialect) -> Description:
     values = masked_fields(message, dialect)
     for n, value in values.items():
         spec = dialect.fields[n]
-        desc.fields[n] = {"name": spec.name, "type": spec.notation(), "value": value}
+        info: dict[str, Any] = {"name": spec.name, "type": spec.notation(), "value": value}
+        raw = message.fields[n]
+        if spec.subfields and isinstance(raw, str) and not spec.mask:
+            info["subfields"] = split(spec, raw)
+        if spec.tlv and isinstance(raw, bytes):
+            try:
+                info["tags"] = describe_tags(raw, n)
+            except ProtocolError as exc:
+                info["tags_error"] = str(exc)
+        desc.fields[n] = info
     return desc
+
+
+def _wrong_length(data: bytes) -> str | None:
+    """A frame whose length prefix is off by a little says so, rather than failing further on
+    (a TPDU id or an MTI that is really the length's second byte)."""
+    if len(data) < 2:
+        return None
+    declared, follows = int.from_bytes(data[:2], "big"), len(data) - 2
+    if declared and abs(declared - follows) <= 64:
+        return f"length: the 2-byte length prefix says {declared} bytes follow, {follows} do"
+    return None
 
 
 def render(desc: Description, as_json: bool) -> str:

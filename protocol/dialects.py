@@ -7,8 +7,13 @@ China UnionPay-style POS terminal uses, with CUP's packing; docs/protocol.md giv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 from protocol.errors import SpecError
-from protocol.spec import Dialect, FieldSpec
+from protocol.spec import Dialect, FieldSpec, Subfield, dialect_from_data, read_spec_file
 
 # number: (name, notation, mask). Notation as in the standard: kind, then ".."/"..." for LL/LLL,
 # then the length. `b` lengths are in bytes here (ISO writes b64 for 8 bytes).
@@ -123,10 +128,12 @@ ISO87_TABLE: dict[int, tuple[str, str, str | None]] = {
 }
 
 # The fields a CUP-style POS terminal exchanges, with CUP's types where they differ from 1987.
+# 43, 46, 51, 56, 57 and 59 appear in published CUP frames (merchant name, QR code data, TLV,
+# location) and keep the 1987 types; their contents are the acquirer's.
 CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
     **{n: ISO87_TABLE[n] for n in (
-        2, 3, 4, 11, 12, 13, 14, 15, 22, 23, 25, 26, 32, 35, 37, 38, 39, 41, 42, 44, 49, 52,
-        53, 62, 64,
+        2, 3, 4, 11, 12, 13, 14, 15, 22, 23, 25, 26, 32, 35, 37, 38, 39, 41, 42, 43, 44, 46, 49,
+        51, 52, 53, 56, 57, 59, 62, 64,
     )},
     36: ("Track 3 data", "z...104", "track"),
     48: ("Additional data - private", "n...322", None),
@@ -139,6 +146,24 @@ CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
 }
 
 
+# Per-field settings beyond the notation: CUP terminals send field 22 (entry mode) left-aligned,
+# `021` as `02 10`, while field 23 stays right-aligned (PROTOCOL.md §1; 40 published CUP frames
+# from 20 sources agree).
+# Field 60's parts (CUP POS field 60: 60.1-60.3 are the contract's, PROTOCOL.md §3; 60.4-60.7
+# are CUP's terminal capability, IC condition, partial-approval flag and account type), read as
+# far as a value goes. `cup`'s field 55 (b...255) is BER-TLV chip data.
+FIELD_60_PARTS = (
+    Subfield("60.1 message type code", 2), Subfield("60.2 batch number", 6),
+    Subfield("60.3 network management code", 3), Subfield("60.4 terminal read capability", 1),
+    Subfield("60.5 IC card condition code", 1), Subfield("60.6 partial approval flag", 1),
+    Subfield("60.7 account type", 3),
+)
+COMMON_SETTINGS: dict[int, dict[str, Any]] = {60: {"subfields": FIELD_60_PARTS}}
+CUP_SETTINGS: dict[int, dict[str, Any]] = {
+    **COMMON_SETTINGS, 22: {"align": "left"}, 23: {"align": "right"}, 55: {"tlv": True},
+}
+
+
 def parse_notation(number: int, name: str, notation: str, mask: str | None) -> FieldSpec:
     """`n..19` -> FieldSpec(kind="n", length=19, prefix=2): keeps the tables readable."""
     digits_at = next(i for i, c in enumerate(notation) if c.isdigit() or c == ".")
@@ -147,8 +172,12 @@ def parse_notation(number: int, name: str, notation: str, mask: str | None) -> F
     return FieldSpec(number, name, kind, int(rest.lstrip(".")), {0: 0, 2: 2, 3: 3}[prefix], mask)
 
 
-def table_fields(table: dict[int, tuple[str, str, str | None]]) -> dict[int, FieldSpec]:
-    return {n: parse_notation(n, *table[n]) for n in sorted(table)}
+def table_fields(table: dict[int, tuple[str, str, str | None]],
+                 settings: dict[int, dict[str, Any]] | None = None) -> dict[int, FieldSpec]:
+    fields = {n: parse_notation(n, *table[n]) for n in sorted(table)}
+    for n, values in (settings or {}).items():
+        fields[n] = replace(fields[n], **values)
+    return fields
 
 
 ISO87 = Dialect(
@@ -156,7 +185,7 @@ ISO87 = Dialect(
     mti_encoding="ascii",
     digit_encoding="ascii",
     prefix_encoding="ascii",
-    fields=table_fields(ISO87_TABLE),
+    fields=table_fields(ISO87_TABLE, COMMON_SETTINGS),
     mac="x9.19",
     description="ISO 8583:1987, ASCII digits and lengths, 2-byte length frame, X9.19 MAC",
 )
@@ -166,7 +195,7 @@ CUP = Dialect(
     mti_encoding="bcd",
     digit_encoding="bcd",
     prefix_encoding="bcd",
-    fields=table_fields(CUP_TABLE),
+    fields=table_fields(CUP_TABLE, CUP_SETTINGS),
     tpdu=True,
     header=bytes.fromhex("603100000000"),
     mac="cup-ecb",
@@ -182,7 +211,22 @@ def get_dialect(name: str) -> Dialect:
     if name in BUILTIN:
         return BUILTIN[name]
     if name.endswith((".json", ".toml")):
-        from protocol.spec import load_dialect
-
         return load_dialect(name)
     raise SpecError(f"unknown dialect {name!r}; built in: {', '.join(BUILTIN)}, or a .json/.toml spec file")
+
+
+def load_dialect(path: str | Path) -> Dialect:
+    """Load a dialect from a `.json` or `.toml` file; `base = "iso87"` inherits a built-in one.
+
+    It lives here, beside the built-ins it may inherit from, so that `protocol.spec` (what a
+    dialect is) never needs `protocol.dialects` (which dialects exist)."""
+    data = read_spec_file(path)
+    base_name = data.get("base") if isinstance(data, Mapping) else None
+    base = None
+    if base_name is not None:
+        # Only built-in dialects can be inherited: a file naming a file could name itself.
+        if not isinstance(base_name, str) or base_name not in BUILTIN:
+            raise SpecError(f"dialect spec: base: must name a built-in dialect ({', '.join(BUILTIN)}), "
+                            f"not {base_name!r}")
+        base = BUILTIN[base_name]
+    return dialect_from_data(data, base)

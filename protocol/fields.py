@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from protocol.errors import ProtocolError
+from protocol.dialects import FIELD_60_PARTS
+from protocol.errors import DecodeError, EncodeError, ProtocolError
 from protocol.spec import Dialect
 
 # 60.1 message type codes and 60.3 network management codes.
@@ -20,6 +21,8 @@ NMIC_SIGN_OFF: Final = "002"
 NMIC_ECHO: Final = "301"
 
 KCV_SIZE: Final = 4
+PARTS_60: Final = tuple((p.name.split()[0], p.length) for p in FIELD_60_PARTS[:3])
+"""The parts of field 60 that the contract requires (PROTOCOL.md §3), from the dialects' table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +35,20 @@ class Field60:
 
     @classmethod
     def parse(cls, value: str) -> Field60:
-        if len(value) < 11 or not value[:11].isdigit():
-            raise ProtocolError("field 60 must start with 11 digits (60.1, 60.2, 60.3)", field=60)
+        """A peer's field 60; the error's path names the first subfield that is not there."""
+        at = 0
+        for name, width in PARTS_60:
+            part = value[at:at + width]
+            if len(part) != width or not part.isascii() or not part.isdigit():
+                raise DecodeError("field 60 must start with 11 digits (60.1, 60.2, 60.3)",
+                                  field=60, path=name)
+            at += width
         return cls(value[0:2], value[2:8], value[8:11])
 
     def format(self) -> str:
-        parts = ((self.type_code, 2, "60.1"), (self.batch, 6, "60.2"), (self.nmic, 3, "60.3"))
-        for value, width, name in parts:
+        for (name, width), value in zip(PARTS_60, (self.type_code, self.batch, self.nmic), strict=True):
             if len(value) != width or not value.isdigit():
-                raise ProtocolError(f"{name} must be {width} digits", field=60)
+                raise EncodeError(f"{name} must be {width} digits", field=60, path=name)
         return f"{self.type_code}{self.batch}{self.nmic}"
 
 
@@ -81,12 +89,13 @@ class WrappedKey:
         return f"WrappedKey({self.usage}, {len(self.ciphertext)} bytes, kcv={self.kcv.hex().upper()})"
 
 
-def key_set(code: str) -> KeySet:
+def key_set(code: str, error: type[ProtocolError] = DecodeError) -> KeySet:
+    """The key set a 60.3 code names; `error` says whose code it was (a peer's by default)."""
     try:
         return KEY_SETS[code]
     except KeyError:
-        raise ProtocolError(f"unknown key set {code!r}; known: {', '.join(KEY_SETS)}",
-                            field="60.3") from None
+        raise error(f"unknown key set {code!r}; known: {', '.join(KEY_SETS)}",
+                    field=60, path="60.3") from None
 
 
 def parse_key_set(data: bytes, code: str, dialect: Dialect) -> list[WrappedKey]:
@@ -94,7 +103,7 @@ def parse_key_set(data: bytes, code: str, dialect: Dialect) -> list[WrappedKey]:
     the terminal treats it as a corrupted download (K3) and keeps its old keys."""
     ks = key_set(code)
     if len(data) != ks.layout():
-        raise ProtocolError(
+        raise DecodeError(
             f"key set {code} needs {ks.layout()} bytes, got {len(data)}", field=62, offset=0,
         )
     out: list[WrappedKey] = []
@@ -104,7 +113,7 @@ def parse_key_set(data: bytes, code: str, dialect: Dialect) -> list[WrappedKey]:
         if usage == "MAK" and ks.mak_length(dialect) < slot:
             size = ks.mak_length(dialect)
             if any(ciphertext[size:]):
-                raise ProtocolError("single-length MAK padding must be zero bytes",
+                raise DecodeError("single-length MAK padding must be zero bytes",
                                     field=62, offset=pos + size)
             ciphertext = ciphertext[:size]
         out.append(WrappedKey(usage, ciphertext, data[pos + slot:pos + slot + KCV_SIZE]))
@@ -114,14 +123,14 @@ def parse_key_set(data: bytes, code: str, dialect: Dialect) -> list[WrappedKey]:
 
 def build_key_set(keys: list[WrappedKey], code: str) -> bytes:
     """Field 62 from wrapped keys in the set's order; a short MAK is padded with zero bytes."""
-    ks = key_set(code)
+    ks = key_set(code, EncodeError)
     by_usage = {k.usage: k for k in keys}
     parts: list[bytes] = []
     for usage, slot in ks.keys:
         if usage not in by_usage:
-            raise ProtocolError(f"key set {code} needs a {usage}", field=62)
+            raise EncodeError(f"key set {code} needs a {usage}", field=62)
         k = by_usage[usage]
         if len(k.ciphertext) > slot or len(k.kcv) != KCV_SIZE:
-            raise ProtocolError(f"{usage} does not fit key set {code}", field=62)
+            raise EncodeError(f"{usage} does not fit key set {code}", field=62)
         parts.append(k.ciphertext.ljust(slot, b"\0") + k.kcv)
     return b"".join(parts)

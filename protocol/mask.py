@@ -8,7 +8,7 @@ digits; track data, PIN blocks, keys and MACs keep only their size.
 from __future__ import annotations
 
 from protocol.message import FieldValue, Message
-from protocol.spec import Dialect
+from protocol.spec import Dialect, prefix_width
 
 MASK_BYTE = 0x2A  # '*': masked bytes in a hex trace read as 2A, never as the original
 
@@ -63,19 +63,11 @@ def mask_in_place(data: bytes, spans: dict[int | str, tuple[int, int]], dialect:
     for number, (start, end) in spans.items():
         if number in sensitive:
             spec = dialect.fields[number]  # type: ignore[index]
-            prefix_bytes = _prefix_size(spec.prefix, dialect.prefix_encoding)
+            prefix_bytes = prefix_width(spec.prefix, dialect.prefix_encoding_of(spec))
             out[base + start + prefix_bytes:base + end] = bytes([MASK_BYTE]) * (
                 end - start - prefix_bytes
             )
     return bytes(out)
-
-
-def _prefix_size(prefix: int, encoding: str) -> int:
-    if not prefix:
-        return 0
-    if encoding == "ascii":
-        return prefix
-    return 1 if prefix == 2 else 2
 
 
 def mask_message_bytes(message: bytes, dialect: Dialect) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.dialects import get_dialect
-from protocol.spec import Dialect, load_dialect
+from protocol.dialects import get_dialect, load_dialect
+from protocol.spec import Dialect
 
 # Every kind, every prefix, odd BCD lengths, an ASCII MTI and prefixes around BCD digits, a TPDU
 # with a 2-byte header, and gaps in the table (undefined fields) on both bitmaps.

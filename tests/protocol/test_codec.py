@@ -102,11 +102,25 @@ def test_cup_mti_is_bcd_and_fields_49_41_ascii():
 
 
 def test_cup_bcd_fixed_odd_is_right_aligned_with_leading_zero_nibble():
-    data = CUPC.encode(Message("0200", {22: "021", 3: "000000"}))
-    assert data == b"\x02\x00" + bitmap(3, 22) + b"\x00\x00\x00" + b"\x00\x21"
-    assert CUPC.decode(data).fields == {3: "000000", 22: "021"}
+    # Field 23 (n3) stays right-aligned: `001` is `00 01` (PROTOCOL.md §1). Field 22 was the
+    # example here until the contract made it the left-aligned exception (the next test).
+    data = CUPC.encode(Message("0200", {23: "001", 3: "000000"}))
+    assert data == b"\x02\x00" + bitmap(3, 23) + b"\x00\x00\x00" + b"\x00\x01"
+    assert CUPC.decode(data).fields == {3: "000000", 23: "001"}
     # short fixed n is zero padded on the left, in BCD too
-    assert CUPC.encode(Message("0200", {22: "5"}))[-2:] == b"\x00\x05"
+    assert CUPC.encode(Message("0200", {23: "5"}))[-2:] == b"\x00\x05"
+
+
+def test_cup_field_22_is_left_aligned_with_trailing_zero_nibble():
+    # PROTOCOL.md §1: "field 22 (n3, entry mode), which CUP terminals send left-aligned with a
+    # trailing 0 nibble (`021` is `02 10`)"; issue 18's corpus of 40 published CUP frames agrees.
+    data = CUPC.encode(Message("0200", {22: "021", 3: "000000"}))
+    assert data == b"\x02\x00" + bitmap(3, 22) + b"\x00\x00\x00" + b"\x02\x10"
+    assert CUPC.decode(data).fields == {3: "000000", 22: "021"}
+    # the old right-aligned `00 21` is no longer read as `002`: its pad nibble is refused
+    with pytest.raises(ProtocolError, match="pad nibble") as info:
+        CUPC.decode(b"\x02\x00" + bitmap(22) + b"\x00\x21")
+    assert info.value.field == 22
 
 
 def test_cup_bcd_variable_odd_is_left_aligned_with_trailing_zero_nibble():

@@ -61,7 +61,7 @@ CUP_FRAME_HEX = (
     "000000010000"                           # 4
     "000123"                                 # 11
     "2512"                                   # 14
-    "0021"                                   # 22: n3, right-aligned, leading 0 nibble
+    "0210"                                   # 22: n3, left-aligned, trailing 0 nibble (PROTOCOL.md §1)
     "00"                                     # 25
     "25" "6222020200112233445D251210"        # 35: 25 digits, '=' as D, trailing 0 nibble
     "5445524D30303031"                       # 41: ASCII

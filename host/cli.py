@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -274,8 +275,15 @@ def _check_ports(specs: list[str]) -> None:
             port = parse_port_spec(spec).port
         except PortSpecError as exc:
             raise admin.UsageError(f"--serial {spec}: {exc}") from None
-        if port != "pty" and "://" not in port and not os.path.exists(port):
-            raise admin.UsageError(f"--serial {spec}: no such device {port}")
+        if port != "pty" and "://" not in port and not _is_device(port):
+            raise admin.UsageError(f"--serial {spec}: {port} is not a serial device")
+
+
+def _is_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 @_with_db

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import serial
+
 from host import admin
 from host.clock import system_clock, system_rng
 from host.datadir import DataError, init_data, open_data, resolve
@@ -36,6 +38,7 @@ from protocol.link import TraceOptions
 from protocol.spec import Dialect, load_dialect
 from protocol.transport.bridge import run_bridge
 from protocol.transport.serial import (
+    PTY,
     PortSpecError,
     add_port_arguments,
     parse_port_spec,
@@ -275,15 +278,28 @@ def _check_ports(specs: list[str]) -> None:
             port = parse_port_spec(spec).port
         except PortSpecError as exc:
             raise admin.UsageError(f"--serial {spec}: {exc}") from None
-        if port != "pty" and "://" not in port and not _is_device(port):
-            raise admin.UsageError(f"--serial {spec}: {port} is not a serial device")
+        problem = _port_problem(port)
+        if problem:
+            raise admin.UsageError(f"--serial {spec}: {problem}")
 
 
-def _is_device(path: str) -> bool:
+def _port_problem(port: str) -> str | None:
+    """Why a port cannot be served, as far as can be told without opening it (opening a real
+    line toggles its modem lines): a device path must be a character device, a URL one of
+    pyserial's schemes. A reachable-looking URL that fails later is logged by the server."""
+    if port == PTY:
+        return None
+    if "://" in port:
+        try:
+            serial.serial_for_url(port, do_not_open=True)
+        except (ValueError, serial.SerialException) as exc:
+            return str(exc)
+        return None
     try:
-        return stat.S_ISCHR(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
+        is_device = stat.S_ISCHR(os.stat(port).st_mode)
+    except (OSError, ValueError) as exc:
+        return f"{port}: {getattr(exc, 'strerror', None) or exc}"
+    return None if is_device else f"{port} is not a serial device"
 
 
 @_with_db

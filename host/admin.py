@@ -23,7 +23,7 @@ from protocol.mask import mask_pan
 
 INJECTION_FORMAT = "posemu-key-injection-1"
 DEFAULT_TMK_LIFETIME = 365 * 24 * 3600.0
-_TID = re.compile(r"[\x21-\x7e]{1,8}")
+_TID = re.compile(r"[\x21-\x2e\x30-\x5b\x5d-\x7e]{1,8}")  # printable ASCII but / and \
 _MID = re.compile(r"[\x21-\x7e]{1,15}")
 _PAN = re.compile(r"[0-9]{12,19}")
 _PIN = re.compile(r"[0-9]{4,12}")
@@ -46,6 +46,12 @@ def _check(pattern: re.Pattern[str], value: str, what: str, rule: str) -> str:
     return value
 
 
+def check_tid(tid: str) -> str:
+    """Every command that names a terminal checks the name first: a TID is also a folder name
+    on the terminal's side, so no path separator."""
+    return _check(_TID, tid, "terminal id", "1 to 8 printable ASCII characters, no / or \\")
+
+
 # --- terminals and their key ceremony ------------------------------------------------------------
 
 
@@ -63,7 +69,7 @@ def add_terminal(
     db: KeyDb, tid: str, merchant: str, components: int, now: float, rng: Rng,
     lifetime: float = DEFAULT_TMK_LIFETIME,
 ) -> tuple[dict[str, Any], Key]:
-    _check(_TID, tid, "terminal id", "1 to 8 printable ASCII characters")
+    check_tid(tid)
     _check(_MID, merchant, "merchant id", "1 to 15 printable ASCII characters")
     tmk = hsm.new_tmk(rng)
     parts = hsm.split_components(tmk, components, rng)
@@ -76,15 +82,27 @@ def rekey_terminal(
     lifetime: float = DEFAULT_TMK_LIFETIME,
 ) -> tuple[dict[str, Any], Key]:
     """A new key ceremony for a known terminal: the remedy for a TMK key error (K1/K2 TMK)."""
-    row = db.terminal_row(tid)
+    row = db.terminal_row(check_tid(tid))
     tmk = hsm.new_tmk(rng)
     parts = hsm.split_components(tmk, components, rng)
     db.rekey_terminal(tid, tmk, now, lifetime)
     return ceremony(tid, row.merchant, tmk, parts), tmk
 
 
-def write_injection_file(path: Path, tid: str, merchant: str, tmk: Key) -> None:
-    """The TMK as one key in a file of mode 0600 (PROTOCOL.md §2); the operator deletes it."""
+def claim_injection_file(path: Path) -> int:
+    """Create the key-injection file (mode 0600) before the database changes, never over an
+    existing file (another terminal's unloaded TMK may be in it); its descriptor."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--out {path} already exists: it may hold another terminal's TMK; "
+                         f"name a new file") from None
+    except OSError as exc:
+        raise UsageError(f"--out {path}: {exc.strerror}") from None
+
+
+def write_injection_file(fd: int, tid: str, merchant: str, tmk: Key) -> None:
+    """The TMK as one key in the claimed file (PROTOCOL.md §2); the operator deletes it."""
     document = {
         "format": INJECTION_FORMAT,
         "tid": tid,
@@ -94,8 +112,6 @@ def write_injection_file(path: Path, tid: str, merchant: str, tmk: Key) -> None:
         "key": tmk.material.hex().upper(),
         "kcv": tmk.kcv_hex,
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(document, out, indent=2)
         out.write("\n")
@@ -120,12 +136,14 @@ def list_terminals(db: KeyDb) -> list[dict[str, Any]]:
 
 
 def show_keys(db: KeyDb, tid: str, now: float) -> dict[str, Any]:
+    check_tid(tid)
     row = db.terminal_row(tid)
     return {"tid": tid, "merchant": row.merchant,
             "keys": [_key_row(k, now) for k in db.key_rows(tid)]}
 
 
 def remove_terminal(db: KeyDb, tid: str) -> dict[str, Any]:
+    check_tid(tid)
     db.remove_terminal(tid)
     return {"tid": tid, "removed": True}
 
@@ -134,6 +152,7 @@ def remove_terminal(db: KeyDb, tid: str) -> dict[str, Any]:
 
 
 def expire_keys(db: KeyDb, tid: str, now: float) -> dict[str, Any]:
+    check_tid(tid)
     count = db.expire_working(tid, now)
     if not count:
         raise KeyDbError(f"terminal {tid} has no active working keys to expire")
@@ -142,6 +161,7 @@ def expire_keys(db: KeyDb, tid: str, now: float) -> dict[str, Any]:
 
 def rotate_keys(db: KeyDb, tid: str, now: float, lifetime: float, rng: Rng) -> dict[str, Any]:
     """A new generation shaped like the current one, which the terminal is not told about."""
+    check_tid(tid)
     keys = db.load_terminal(tid)
     if keys is None:
         raise KeyDbError(f"no terminal {tid}")
@@ -158,6 +178,7 @@ def rotate_keys(db: KeyDb, tid: str, now: float, lifetime: float, rng: Rng) -> d
 
 
 def revoke_keys(db: KeyDb, tid: str, tmk: bool) -> dict[str, Any]:
+    check_tid(tid)
     if tmk:
         db.revoke_tmk(tid)
         return {"tid": tid, "revoked": "TMK", "expect": "K1 TMK revoked"}
@@ -166,6 +187,7 @@ def revoke_keys(db: KeyDb, tid: str, tmk: bool) -> dict[str, Any]:
 
 
 def tamper_keys(db: KeyDb, tid: str, rng: Rng) -> dict[str, Any]:
+    check_tid(tid)
     keys = db.load_terminal(tid)
     if keys is None:
         raise KeyDbError(f"no terminal {tid}")

@@ -10,11 +10,14 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
+
+import serial
 
 from host import admin
 from host.clock import system_clock, system_rng
@@ -35,6 +38,7 @@ from protocol.link import TraceOptions
 from protocol.spec import Dialect
 from protocol.transport.bridge import run_bridge
 from protocol.transport.serial import (
+    PTY,
     PortSpecError,
     add_port_arguments,
     parse_port_spec,
@@ -42,17 +46,34 @@ from protocol.transport.serial import (
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,6})?)([smhd]?)")  # ASCII digits: no inf, no ١٢
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 100 * 365 * 86400.0
 _RESPONSE_CODE = re.compile(r"[0-9A-Z]{2}")
 
 
 def duration(text: str) -> float:
-    """`90`, `90s`, `30m`, `24h`, `7d` -> seconds."""
+    """`90`, `90s`, `30m`, `24h`, `7d` -> seconds; at most 100 years."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years")
+    return seconds
+
+
+def one_line(text: str) -> str:
+    """Every refusal is one line: a newline or other unprintable character a user typed into an
+    argument is shown escaped, not printed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals in one line (the usage is what --help is for); subparsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line(message)}\n")
 
 
 def response_code(text: str) -> str:
@@ -135,9 +156,8 @@ def _said(result: dict[str, Any]) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = resolve(args.data)
-    created = init_data(path, system_rng)
-    result = {"data": str(path), "created": created}
-    emit(args, result, lambda r: f"{'created' if created else 'already initialised'}: {r['data']}")
+    init_data(path, system_rng)
+    emit(args, {"data": str(path), "created": True}, lambda r: f"created: {r['data']}")
     return EXIT_OK
 
 
@@ -151,39 +171,37 @@ def _with_db(work: Callable[[argparse.Namespace, KeyDb], int]) -> Callable[[argp
     return run
 
 
-def _ceremony(args: argparse.Namespace, result: dict[str, Any], tmk: Any) -> int:
+def _ceremony(args: argparse.Namespace, make: Callable[[], tuple[dict[str, Any], Any]]) -> int:
+    """The --out file is claimed (created, never over another) before the database changes, and
+    removed again if the ceremony is refused: a refused command leaves no file behind."""
+    out = Path(args.out) if args.out else None
+    fd = admin.claim_injection_file(out) if out else None
+    try:
+        result, tmk = make()
+    except BaseException:
+        if out is not None and fd is not None:
+            os.close(fd)
+            out.unlink(missing_ok=True)
+        raise
     emit(args, result, _ceremony_text)
-    if args.out:
-        admin.write_injection_file(Path(args.out), result["tid"], result["merchant"], tmk)
-        print(f"wrote the key-injection file {args.out} (mode 0600): it holds the clear TMK; "
+    if out is not None and fd is not None:
+        admin.write_injection_file(fd, result["tid"], result["merchant"], tmk)
+        print(f"wrote the key-injection file {out} (mode 0600): it holds the clear TMK; "
               "delete it once the terminal has loaded it", file=sys.stderr)
     return EXIT_OK
 
 
-def _claim_out(args: argparse.Namespace) -> None:
-    """Create the --out file (mode 0600) before the database changes: a ceremony whose
-    injection file cannot be written must not leave a registered terminal behind."""
-    if args.out:
-        try:
-            os.close(os.open(args.out, os.O_WRONLY | os.O_CREAT, 0o600))
-        except OSError as exc:
-            raise admin.UsageError(f"--out {args.out}: {exc.strerror}") from None
-
-
 @_with_db
 def cmd_terminal_add(args: argparse.Namespace, db: KeyDb) -> int:
-    _claim_out(args)
-    result, tmk = admin.add_terminal(db, args.tid, args.merchant, args.components,
-                                     system_clock(), system_rng, args.tmk_lifetime)
-    return _ceremony(args, result, tmk)
+    return _ceremony(args, lambda: admin.add_terminal(
+        db, args.tid, args.merchant, args.components, system_clock(), system_rng,
+        args.tmk_lifetime))
 
 
 @_with_db
 def cmd_terminal_rekey(args: argparse.Namespace, db: KeyDb) -> int:
-    _claim_out(args)
-    result, tmk = admin.rekey_terminal(db, args.tid, args.components, system_clock(),
-                                       system_rng, args.tmk_lifetime)
-    return _ceremony(args, result, tmk)
+    return _ceremony(args, lambda: admin.rekey_terminal(
+        db, args.tid, args.components, system_clock(), system_rng, args.tmk_lifetime))
 
 
 @_with_db
@@ -243,17 +261,45 @@ def cmd_card_list(args: argparse.Namespace, db: KeyDb) -> int:
 
 
 def _open_log(path: str | None) -> TextIO:
+    """The log holds masked PANs and the host's traffic: created mode 0600, appended to."""
     if path is None:
         return sys.stderr
-    return open(path, "a", encoding="utf-8")
+    if not path:
+        raise admin.UsageError("--log '' is not a file name")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def _check_ports(specs: list[str]) -> None:
+    """A spec that cannot parse, or a device path that is not there, fails the start in one
+    line instead of a serving host that logs the failure and runs on without the port."""
     for spec in specs:
         try:
-            parse_port_spec(spec)
+            port = parse_port_spec(spec).port
         except PortSpecError as exc:
             raise admin.UsageError(f"--serial {spec}: {exc}") from None
+        problem = _port_problem(port)
+        if problem:
+            raise admin.UsageError(f"--serial {spec}: {problem}")
+
+
+def _port_problem(port: str) -> str | None:
+    """Why a port cannot be served, as far as can be told without opening it (opening a real
+    line toggles its modem lines): a device path must be a character device, a URL one of
+    pyserial's schemes. A reachable-looking URL that fails later is logged by the server."""
+    if port == PTY:
+        return None
+    if "://" in port:
+        try:
+            serial.serial_for_url(port, do_not_open=True)
+        except (ValueError, serial.SerialException) as exc:
+            return str(exc)
+        return None
+    try:
+        is_device = stat.S_ISCHR(os.stat(port).st_mode)
+    except (OSError, ValueError) as exc:
+        return f"{port}: {getattr(exc, 'strerror', None) or exc}"
+    return None if is_device else f"{port} is not a serial device"
 
 
 @_with_db
@@ -316,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON document")
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pos-host",
         description="A simulated acquirer host: keys under an LMK, sign-on key download, "
                     "MAC- and PIN-checked purchases, and key error 14 with its reason.",
@@ -416,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ERRORS as exc:
-        message = str(exc) or type(exc).__name__
+        message = one_line(str(exc) or type(exc).__name__)
         if args.json:
             print(json.dumps({"error": message}))
         print(f"pos-host: {message}", file=sys.stderr)

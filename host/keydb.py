@@ -13,6 +13,7 @@ changes exactly when another connection committed, and then drops its cache of u
 
 from __future__ import annotations
 
+import hmac
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from host.clock import Rng
 from host.hsm import seal, unseal
-from host.lmk import Vault
+from host.lmk import LmkError, Vault
 from host.state import (
     ACTIVE,
     RETIRED,
@@ -36,7 +37,7 @@ from host.state import (
     TerminalKeys,
     WorkingSet,
 )
-from protocol.crypto import Key
+from protocol.crypto import CryptoError, Key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS terminals (
@@ -72,8 +73,20 @@ CREATE TABLE IF NOT EXISTS txns (   -- appended in time order: few pages written
 );                                   -- sent again to a retransmission
 CREATE UNIQUE INDEX IF NOT EXISTS txns_ref ON txns (ref);
 """
-SCHEMA_VERSION = 2
+META_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (    -- facts about the database itself
+    name  TEXT PRIMARY KEY,          -- 'lmk_kcv': the LMK's check value (host.lmk.check_value)
+    value TEXT NOT NULL
+);
+"""
+SCHEMA_VERSION = 3
 """`PRAGMA user_version` of a database this code made; another one is refused, not guessed at."""
+UPGRADES_FROM = 2
+"""The one older version opened, and upgraded in place (`_upgrade`)."""
+APPLICATION_ID = 0x504F5348
+"""`PRAGMA application_id` ("POSH"), set from version 3 on: another SQLite file is refused."""
+_TABLES = frozenset({"terminals", "keys", "cards", "txns"})
+TABLES = {UPGRADES_FROM: _TABLES, SCHEMA_VERSION: _TABLES | {"meta"}}
 
 STAN_BITS = BATCH_BITS = 20  # 999999 < 2**20
 
@@ -125,18 +138,101 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
-        conn.close()
+    return conn
+
+
+# --- what is checked before anything is written ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What a read-only look at a database file saw."""
+
+    version: int
+    lmk_kcv: str | None  # None in a version-2 database, which predates the check value
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing, not even a `-wal` or `-shm` file: `immutable=1` when no
+    connection has the database open (no `-wal` beside it), else `mode=ro` (the `-wal` and
+    `-shm` of the connection that has it open are then read, not made)."""
+    mode = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
+    return sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
+
+
+def inspect(path: Path) -> Found:
+    """Refuse a database this code did not make, or cannot read, before opening it for writing
+    (which would switch a foreign file to WAL)."""
+    try:
+        conn = _read_only(path)
+        try:
+            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {name for name, in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            kcv_row = (conn.execute("SELECT value FROM meta WHERE name='lmk_kcv'").fetchone()
+                       if "meta" in tables else None)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise KeyDbError(f"{path} is not a host database ({exc})") from None
+    if application_id not in (0, APPLICATION_ID):
+        raise KeyDbError(f"{path} is not a host database (application id {application_id:#x})")
+    if version == 0:
+        raise KeyDbError(f"{path} has no schema version: made by an earlier posemu or not a "
+                         f"host database; make a new one with `pos-host init`")
+    if version > SCHEMA_VERSION:
+        raise KeyDbError(f"{path} is a version {version} host database, newer than the version "
+                         f"{SCHEMA_VERSION} this posemu reads: use the posemu that made it")
+    if version not in (UPGRADES_FROM, SCHEMA_VERSION):
         raise KeyDbError(f"{path} is a version {version} host database; this posemu reads "
                          f"version {SCHEMA_VERSION}: make a new one with `pos-host init`")
-    if version == 0:
-        if conn.execute("SELECT 1 FROM sqlite_master").fetchone():
-            conn.close()
-            raise KeyDbError(f"{path} has no schema version: made by an earlier posemu or not a "
-                             f"host database; make a new one with `pos-host init`")
-        conn.executescript(SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
-    return conn
+    missing = TABLES[version] - tables
+    if missing:
+        raise KeyDbError(f"{path} is not a host database (no table {', '.join(sorted(missing))})")
+    if version == SCHEMA_VERSION and (application_id != APPLICATION_ID or kcv_row is None):
+        raise KeyDbError(f"{path} is damaged: a version {version} host database without its "
+                         f"LMK check value")
+    return Found(version, kcv_row[0] if kcv_row else None)
+
+
+def check_lmk(path: Path, found: Found, vault: Vault) -> None:
+    """A wrong `lmk.key` is refused here, before any key is unsealed or sealed under it."""
+    if found.lmk_kcv is not None and not hmac.compare_digest(found.lmk_kcv, vault.check_value):
+        raise LmkError(f"the LMK file does not match {path} (LMK check value "
+                       f"{vault.check_value}, the database's {found.lmk_kcv}): wrong lmk.key?")
+
+
+def create(path: Path, vault: Vault) -> None:
+    """A new, empty database with the LMK's check value: only `pos-host init` calls this."""
+    conn = connect(path)
+    try:
+        conn.executescript(SCHEMA + META_SCHEMA)
+        _stamp(conn, vault)
+    finally:
+        conn.close()
+
+
+def _stamp(conn: sqlite3.Connection, vault: Vault) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT OR REPLACE INTO meta VALUES ('lmk_kcv', ?)", (vault.check_value,))
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path, vault: Vault) -> None:
+    """Version 2 -> 3: the check value is computed once every stored key opens under this LMK
+    (the proof that it is the right one); if any does not, nothing is written."""
+    for usage, block in conn.execute("SELECT usage, block FROM keys"):
+        try:
+            unseal(vault.lmk, usage, block)
+        except (CryptoError, ValueError):
+            raise LmkError(f"the LMK file does not open the keys in {path} (a version "
+                           f"{UPGRADES_FROM} database, upgraded only under its own LMK): "
+                           f"wrong lmk.key?") from None
+    conn.executescript(META_SCHEMA)
+    _stamp(conn, vault)
 
 
 class KeyDb:
@@ -146,7 +242,15 @@ class KeyDb:
         self.path = path
         self.vault = vault
         self.rng = rng  # TR-31 padding
+        found = inspect(path)
+        check_lmk(path, found, vault)
         self.conn = connect(path)
+        if found.version == UPGRADES_FROM:
+            try:
+                _upgrade(self.conn, path, vault)
+            except BaseException:
+                self.conn.close()
+                raise
         self._card_sql = (
             "SELECT pan_ref, pan_masked, expiry, pvv, balance, currency FROM cards WHERE pan_ref=?"
         )

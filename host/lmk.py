@@ -17,12 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from host.clock import Rng
+from protocol.crypto import kcv
 
 LMK_LENGTH = 32  # AES-256: the key-block protection key of TR-31 version D.
 
 
 class LmkError(RuntimeError):
-    """The LMK file is missing, unreadable, the wrong size or readable by others."""
+    """The LMK file is missing, unreadable, the wrong size, readable by others, or not the LMK
+    the database was made under."""
+
+
+def check_value(lmk: bytes) -> str:
+    """The LMK's check value (AES-CMAC KCV, 6 hex digits), kept in the database so that a wrong
+    `lmk.key` is refused at start instead of answering every message 96 or sealing new keys
+    under a key the old ones do not open. It identifies the key; it cannot recover it."""
+    return kcv(lmk, 3, "AES").hex().upper()
 
 
 def create_lmk(path: Path, rng: Rng) -> bytes:
@@ -88,6 +97,10 @@ class Vault:
             pan_key=_derive(lmk, b"pan index"),
             digest_key=_derive(lmk, b"request fingerprint"),
         )
+
+    @property
+    def check_value(self) -> str:
+        return check_value(self.lmk)
 
     def pan_ref(self, pan: str) -> str:
         """The key a card is stored and found under, in place of its PAN."""

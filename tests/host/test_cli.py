@@ -39,7 +39,8 @@ def test_init_makes_a_private_folder_and_refuses_to_replace_the_lmk(
 ) -> None:
     assert mode(data) == 0o700 and mode(data / LMK_FILE) == 0o600 and mode(data / DB_FILE) == 0o600
     lmk = (data / LMK_FILE).read_bytes()
-    assert run(capsys, data, "init") == (0, {"data": str(data), "created": False})
+    code, out = run(capsys, data, "init")  # a second init is refused (issue 10), not a no-op
+    assert code == 1 and "never replaces" in out["error"]  # type: ignore[index]
     assert (data / LMK_FILE).read_bytes() == lmk
 
 

@@ -45,7 +45,7 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", type=Path, metavar="FILE",
                         help="a key-injection file (pos-host terminal add --out): sign on, then MAC")
     parser.add_argument("--tid", help="the terminal id (default: the injection file's)")
-    parser.add_argument("--merchant", help="the merchant id (needed with --keys)")
+    parser.add_argument("--merchant", help="the merchant id (default: the injection file's)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--restart-wait", type=float, default=10.0, metavar="S",
                         help="after a crash, how long to wait for the target to come back")
@@ -107,21 +107,33 @@ def _context(args: argparse.Namespace, seed: int) -> tuple[Context, Keys | None]
     except InjectionError as exc:
         raise UsageError(str(exc)) from None
     tid = args.tid or injection.tid
-    if not tid or not args.merchant:
-        raise UsageError("--keys needs --merchant (and --tid when the file names no terminal)")
-    ctx = replace(ctx, tid=tid, mid=args.merchant)
+    merchant = args.merchant or _file_merchant(args.keys)
+    if not tid or not merchant:
+        raise UsageError("--keys needs --tid and --merchant when the file names none")
+    ctx = replace(ctx, tid=tid, mid=merchant)
     try:
         return ctx, Keys(ctx, injection.tmk)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _open(args: argparse.Namespace) -> tuple[Target, str]:
+def _file_merchant(path: Path) -> str | None:
+    """The merchant `pos-host terminal add --out` writes beside the TMK (read_injection_file
+    has no use for it)."""
+    try:
+        merchant = json.loads(path.read_text()).get("merchant")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(merchant) if merchant else None
+
+
+def _open(args: argparse.Namespace, ctx: Context) -> tuple[Target, str]:
     if args.serial:
         from terminal.fuzz.serial import SerialTarget  # pyserial only when a port is asked for
 
+        ignored = engine.payload_of(ctx, engine.encode(ctx, "0830", engine.template("0830", ctx)))
         try:
-            target = SerialTarget(spec_from_arguments(args.serial, args), args.timeout)
+            target = SerialTarget(spec_from_arguments(args.serial, args), args.timeout, ignored)
         except PortSpecError as exc:
             raise UsageError(str(exc)) from None
         return target, str(target)
@@ -168,7 +180,7 @@ def fuzz(argv: Sequence[str]) -> int:
             raise UsageError("--cases, --seconds and --timeout must be positive")
         layers = _layers(args)
         ctx, keys = _context(args, args.seed)
-        target, name = _open(args)
+        target, name = _open(args, ctx)
     except (UsageError, TargetDown) as exc:
         return _fail(str(exc), args.json)
     settings = Settings(args.seed, args.cases, args.seconds, layers, args.findings,
@@ -214,11 +226,15 @@ def replay(argv: Sequence[str]) -> int:
         if args.dialect == "iso87" and doc.get("dialect") in ("cup",):
             args.dialect = doc["dialect"]
         ctx, keys = _context(args, int(doc.get("seed", 0)))
-        target, name = _open(args)
+        target, name = _open(args, ctx)
     except (UsageError, TargetDown, store.FindingError) as exc:
         return _fail(str(exc), args.json)
     probe = doc["probe"]
+    if keys is None and any(step.sign for step in probe.steps):
+        return _fail("this finding's requests are MACed: replay it with --keys FILE", args.json)
     run = Run(target, ctx, Settings(restart_wait=args.restart_wait), name, keys)
+    if doc.get("median_seconds"):
+        run.latencies.assume(float(doc["median_seconds"]))
     try:
         verdict = run.execute(probe)
     except (SignOnFailed, TargetDown) as exc:

@@ -50,6 +50,8 @@ class Observation:
     mak: Key | None = None
     sent: tuple[bytes, ...] = ()
     """The payloads as sent (MACed where the step is signed)."""
+    absorbed: list[bytes] = field(default_factory=list)
+    """Payloads a serial link took as a retransmission of its last frame: not answered (§5)."""
     bad_frame: str = ""
     """Why the bytes that came back do not make a frame, when they do not."""
 
@@ -141,7 +143,7 @@ def _decodes(ctx: Context, payload: bytes) -> bool:
 
 def judge_step(ctx: Context, step: Step, seen: Observation, median: float | None) -> Verdict | None:
     """The first oracle this step trips, or None. `median`: the target's latency so far."""
-    due = list(seen.sent) if step.sign else list(step.answered)
+    due = [p for p in (seen.sent if step.sign else step.answered) if p not in seen.absorbed]
     first = due[0] if due else (seen.sent[0] if seen.sent else b"")
     if seen.bad_frame:
         return Verdict("malformed", seen.bad_frame, first, seen.answers[0] if seen.answers else b"")
@@ -188,6 +190,10 @@ class Latencies:
         self.samples.extend(values)
         if len(self.samples) > self.keep:
             del self.samples[:len(self.samples) - self.keep]
+
+    def assume(self, median: float) -> None:
+        """Start from a median measured before (a replayed finding's)."""
+        self.samples = [median] * LATENCY_SAMPLES
 
     def median(self) -> float | None:
         if len(self.samples) < LATENCY_SAMPLES:

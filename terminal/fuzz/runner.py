@@ -189,6 +189,7 @@ class Run:
         def again(probe: Probe) -> bool:
             if oracle == "crash":
                 self.wait_alive()
+            self.target.reset()
             try:
                 verdict = self.execute(probe)
             except SignOnFailed:
@@ -245,6 +246,7 @@ class Run:
             small = replace(small, place=place_of(ctx, final.request, small.place))
         finding = store.finding_from(ctx, final, small, self.settings.seed, case, self.target_name)
         finding.shrunk_from, finding.shrink_attempts = size, attempts
+        finding.median = self.latencies.median()
         if verdict.oracle == "crash":
             self.wait_alive()
         known = self.findings.get(finding.key)

@@ -19,8 +19,10 @@ SETTLE = 0.2
 
 
 class SerialTarget:
-    def __init__(self, spec: str, timeout: float) -> None:
+    def __init__(self, spec: str, timeout: float, separator: bytes = b"") -> None:
         parsed = parse_port_spec(spec)
+        self.separator = separator
+        """A message the peer ignores (a response MTI, §3), sent by `reset`."""
         self.name = parsed.port
         self.options = parsed.link_options()
         self.timeout = timeout
@@ -30,6 +32,7 @@ class SerialTarget:
             raise TargetDown(str(exc)) from None
         self._parser = FrameParser(self.options)
         self._heard = False
+        self._last: tuple[bytes, float] | None = None
 
     def __str__(self) -> str:
         return f"serial {self.name}"
@@ -80,20 +83,34 @@ class SerialTarget:
                 if i and step.pause:
                     time.sleep(step.pause)
                 self._port.write(data)
+            if step.answered:
+                self._last = (step.answered[-1], time.monotonic())
         else:
             for payload in payloads:
+                if self._retransmission(payload):
+                    seen.absorbed.append(payload)
+                    due -= 1
                 if not self._send_frame(payload, seen):
                     seen.timed_out = True
                     return seen
+        sent_at = time.monotonic()
         wait = self.options.inter_byte_timeout + SETTLE if (step.link or step.quiet) else 0.0
-        until = self._started + max(wait, self.timeout if due else 0.0)
+        until = sent_at + max(wait, self.timeout if due else 0.0)
         while len(seen.answers) < due or (step.link and step.link not in seen.link) or step.quiet:
             if not self._read(seen, until):
                 seen.timed_out = len(seen.answers) < due
                 break
-            if step.quiet and time.monotonic() - self._started >= wait and len(seen.answers) >= due:
+            if step.quiet and time.monotonic() - sent_at >= wait and len(seen.answers) >= due:
                 break
         return seen
+
+    def _retransmission(self, payload: bytes) -> bool:
+        """§5: the frame last delivered, sent again within the duplicate window, is ACKed and
+        not delivered again; so it is not a request the host can answer."""
+        now = time.monotonic()
+        last, self._last = self._last, (payload, now)
+        return last is not None and last[0] == payload and \
+            now - last[1] <= self.options.duplicate_window
 
     def alive(self, payload: bytes = b"") -> bool:
         """The line still reacts: a good frame of `payload` gets an ACK or a NAK back."""
@@ -102,8 +119,13 @@ class SerialTarget:
         return self._heard or bool(seen.answers)
 
     def reset(self) -> None:
-        """A line has no connection to drop; the parser starts clean for the next step."""
+        """A line has no connection to drop: the parser starts clean, and a frame that is not the
+        last one sent goes first, so that sending that one again (a confirmation, a shrink, a
+        replay) is a new message to the peer, not a retransmission it must not deliver (§5)."""
         self._parser = FrameParser(self.options)
+        if self._last is not None and self.separator:
+            self._send_frame(self.separator, Observation())
+            self._last = None
 
     def close(self) -> None:
         self._port.close()

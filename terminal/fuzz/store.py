@@ -56,6 +56,8 @@ class Finding:
     shrunk_from: int = 0
     shrink_attempts: int = 0
     hits: int = 1
+    median: float | None = None
+    """The target's median answer time when found: replay judges latency against it."""
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,7 +79,7 @@ class Finding:
             "dialect": self.dialect, "expected": expected(self.oracle), "request": self.request,
             "got": self.answer, "answer_masked_hex": self.answer_hex,
             "shrunk_from": self.shrunk_from, "shrink_attempts": self.shrink_attempts,
-            "probe": self.probe.to_json(),
+            "median_seconds": self.median, "probe": self.probe.to_json(),
             "note": "probe bytes are in clear (hex) so that replay can send them again",
         }
 

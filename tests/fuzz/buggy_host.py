@@ -35,7 +35,7 @@ from terminal.injection import read_injection_file
 CODEC = get_codec("iso87")
 CLOSE = object()
 HANG = object()
-SLOW = 0.8
+SLOW = 0.6
 
 BUGS: dict[str, str] = {
     "crash": "a request without field 42 kills the process",
@@ -46,7 +46,7 @@ BUGS: dict[str, str] = {
     "malfunction": "a 0200 whose processing code is not 000000 gets 96",
     "mac": "an approval of a 0200 whose field 25 is not 00 goes out without a MAC",
     "closed": "an 0600 or 0620 closes the connection instead of getting 12",
-    "latency": "an 0820 whose STAN ends in 3 is answered after 0.8 s",
+    "latency": "an 0820 whose STAN ends in 3 is answered after 0.6 s",
 }
 
 
@@ -200,7 +200,7 @@ def supervise(argv: list[str]) -> int:
             child.terminate()
             child.wait(5)
         child.stdout.close()
-        stopping.wait(0.5)
+        stopping.wait(0.2)
     return 0
 
 

@@ -46,11 +46,22 @@ class Context:
 
     @property
     def codec(self) -> Codec:
-        return codec_for(self.dialect)
+        return _tools(self.dialect)[0]
 
     @property
     def framing(self) -> Framing:
-        return Framing(self.dialect)
+        return _tools(self.dialect)[1]
+
+
+_TOOLS: dict[int, tuple[Dialect, Codec, Framing]] = {}
+
+
+def _tools(dialect: Dialect) -> tuple[Codec, Framing]:
+    """One codec and framing per dialect object: a probe asks for them a dozen times."""
+    hit = _TOOLS.get(id(dialect))
+    if hit is None or hit[0] is not dialect:
+        hit = _TOOLS[id(dialect)] = (dialect, codec_for(dialect), Framing(dialect))
+    return hit[1], hit[2]
 
 
 # --- values --------------------------------------------------------------------------------------
@@ -110,8 +121,24 @@ def field60(type_code: str, batch: str, nmic: str) -> str:
 def template(mti: str, ctx: Context) -> dict[int, FieldValue]:
     """A valid request of `mti` as the contract's §3 table has it (unserved MTIs get a purchase's
     fields); fields the dialect does not define are left out."""
-    stan = f"{ctx.stan % 1_000_000:06d}"
-    base: dict[int, FieldValue] = {11: stan, 41: ctx.tid, 42: ctx.mid}
+    key = (mti, id(ctx.dialect), ctx.tid, ctx.mid, ctx.batch, ctx.pan, ctx.expiry)
+    hit = _TEMPLATES.get(key)
+    if hit is None or hit[0] is not ctx.dialect:
+        if len(_TEMPLATES) >= 256:
+            _TEMPLATES.clear()
+        hit = _TEMPLATES[key] = (ctx.dialect, _template(mti, ctx))
+    fields = dict(hit[1])
+    if 11 in fields:
+        fields[11] = f"{ctx.stan % 1_000_000:06d}"
+    return fields
+
+
+_TEMPLATES: dict[tuple, tuple[Dialect, dict[int, FieldValue]]] = {}
+"""Templates by MTI and context (less the STAN): built once, copied per probe."""
+
+
+def _template(mti: str, ctx: Context) -> dict[int, FieldValue]:
+    base: dict[int, FieldValue] = {11: "000000", 41: ctx.tid, 42: ctx.mid}
     if mti in ("0800", "0810"):
         base.update({12: "120000", 13: "1201", 60: field60("00", ctx.batch, "003"), 63: "01 "})
     elif mti in ("0820", "0830"):
@@ -222,7 +249,9 @@ def message_probe(rng: random.Random, ctx: Context) -> Probe:
     number = rng.choice(numbers)
     spec = ctx.dialect.fields[number]
     place = f"field {number}"
-    message = encode(ctx, mti, fields)
+    raw_edit = kind in ("wrong_charset", "overlong_field", "junk_bitmap", "empty_secondary",
+                        "appended", "truncated_message")
+    message = encode(ctx, mti, fields) if kind == "valid" or raw_edit else b""
     if kind == "boundary":
         fields[number] = rng.choice(boundary_values(spec))
         message = encode(ctx, mti, fields)
@@ -240,7 +269,7 @@ def message_probe(rng: random.Random, ctx: Context) -> Probe:
         place = f"field {number}"
         if number not in (1, 65):
             fields[number] = valid_value(ctx.dialect.fields[number], rng)
-            message = encode(ctx, mti, fields)
+        message = encode(ctx, mti, fields)
     elif kind in ("wrong_charset", "overlong_field"):
         edit = wrong_charset if kind == "wrong_charset" else overlong
         message = edit(ctx, message, number, rng) or message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -33,7 +34,8 @@ the fuzzer knocks again to tell a crash from a close."""
 
 
 class Target(Protocol):
-    def run(self, step: Step, payloads: tuple[bytes, ...], due: int) -> Observation: ...
+    def run(self, step: Step, payloads: tuple[bytes, ...], due: int,
+            meanwhile: Callable[[], object] | None = None) -> Observation: ...
 
     def alive(self, payload: bytes = b"") -> bool: ...
 
@@ -150,7 +152,9 @@ class Run:
         self._stans = getattr(self, "_stans", 500_000) + 1
         return self._stans % 1_000_000
 
-    def execute(self, probe: Probe) -> Verdict | None:
+    def execute(self, probe: Probe, meanwhile: Callable[[], object] | None = None) -> Verdict | None:
+        """Send a probe's steps, judge what came back. `meanwhile` runs once, while the first
+        answer is on its way."""
         if probe.layer == "session" and self.keys is not None and not self.keys.signed_on:
             self.sign_on()
         seen: list[Observation] = []
@@ -160,7 +164,8 @@ class Run:
                 payloads = (tuple(sign_payload(self.ctx, p, mak) for p in step.payloads)
                             if step.sign else step.payloads or step.answered)
                 due = len(payloads) if step.sign else len(step.answered)
-                observation = self.target.run(step, payloads, due)
+                observation = self.target.run(step, payloads, due, meanwhile)
+                meanwhile = None
                 observation.mak = mak
                 seen.append(observation)
                 if self.keys is not None:
@@ -209,25 +214,42 @@ class Run:
 
     def run(self) -> None:
         self.started = self.clock()
+        self.run_cases(0, self.settings.cases, self.started + self.settings.seconds)
+
+    def probe(self, case: int) -> tuple[Context, Probe]:
         layers = self.settings.layers
-        for case in range(self.settings.cases):
-            if self.clock() - self.started >= self.settings.seconds:
+        c = self.ctx  # built directly: dataclasses.replace costs more than the rest of this
+        ctx = Context(c.dialect, c.tid, c.mid, c.batch, case % 999_999 + 1, c.pan, c.expiry)
+        return ctx, engine.generate(layers[case % len(layers)], self.settings.seed, case, ctx)
+
+    def _ahead(self, into: list[tuple[Context, Probe]], case: int) -> None:
+        into.append(self.probe(case))
+
+    def run_cases(self, first: int, count: int, deadline: float = float("inf")) -> None:
+        """Cases first .. first+count-1, or until `deadline`. The next case's probe is built
+        while this one's answer travels (it depends on the seed and case number only), so
+        the fuzzer's own work overlaps the target's."""
+        upcoming = self.probe(first)
+        for case in range(first, first + count):
+            if self.clock() >= deadline:
                 break
-            layer = layers[case % len(layers)]
-            ctx = replace(self.ctx, stan=case + 1)
-            probe = engine.generate(layer, self.settings.seed, case, ctx)
+            ctx, probe = upcoming
+            ahead: list[tuple[Context, Probe]] = []
+            last = case + 1 >= first + count
+            verdict = self.execute(probe, None if last else partial(self._ahead, ahead, case + 1))
             self.cases += 1
-            verdict = self.execute(probe)
             if verdict is not None:
                 self.record(ctx, verdict, probe, case)
             if self.status:
                 self.status(self)
+            if not last:
+                upcoming = ahead[0] if ahead else self.probe(case + 1)
 
     def record(self, ctx: Context, verdict: Verdict, probe: Probe, case: int) -> None:
-        finding = store.finding_from(ctx, verdict, probe, self.settings.seed, case, self.target_name)
-        for key in (finding.key, (verdict.oracle, probe.layer, place_of(ctx, verdict.request, ""))):
+        for key in ((verdict.oracle, probe.layer, probe.place),
+                    (verdict.oracle, probe.layer, place_of(ctx, verdict.request, ""))):
             known = self.findings.get(key)
-            if known is not None:
+            if known is not None:  # seen before: counted, and no finding text built for it
                 known.hits += 1
                 return
         trips = self.trips(verdict.oracle)

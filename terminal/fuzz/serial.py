@@ -7,6 +7,7 @@ encoder and parser, and writes raw bytes past them when a step asks for it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from protocol.link import ACK, CONTROL_NAMES, Control, FrameParser, GoodFrame, encode_frame
 from protocol.transport.serial import SerialLinkError, open_port, parse_port_spec
@@ -75,7 +76,8 @@ class SerialTarget:
             del seen.link[mark:]
         return False
 
-    def run(self, step: Step, payloads: tuple[bytes, ...], due: int) -> Observation:
+    def run(self, step: Step, payloads: tuple[bytes, ...], due: int,
+            meanwhile: Callable[[], object] | None = None) -> Observation:
         seen = Observation(sent=payloads)
         self._started = time.monotonic()
         if step.raw:
@@ -93,6 +95,8 @@ class SerialTarget:
                 if not self._send_frame(payload, seen):
                     seen.timed_out = True
                     return seen
+        if meanwhile is not None:
+            meanwhile()
         sent_at = time.monotonic()
         wait = self.options.inter_byte_timeout + SETTLE if (step.link or step.quiet) else 0.0
         until = sent_at + max(wait, self.timeout if due else 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 from protocol.errors import FramingError
 from protocol.framing import MAX_FRAME, FrameReader, length_prefixed
@@ -54,7 +55,8 @@ class TcpTarget:
             self._sock.close()
             self._sock = None
 
-    def run(self, step: Step, payloads: tuple[bytes, ...], due: int) -> Observation:
+    def run(self, step: Step, payloads: tuple[bytes, ...], due: int,
+            meanwhile: Callable[[], object] | None = None) -> Observation:
         seen = Observation(sent=payloads)
         sock = self.connect()
         writes = step.raw or (b"".join(length_prefixed(p) for p in payloads),)
@@ -68,6 +70,8 @@ class TcpTarget:
             seen.closed = True
             self.reset()
             return seen
+        if meanwhile is not None:
+            meanwhile()
         if due:
             self._collect(sock, seen, due, started)
         if step.fresh or seen.closed or seen.timed_out or seen.bad_frame:

@@ -461,3 +461,20 @@ def broken_frames(
 
 def _prefixed(payload: bytes) -> bytes:
     return len(payload).to_bytes(2, "big") + payload
+
+
+# --- small public helpers for mutation engines outside hypothesis (pos-fuzz) -------------------
+
+def prefix_width(spec: FieldSpec, dialect: Dialect) -> int:
+    """Bytes of `spec`'s length prefix in `dialect` (0 for a fixed field)."""
+    return _prefix_width(spec, dialect)
+
+
+def prefix_capacity(spec: FieldSpec, dialect: Dialect) -> int:
+    """The largest length `spec`'s prefix can spell (99/999 in ASCII, 99/9999 in BCD)."""
+    return _prefix_capacity(spec, dialect)
+
+
+def spell_prefix(value: int, spec: FieldSpec, dialect: Dialect) -> bytes:
+    """A length prefix saying `value`, whatever the field's maximum: for over-long fields."""
+    return _spell_prefix(value, spec, dialect)

@@ -1,0 +1,70 @@
+"""The pure parts: the engine is a function of (seed, case, context); oracles and shrinker are
+functions of bytes. No process, no socket."""
+
+from __future__ import annotations
+
+from protocol.dialects import get_dialect
+from protocol.message import Message
+from terminal.fuzz import engine, oracles
+from terminal.fuzz.engine import Context
+from terminal.fuzz.probe import Probe
+from terminal.fuzz.shrink import candidates, shrink
+
+ISO = Context(get_dialect("iso87"))
+CUP = Context(get_dialect("cup"))
+
+
+def test_a_seed_and_a_case_give_the_same_probe_and_other_cases_differ() -> None:
+    for ctx in (ISO, CUP):
+        for layer in ("frame", "message", "session", "link"):
+            probes = [engine.generate(layer, 3, case, ctx) for case in range(40)]
+            assert probes == [engine.generate(layer, 3, case, ctx) for case in range(40)]
+            assert len({repr(p) for p in probes}) > 10
+            assert all(Probe.from_json(p.to_json()) == p for p in probes)
+
+
+def test_must_answer_follows_the_contract() -> None:
+    echo = engine.payload_of(ISO, engine.encode(ISO, "0820", engine.template("0820", ISO)))
+    assert engine.must_answer(ISO, echo)
+    assert engine.must_answer(ISO, echo[:6])  # decodes as far as the MTI: a 30 is due
+    assert not engine.must_answer(ISO, b"08")  # no MTI: closing is allowed
+    response = engine.payload_of(ISO, engine.encode(ISO, "0830", engine.template("0830", ISO)))
+    assert not engine.must_answer(ISO, response)  # a response MTI is ignored
+    cup = engine.payload_of(CUP, engine.encode(CUP, "0820", engine.template("0820", CUP)))
+    assert engine.must_answer(CUP, cup) and not engine.must_answer(CUP, b"\x61" + cup[1:])
+
+
+def answer(ctx: Context, mti: str, fields: dict) -> bytes:
+    return engine.payload_of(ctx, ctx.codec.encode(Message(mti, fields)))
+
+
+def test_answer_checks() -> None:
+    request = engine.payload_of(ISO, engine.encode(ISO, "0820", engine.template("0820", ISO)))
+    good = {11: "000001", 39: "00", 41: "FUZZ0001", 42: "FUZZMERCHANT001"}
+    assert oracles.judge_answer(ISO, request, answer(ISO, "0830", good), None) is None
+    for mti, fields, oracle in (
+        ("0810", good, "wrong_mti"),
+        ("0830", {**good, 41: "OTHER001"}, "echo"),
+        ("0830", {k: v for k, v in good.items() if k != 42}, "echo"),
+        ("0830", {**good, 39: "96"}, "malfunction"),
+    ):
+        verdict = oracles.judge_answer(ISO, request, answer(ISO, mti, fields), None)
+        assert verdict is not None and verdict.oracle == oracle, (mti, fields)
+    verdict = oracles.judge_answer(ISO, request, b"08", None)
+    assert verdict is not None and verdict.oracle == "malformed"
+
+
+def test_the_shrinker_keeps_what_trips_and_cuts_the_rest() -> None:
+    fields = engine.template("0200", ISO)
+    probe = Probe("message", "x", "field 41", (engine.message_step(ISO, engine.encode(ISO, "0200", fields)),))
+    assert all(c.size() <= probe.size() for c in candidates(ISO, probe))
+
+    def trips(candidate: Probe) -> bool:  # a "bug" that needs field 41 only
+        decoded = oracles.decode_request(ISO, candidate.steps[0].payloads[0])
+        return decoded is not None and 41 in decoded.fields
+
+    small, attempts = shrink(ISO, probe, trips, attempts=200, seconds=10)
+    assert oracles.decode_request(ISO, small.steps[0].payloads[0]).fields.keys() == {41}
+    assert 0 < attempts <= 200
+    _, bounded = shrink(ISO, probe, trips, attempts=3, seconds=10)
+    assert bounded == 3

@@ -129,6 +129,9 @@ class Config:
         """Refuse at init what would only fail later, inside a request (41 is ans8, 42 ans15)."""
         check_id("TID", self.tid, TID_SIZE)
         check_id("merchant id", self.mid, MID_SIZE)
+        for name, value in (("dialect", self.dialect), ("key set", self.key_set)):
+            if not isinstance(value, str) or not value.isprintable():
+                raise ValueError(f"{name} must be text, not {value!a}")
         if self.host is not None:
             check_host(self.host)
         if not isinstance(self.operator, str) or not OPERATOR.fullmatch(self.operator):

@@ -101,7 +101,7 @@ def _new_storage_key(rng: Rng) -> bytes:
 
 def load_storage_key(path: Path) -> Key:
     try:
-        material = bytes.fromhex(path.read_bytes().decode("ascii").strip())
+        material = bytes.fromhex(path.read_bytes().strip().decode("ascii"))  # ASCII spaces only
     except FileNotFoundError as exc:
         raise KeystoreError("storage key lost", str(path)) from exc
     except (OSError, ValueError) as exc:

@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from terminal.keystore import Keystore, KeystoreError
 from tests.terminal.conftest import EXPIRY, MERCHANT, PAN, PIN, Host, Rig
 from tests.terminal.processes import assert_refused, pos_terminal, snapshot
+from tests.terminal.test_keystore import keyset_for
 
 AMOUNT = "2.00"
 
@@ -294,3 +299,49 @@ def test_json_refusals_are_a_document_and_one_line(ready: Rig) -> None:
     run = process(ready, "purchase", "--amount", "x", "--pan", PAN, "--expiry", EXPIRY, "--json")
     assert run.code == 2 and json.loads(run.out)["error"] == "usage"
     assert len(run.err.splitlines()) == 1
+
+
+# --- any damaged byte of the keystore, in process for breadth --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_keystore(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    """A keystore with every key and its storage key, as bytes."""
+    folder = tmp_path_factory.mktemp("keystore")
+    store = Keystore(folder / "keystore.json", folder / "storage.key")
+    store.create()
+    store.save(keyset_for(7))
+    return store.path.read_bytes(), store.storage_key_path.read_bytes()
+
+
+def same_hex(damaged: bytes, original: bytes) -> bool:
+    try:
+        return bytes.fromhex(damaged.decode("ascii")) == bytes.fromhex(original.decode("ascii"))
+    except ValueError:
+        return False
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(data=st.data())
+def test_any_damaged_byte_of_the_keystore_is_a_keystore_error(
+        saved_keystore: tuple[bytes, bytes], data: st.DataObject) -> None:
+    """Any byte replaced, dropped or added, in the keystore or its storage key: a KeystoreError
+    (K1), never another exception, never a key set."""
+    keystore, storage_key = saved_keystore
+    target = data.draw(st.sampled_from(["keystore", "storage key"]))
+    original = keystore if target == "keystore" else storage_key
+    at = data.draw(st.integers(0, len(original) - 1))
+    how = data.draw(st.sampled_from(["replace", "drop", "insert"]))
+    byte = data.draw(st.integers(0, 255).filter(lambda b: how != "replace" or b != original[at]))
+    damaged = {"replace": original[:at] + bytes([byte]) + original[at + 1:],
+               "drop": original[:at] + original[at + 1:],
+               "insert": original[:at] + bytes([byte]) + original[at:]}[how]
+    if damaged.rstrip(b"\n") == original.rstrip(b"\n") or (
+            target == "storage key" and same_hex(damaged, original)):
+        return  # the final newline, or whitespace among the hex digits, is not damage
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "keystore.json").write_bytes(damaged if target == "keystore" else keystore)
+        (folder / "storage.key").write_bytes(damaged if target == "storage key" else storage_key)
+        with pytest.raises(KeystoreError):
+            Keystore(folder / "keystore.json", folder / "storage.key").load()

@@ -54,12 +54,16 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+class UsageError(Exception):
+    """A command line argparse refuses; main() reports it like every other refusal."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), like every other refusal."""
+    """argparse, but a usage error is one line on stderr (exit 2), like every other refusal,
+    and a JSON document too under --json, instead of argparse's usage block."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"pos-terminal: {one_line(message)} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        raise UsageError(f"{one_line(message)} (see --help)")
 
 
 def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -358,7 +362,11 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(words)
+    except UsageError as exc:
+        return Output("--json" in words).fail(EXIT_USAGE, "usage", str(exc))
     out = Output(args.json)
     args.warnings = []
     try:

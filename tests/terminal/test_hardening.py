@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -262,10 +263,12 @@ def read_only(folder: Path) -> tuple[str, ...]:
     if os.geteuid() != 0:
         folder.chmod(0o500)
         return ()
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare (util-linux) to mount a folder read-only as root")
     script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
-    return ("unshare", "-m", "sh", "-c", script, str(folder))
+    prefix = ("unshare", "-m", "sh", "-c", script, str(folder))
+    if shutil.which("unshare") is None or subprocess.run(
+            [*prefix, "true"], capture_output=True, timeout=30, check=False).returncode != 0:
+        pytest.skip("needs unshare and mount (util-linux) and the right to make a mount namespace")
+    return prefix
 
 
 def test_a_read_only_terminal_folder_is_one_line(ready: Rig) -> None:

@@ -26,14 +26,15 @@ def terminal_command() -> list[str]:
     return [installed] if installed else [sys.executable, "-m", "terminal.cli"]
 
 
-def pos_terminal(*argv: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> Run:
+def pos_terminal(*argv: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
+                 cwd: Path | None = None) -> Run:
     """One `pos-terminal ARGV...` process (after `prefix`, e.g. an `unshare` wrapper)."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
     environment.update(env or {})
     done = subprocess.run([*prefix, *terminal_command(), *argv], capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT, env=environment, check=False,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, cwd=cwd)
     return Run(done.returncode, done.stdout, done.stderr)
 
 

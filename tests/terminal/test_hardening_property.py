@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +153,22 @@ def template(host: Host, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
 _examples = itertools.count()
 
 
+@contextmanager
+def inside(root: Path) -> Iterator[None]:
+    """The data root and the working folder are `root` for the duration."""
+    old_root, old_cwd = os.environ.get("POSEMU_TERMINAL_DATA"), os.getcwd()
+    os.environ["POSEMU_TERMINAL_DATA"] = str(root)
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        os.chdir(old_cwd)
+        if old_root is None:
+            os.environ.pop("POSEMU_TERMINAL_DATA")
+        else:
+            os.environ["POSEMU_TERMINAL_DATA"] = old_root
+
+
 def check(case: Case, template: Rig, as_process: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix=f"prop{next(_examples)}-") as scratch:
         root = Path(scratch)
@@ -162,15 +178,9 @@ def check(case: Case, template: Rig, as_process: bool = False) -> None:
             damage(folder, how)
         argv = tuple(a.replace("{FOLDER}", str(folder)) for a in case.argv)
         before = snapshot(root)
-        old_root = os.environ.get("POSEMU_TERMINAL_DATA")
-        os.environ["POSEMU_TERMINAL_DATA"] = str(root)
-        try:
-            result = pos_terminal(*argv) if as_process else in_process(argv)
-        finally:
-            if old_root is None:
-                os.environ.pop("POSEMU_TERMINAL_DATA")
-            else:
-                os.environ["POSEMU_TERMINAL_DATA"] = old_root
+        # Relative paths (`--data x`, which `init` may well accept) land in the scratch folder.
+        with inside(root):
+            result = pos_terminal(*argv, cwd=root) if as_process else in_process(argv)
         event(f"{case.argv[0]} exit {result.code}")
         assert "Traceback" not in result.err + result.out, (argv, result.err)
         assert result.code in (0, 1, 2, 3), (argv, result.code, result.err)

@@ -52,7 +52,8 @@ def options(host_url: str, folder: str) -> dict[str, st.SearchStrategy[str]]:
         "--connect-timeout": st.one_of(st.just("5"), odd_text()),
         "--tid": st.one_of(st.just("P0000001"), odd_text()),
         "--dialect": st.one_of(st.sampled_from(["iso87", "cup"]), odd_text()),
-        "--data": st.one_of(st.just(folder), odd_text()),
+        # Relative only: an odd absolute path that `init` accepts would be made on this machine.
+        "--data": st.one_of(st.just(folder), odd_text().map(lambda t: t.lstrip("/") or "x")),
         "--amount": st.one_of(st.sampled_from(["1.00", "0.01"]), odd_text()),
         "--pan": st.one_of(st.just(PAN), odd_text()),
         "--expiry": st.one_of(st.just(EXPIRY), odd_text()),
@@ -171,13 +172,15 @@ def inside(root: Path) -> Iterator[None]:
 
 def check(case: Case, template: Rig, as_process: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix=f"prop{next(_examples)}-") as scratch:
-        root = Path(scratch)
+        # Three levels down, so `--data ../x` is still inside the scratch folder, and watched.
+        top = Path(scratch)
+        root = top / "a" / "b" / "c"
         folder = root / template.tid
         shutil.copytree(template.folder, folder)
         for how in case.damage:
             damage(folder, how)
         argv = tuple(a.replace("{FOLDER}", str(folder)) for a in case.argv)
-        before = snapshot(root)
+        before = snapshot(top)
         # Relative paths (`--data x`, which `init` may well accept) land in the scratch folder.
         with inside(root):
             result = pos_terminal(*argv, cwd=root) if as_process else in_process(argv)
@@ -186,7 +189,7 @@ def check(case: Case, template: Rig, as_process: bool = False) -> None:
         assert result.code in (0, 1, 2, 3), (argv, result.code, result.err)
         if result.code == 2:
             assert len(result.err.splitlines()) == 1, (argv, case.damage, result.err)
-            assert snapshot(root) == before, ("a refused command changed a file", argv, case.damage)
+            assert snapshot(top) == before, ("a refused command changed a file", argv, case.damage)
 
 
 SETTINGS = settings(deadline=None, database=None,

@@ -3,6 +3,11 @@
 Each lives in its own file so that losing one never damages another: above all the STAN and
 batch counters are apart from the keystore, so a lost or replaced keystore never rewinds them
 (a rewound STAN would make the host answer 94, duplicate, to fresh purchases).
+
+Every file is written by atomic replace and read defensively: a damaged journal line is
+skipped and counted, counters that are lost (when the terminal has history) or damaged are a
+StateError naming `counters recover`, never a silent restart at STAN 1. The rules for what a
+TID, a merchant id and a host address may be live here too, beside the Config they guard.
 """
 
 from __future__ import annotations

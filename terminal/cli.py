@@ -9,17 +9,19 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from protocol.amounts import parse_amount
 from protocol.errors import ProtocolError
 from protocol.mask import mask_pan
-from protocol.transport.serial import add_port_arguments, spec_from_arguments
+from protocol.transport.serial import PortSpecError, add_port_arguments, parse_port_spec, spec_from_arguments
 from protocol.transport.tcp import TransportError
 from terminal import commands as cmd
 from terminal import render
@@ -29,10 +31,88 @@ from terminal.fsops import exclusive
 from terminal.injection import InjectionError
 from terminal.keystore import KeystoreError
 from terminal.session import Purchase, Result
-from terminal.store import Config, StateError, find_terminal, root_folder
+from terminal.store import (
+    MAX_WK_LIFETIME,
+    MID_SIZE,
+    STAN_MAX,
+    TID_SIZE,
+    Config,
+    StateError,
+    check_host,
+    check_id,
+    find_terminal,
+    root_folder,
+)
 
 EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_HOST = 0, 1, 2, 3
 PIN_PROMPT = object()
+MAX_TIMEOUT = 3600.0
+ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class UsageError(Exception):
+    """A command line argparse refuses; main() reports it like every other refusal."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other refusal,
+    and a JSON document too under --json, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{one_line(message)} (see --help)")
+
+
+def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a checker that raises ValueError with a sentence."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def seconds(text: str) -> float:
+    """A timeout: finite, positive, at most an hour (`inf`, `nan`, `-1` and `0` are typos)."""
+    value = float(text) if re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text, re.ASCII) else math.nan
+    if not 0 < value <= MAX_TIMEOUT:
+        raise ValueError(f"must be a number of seconds from 0 to {MAX_TIMEOUT:g}, not {text!a}")
+    return value
+
+
+def folder_path(text: str) -> Path:
+    """A path given on the command line: not empty (`--data ''` would mean the current folder)
+    and printable as it is."""
+    if not text.strip():
+        raise ValueError("must not be empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"must be valid UTF-8, not {text!a}") from None
+    return Path(text)
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    def number(text: str) -> int:
+        if not ASCII_DIGITS.fullmatch(text) or not low <= int(text) <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}, not {text!a}")
+        return int(text)
+
+    return number
+
+
+def digits(text: str) -> str:
+    """Card data is ASCII digits: `str.isdigit` also takes full-width and Arabic-Indic ones."""
+    if not ASCII_DIGITS.fullmatch(text):
+        raise ValueError("must be ASCII digits")
+    return text
 
 
 class Output:
@@ -48,10 +128,10 @@ class Output:
             print("\n".join(lines))
 
     def fail(self, code: int, kind: str, message: str) -> int:
+        """One line on stderr always; with --json, the same as a document on stdout too."""
         if self.as_json:
             print(json.dumps({"error": kind, "message": message}, indent=2))
-        else:
-            print(f"pos-terminal: {message}", file=sys.stderr)
+        print(f"pos-terminal: {one_line(message)}", file=sys.stderr)
         return code
 
 
@@ -62,17 +142,17 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("--data", type=Path, default=d(None),
+    parser.add_argument("--data", type=_checked(folder_path), default=d(None),
                         help="the terminal's folder (default: $POSEMU_TERMINAL_DATA/TID "
                              "or .posemu/terminal/TID)")
-    parser.add_argument("--tid", default=d(None), help="which terminal, when several exist")
-    parser.add_argument("--host", default=d(None), help="tcp://HOST:PORT")
+    parser.add_argument("--tid", type=TID, default=d(None), help="which terminal, when several exist")
+    parser.add_argument("--host", type=_checked(check_host), default=d(None), help="tcp://HOST:PORT")
     parser.add_argument("--serial", default=d(None), metavar="SPEC",
                         help="reach the host over a serial link instead of TCP")
     add_port_arguments(parser, default=d(None))
     parser.add_argument("--dialect", default=d(None), help="iso87, cup or a spec file")
-    parser.add_argument("--connect-timeout", type=float, default=d(5.0), metavar="S")
-    parser.add_argument("--timeout", type=float, default=d(15.0), metavar="S",
+    parser.add_argument("--connect-timeout", type=_checked(seconds), default=d(5.0), metavar="S")
+    parser.add_argument("--timeout", type=_checked(seconds), default=d(15.0), metavar="S",
                         help="how long to wait for a response")
     parser.add_argument("--json", action="store_true", default=d(False))
     parser.add_argument("--trace", action="store_true", default=d(False),
@@ -82,7 +162,7 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pos-terminal", description="A POS terminal emulator (ISO 8583-style).")
     _common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -93,11 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("init", "create a terminal: its folder, storage key and empty keystore")
-    p.add_argument("new_tid", metavar="TID")
-    p.add_argument("--merchant", required=True, metavar="MID")
+    p.add_argument("new_tid", type=TID, metavar="TID")
+    p.add_argument("--merchant", type=_checked(lambda t: check_id("merchant id", t, MID_SIZE)),
+                   required=True, metavar="MID")
     p.add_argument("--key-set", default="003", choices=["001", "003", "004"])
     p.add_argument("--operator", default="01")
-    p.add_argument("--wk-lifetime", type=int, default=24 * 3600, metavar="SECONDS",
+    p.add_argument("--wk-lifetime", type=_checked(whole(1, MAX_WK_LIFETIME)), default=24 * 3600,
+                   metavar="SECONDS",
                    help="local working-key lifetime (K2 past it)")
 
     p = command("load-tmk", "load the terminal master key from components or a file")
@@ -105,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kcv", action="append", default=[], metavar="KCV",
                    help="the check value of the --component before it")
     p.add_argument("--tmk-kcv", metavar="KCV", help="the check value of the combined TMK")
-    p.add_argument("--file", type=Path, metavar="INJECTION_FILE",
+    p.add_argument("--file", type=_checked(folder_path), metavar="INJECTION_FILE",
                    help="a key-injection file written by `pos-host terminal add --out`")
 
     p = command("signon", "download fresh working keys (0800)")
@@ -115,32 +197,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("purchase", "a keyed-card purchase (0200)")
     p.add_argument("--amount", required=True, help="e.g. 12.34")
-    p.add_argument("--pan", required=True)
-    p.add_argument("--expiry", required=True, metavar="YYMM")
-    p.add_argument("--pin", nargs="?", const=PIN_PROMPT, default=None, metavar="NNNN",
+    p.add_argument("--pan", type=_checked(digits), required=True)
+    p.add_argument("--expiry", type=_checked(digits), required=True, metavar="YYMM")
+    p.add_argument("--pin", type=_checked(digits), nargs="?", const=PIN_PROMPT, default=None,
+                   metavar="NNNN",
                    help="the PIN; without a value, asked at a hidden prompt")
     p.add_argument("--pin-prompt", action="store_true", help="ask for the PIN, hidden")
 
     command("status", "keys (presence, generation, age, check value), counters, last exchange")
     command("diagnose", "explain the last key error 14 and how to fix it")
+
+    p = command("counters", "after counters.json was lost or damaged: new STAN and batch past "
+                            "every one this terminal can show it used")
+    p.add_argument("action", choices=["recover"])
+    p.add_argument("--stan", type=_checked(whole(1, STAN_MAX)), metavar="N",
+                   help="the next STAN to use (default: the journal's last + 1000)")
     return parser
 
 
+TID = _checked(lambda text: check_id("TID", text, TID_SIZE))
+
+
 def _wire(args: argparse.Namespace) -> Wire:
+    """Checked before the terminal is touched; a bad port spec stays a line problem (exit 3)."""
     serial = spec_from_arguments(args.serial, args) if args.serial else None
+    if serial is not None:
+        try:
+            parse_port_spec(serial)
+        except PortSpecError as exc:
+            raise TransportError(str(exc)) from None
     return Wire(host=args.host, serial=serial, connect_timeout=args.connect_timeout,
                 response_timeout=args.timeout)
 
 
 def _terminal(args: argparse.Namespace) -> cmd.Terminal:
+    wire = _wire(args)
     layout = find_terminal(args.data, args.tid)
     # Held until main() returns: the whole command (STAN, exchange, keys, journal) is one unit.
     args.stack.enter_context(exclusive(layout.folder, args.connect_timeout + args.timeout + 5))
     trace = (lambda line: print(line, file=sys.stderr)) if args.trace else None
-    return cmd.open_terminal(layout, wire=_wire(args), dialect_name=args.dialect, trace=trace)
+    terminal = cmd.open_terminal(layout, wire=wire, dialect_name=args.dialect, trace=trace)
+    args.warnings = terminal.warnings
+    return terminal
 
 
 def do_init(args: argparse.Namespace, out: Output) -> int:
+    _wire(args)
     folder = args.data or root_folder() / args.new_tid
     config = Config(tid=args.new_tid, mid=args.merchant, dialect=args.dialect or "iso87",
                     key_set=args.key_set, operator=args.operator, host=args.host,
@@ -197,17 +299,20 @@ def do_network(args: argparse.Namespace, out: Output) -> int:
 
 def _pin(args: argparse.Namespace) -> str | None:
     if args.pin_prompt or args.pin is PIN_PROMPT:
-        return getpass.getpass("PIN: ")
+        typed = getpass.getpass("PIN: ")
+        if not ASCII_DIGITS.fullmatch(typed):
+            raise ValueError("a PIN is 4 to 12 ASCII digits")
+        return typed
     pin: str | None = args.pin
     return pin
 
 
 def do_purchase(args: argparse.Namespace, out: Output) -> int:
-    terminal = _terminal(args)
-    try:
+    try:  # the whole order is checked before the terminal is touched
         order = Purchase(parse_amount(args.amount), args.pan, args.expiry, _pin(args))
     except ValueError as exc:
         return out.fail(EXIT_USAGE, "usage", str(exc))
+    terminal = _terminal(args)
     if args.auto_signon:
         steps = cmd.purchase_with_auto_signon(terminal, order)
     else:
@@ -234,6 +339,15 @@ def do_diagnose(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def do_counters(args: argparse.Namespace, out: Output) -> int:
+    counters = cmd.recover(_terminal(args), args.stan)
+    upcoming = counters.next_stan()
+    out.emit({"next_stan": upcoming.stan, "batch": counters.batch},
+             [f"counters recovered: the next request takes STAN {upcoming.stan:06d}, "
+              f"batch {counters.batch:06d}"])
+    return EXIT_OK
+
+
 COMMANDS = {
     "init": do_init,
     "load-tmk": do_load_tmk,
@@ -243,15 +357,24 @@ COMMANDS = {
     "purchase": do_purchase,
     "status": do_status,
     "diagnose": do_diagnose,
+    "counters": do_counters,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(words)
+    except UsageError as exc:
+        return Output("--json" in words).fail(EXIT_USAGE, "usage", str(exc))
     out = Output(args.json)
+    args.warnings = []
     try:
         with ExitStack() as args.stack:
-            return COMMANDS[args.command](args, out)
+            code = COMMANDS[args.command](args, out)
+        for warning in args.warnings:
+            print(f"pos-terminal: warning: {warning}", file=sys.stderr)
+        return code
     except TransportError as exc:
         return out.fail(EXIT_HOST, "unreachable", str(exc))
     except ProtocolError as exc:  # before ValueError, which it subclasses
@@ -263,6 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `pos-terminal status | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # a folder or file the terminal cannot read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        return out.fail(EXIT_USAGE, "os_error", f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ session judge the answer, store any new keys atomically, and journal what happen
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from protocol.transport.tcp import TransportError
 from terminal import diagnose as diag
 from terminal.ceremony import Component, combine
 from terminal.channel import Wire, open_channel
+from terminal.fsops import lock_file, temp_path
 from terminal.injection import read_injection_file
 from terminal.keystore import (
     KeySet,
@@ -39,6 +42,8 @@ from terminal.keystore import (
 from terminal.session import Kind, Purchase, Request, Result, Session, TerminalKeyError
 from terminal.store import (
     Config,
+    Counters,
+    Journal,
     Layout,
     Record,
     StateError,
@@ -46,18 +51,33 @@ from terminal.store import (
     load_config,
     load_counters,
     read_journal,
-    reserve_stan,
+    recover_counters,
     save_config,
+    save_counters,
 )
 
 CLOCK_OFFSET_ENV = "POSEMU_TERMINAL_CLOCK_OFFSET"
+MAX_CLOCK_OFFSET = 100 * 366 * 24 * 3600
 Trace = Callable[[str], None]
+
+
+def clock_offset() -> float:
+    """$POSEMU_TERMINAL_CLOCK_OFFSET as seconds, or a StateError: checked before a command
+    starts, because a clock that fails after the host answered would hide the answer."""
+    text = os.environ.get(CLOCK_OFFSET_ENV) or "0"
+    try:
+        offset = float(text)
+    except ValueError:
+        offset = math.nan
+    if not math.isfinite(offset) or abs(offset) > MAX_CLOCK_OFFSET:
+        raise StateError(f"${CLOCK_OFFSET_ENV} must be a number of seconds, not {text!r}")
+    return offset
 
 
 def system_clock() -> float:
     """Wall time, moved by $POSEMU_TERMINAL_CLOCK_OFFSET seconds: how a demo or a test makes
     working keys outlive their local lifetime without waiting."""
-    return time.time() + float(os.environ.get(CLOCK_OFFSET_ENV) or 0)
+    return time.time() + clock_offset()
 
 
 @dataclass
@@ -70,6 +90,7 @@ class Terminal:
     wire: Wire = field(default_factory=Wire)
     clock: Callable[[], float] = system_clock
     trace: Trace | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def keystore(self) -> Keystore:
@@ -87,13 +108,14 @@ def dialect_named(name: str) -> Dialect:
     """A dialect, or a StateError a person can read (get_dialect raises KeyError)."""
     try:
         return get_dialect(name)
-    except (KeyError, SpecError) as exc:
+    except (KeyError, SpecError, OSError, ValueError, TypeError) as exc:
         raise StateError(f"dialect {name!r}: {exc.args[0] if exc.args else exc}") from None
 
 
 def open_terminal(layout: Layout, wire: Wire | None = None, dialect_name: str | None = None,
                   trace: Trace | None = None) -> Terminal:
     """The terminal in `layout`; a wire that names no host uses the one given at init."""
+    clock_offset()
     config = load_config(layout)
     wire = wire or Wire()
     if wire.host is None and wire.serial is None:
@@ -106,14 +128,32 @@ def open_terminal(layout: Layout, wire: Wire | None = None, dialect_name: str | 
 
 
 def init_terminal(folder: Path, config: Config) -> Layout:
+    """Everything is checked first; then the folder is made, and if making it fails half way
+    (a full disk, a folder that is not ours) what this call created is removed again, so a
+    failed init changes nothing and can simply be run again."""
     layout = Layout(folder)
-    if layout.config.exists():
+    if layout.config.exists() or layout.storage_key.exists():
         raise FileExistsError(f"a terminal is already initialised in {folder}")
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
     dialect_named(config.dialect)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    Keystore(layout.keystore, layout.storage_key).create()
-    save_config(layout, config)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if made:
+            os.chmod(folder, 0o700)
+        lock_file(layout.folder).touch(mode=0o600)
+        Keystore(layout.keystore, layout.storage_key).create()
+        save_config(layout, config)
+    except BaseException:
+        for path in (layout.config, layout.keystore, temp_path(layout.keystore), layout.storage_key,
+                     temp_path(layout.config), lock_file(layout.folder)):
+            if path.parent.exists():
+                path.unlink(missing_ok=True)
+        for path in made:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     return layout
 
 
@@ -174,9 +214,19 @@ def _trace(terminal: Terminal, arrow: str, payload: bytes, framing: Framing) -> 
     terminal.trace(f"     hex {mask_in_place(payload, spans, dialect, base).hex().upper()}")
 
 
+def _journal(terminal: Terminal, record: Record) -> None:
+    """The journal is evidence, not the outcome: a journal that cannot be written (full disk,
+    read-only folder) is a warning beside the real result, never a failure in its place."""
+    try:
+        append_record(terminal.layout, record)
+    except OSError as exc:
+        terminal.warnings.append(f"the journal was not written ({exc.strerror or exc}): "
+                                 "this exchange is missing from status and diagnose")
+
+
 def _record(terminal: Terminal, kind: str, result: Result, request: Request | None) -> None:
     dialect = terminal.dialect
-    append_record(terminal.layout, Record(
+    _journal(terminal, Record(
         at=terminal.clock(),
         command=kind,
         outcome=result.outcome,
@@ -192,7 +242,7 @@ def _record(terminal: Terminal, kind: str, result: Result, request: Request | No
 
 def _record_failure(terminal: Terminal, kind: str, outcome: str, detail: str,
                     request: Request | None) -> None:
-    append_record(terminal.layout, Record(
+    _journal(terminal, Record(
         at=terminal.clock(), command=kind, outcome=outcome, detail=detail,
         stan=request.stan if request else None,
         request=_masked(request.message, terminal.dialect) if request else {},
@@ -205,13 +255,17 @@ Build = Callable[[Session, int, int], Request]
 def run_exchange(terminal: Terminal, kind: Kind, build: Build) -> Result:
     """One request and its answer. Key errors come back as a Result (from the host or found
     here); an unreachable host or an unreadable answer raises TransportError/ProtocolError
-    after being journaled."""
+    after being journaled.
+
+    The STAN is reserved last, once the request is built and the line is open: a request
+    refused here (bad input, a key error found by the terminal) uses no STAN.
+    """
     request: Request | None = None
     try:
         keys = terminal.load_keys()
         session = Session(terminal.config, terminal.dialect, keys, terminal.clock)
-        batch = load_counters(terminal.layout).batch
-        request = build(session, reserve_stan(terminal.layout), batch)
+        upcoming = load_counters(terminal.layout).next_stan()
+        request = build(session, upcoming.stan, upcoming.batch)
     except ProtocolError as exc:  # our own request does not encode: bad input, not the host
         raise ValueError(f"cannot build the {kind} request: {exc}") from None
     except TerminalKeyError as exc:
@@ -220,10 +274,10 @@ def run_exchange(terminal: Terminal, kind: Kind, build: Build) -> Result:
         return result
     framing = Framing(terminal.dialect)
     payload = framing.payload(request.encoded)
-    _trace(terminal, ">>", payload, framing)
-    channel = None
+    channel = open_channel(terminal.wire)
     try:
-        channel = open_channel(terminal.wire)
+        save_counters(terminal.layout, upcoming)
+        _trace(terminal, ">>", payload, framing)
         reply = channel.exchange(payload, terminal.wire.response_timeout)
         _trace(terminal, "<<", reply, framing)
         result = session.receive(request, framing.unframe(reply).message)
@@ -234,8 +288,7 @@ def run_exchange(terminal: Terminal, kind: Kind, build: Build) -> Result:
         _record_failure(terminal, kind, "bad response", str(exc), request)
         raise
     finally:
-        if channel is not None:
-            channel.close()
+        channel.close()
     if result.keyset is not None:
         terminal.keystore.save(result.keyset)
     _record(terminal, kind, result, request)
@@ -292,13 +345,19 @@ def purchase_with_auto_signon(terminal: Terminal, order: Purchase) -> Steps:
 
 @dataclass(frozen=True)
 class Status:
+    """Everything `status` shows; each damaged file is an error text here, never a failure."""
+
     config: Config
     keys: tuple[KeyStatus, ...]
     keystore_error: str | None
-    stan: int
-    batch: int
+    counters: Counters | None
+    counters_error: str | None
     now: float
-    last: Record | None
+    journal: Journal
+
+    @property
+    def last(self) -> Record | None:
+        return self.journal.last
 
 
 def status(terminal: Terminal) -> Status:
@@ -307,10 +366,13 @@ def status(terminal: Terminal) -> Status:
         error = None
     except KeystoreError as exc:
         keys, error = (), str(exc)
-    counters = load_counters(terminal.layout)
-    journal = read_journal(terminal.layout)
-    return Status(terminal.config, keys, error, counters.stan, counters.batch, terminal.clock(),
-                  journal[-1] if journal else None)
+    try:
+        counters: Counters | None = load_counters(terminal.layout)
+        counters_error = None
+    except StateError as exc:
+        counters, counters_error = None, str(exc)
+    return Status(terminal.config, keys, error, counters, counters_error, terminal.clock(),
+                  read_journal(terminal.layout))
 
 
 def diagnose(terminal: Terminal) -> diag.Diagnosis | diag.NotAKeyError | None:
@@ -318,4 +380,11 @@ def diagnose(terminal: Terminal) -> diag.Diagnosis | diag.NotAKeyError | None:
         keys = key_status(terminal.keystore.load())
     except KeystoreError:
         keys = []
-    return diag.diagnose(read_journal(terminal.layout), keys, terminal.clock())
+    return diag.diagnose(read_journal(terminal.layout).records, keys, terminal.clock())
+
+
+def recover(terminal: Terminal, stan: int | None) -> Counters:
+    """`counters recover`: new counters past every STAN the terminal can show it used."""
+    counters = recover_counters(terminal.layout, stan)
+    save_counters(terminal.layout, counters)
+    return counters

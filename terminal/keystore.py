@@ -101,7 +101,7 @@ def _new_storage_key(rng: Rng) -> bytes:
 
 def load_storage_key(path: Path) -> Key:
     try:
-        material = bytes.fromhex(path.read_text().strip())
+        material = bytes.fromhex(path.read_bytes().strip().decode("ascii"))  # ASCII spaces only
     except FileNotFoundError as exc:
         raise KeystoreError("storage key lost", str(path)) from exc
     except (OSError, ValueError) as exc:
@@ -140,8 +140,9 @@ def decode_keyset(data: bytes, storage_key: Key) -> KeySet:
     """Check everything before trusting anything: the file MAC, then each block's own MAC,
     usage and check value."""
     line, _, rest = data.partition(b"\n")
-    mac = rest.rstrip(b"\n").decode("ascii", "replace")
-    if not hmac.compare_digest(mac, _mac(storage_key, line)):
+    # Bytes against bytes: compare_digest refuses a str with a non-ASCII character (TypeError),
+    # and one damaged byte in the MAC line must be K1 like any other.
+    if not hmac.compare_digest(rest.rstrip(b"\n"), _mac(storage_key, line).encode()):
         reason = "keystore corrupt" if line else "keystore empty"
         raise KeystoreError(reason, "integrity check failed")
     try:
@@ -150,7 +151,7 @@ def decode_keyset(data: bytes, storage_key: Key) -> KeySet:
             raise KeystoreError("keystore corrupt", f"unknown format {doc['format']!r}")
         keys = {name: _open_entry(name, entry, storage_key) for name, entry in doc["keys"].items()}
         return KeySet(keys, doc["key_set"], int(doc["serial"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise KeystoreError("keystore corrupt", "malformed content") from exc
 
 

@@ -111,21 +111,41 @@ def status_data(status: Status) -> dict[str, Any]:
                                if row.installed_at is not None else None)
         keys.append(item)
     config = asdict(status.config)
+    counters = status.counters
+    journal = status.journal
     return {
         "terminal": config,
         "keystore": "ok" if status.keystore_error is None else status.keystore_error,
         "keys": keys,
-        "stan": status.stan,
-        "batch": status.batch,
+        "stan": counters.stan if counters else None,
+        "batch": counters.batch if counters else None,
+        "counters": "ok" if status.counters_error is None else status.counters_error,
+        "journal": {"records": len(journal.records), "damaged_lines": list(journal.damaged),
+                    "error": journal.error},
         "last": asdict(status.last) if status.last else None,
     }
+
+
+def journal_line(status: Status) -> str | None:
+    """Where the journal is damaged, so the evidence is not silently lost."""
+    journal = status.journal
+    if journal.error:
+        return f"journal: UNREADABLE ({journal.error})"
+    if not journal.damaged:
+        return None
+    shown = ", ".join(str(n) for n in journal.damaged[:10])
+    more = f" and {len(journal.damaged) - 10} more" if len(journal.damaged) > 10 else ""
+    plural = "s" if len(journal.damaged) > 1 else ""
+    return (f"journal: {len(journal.damaged)} damaged line{plural} skipped (line{plural} "
+            f"{shown}{more}); {len(journal.records)} records read")
 
 
 def status_lines(status: Status) -> list[str]:
     c = status.config
     lines = [f"terminal {c.tid}  merchant {c.mid}  dialect {c.dialect}  key set {c.key_set}",
              f"host {c.host or '(none: use --host)'}  working-key lifetime {age_text(c.wk_lifetime)}",
-             f"STAN {status.stan:06d}  batch {status.batch:06d}"]
+             (f"STAN {status.counters.stan:06d}  batch {status.counters.batch:06d}"
+              if status.counters else f"counters: UNUSABLE ({status.counters_error})")]
     if status.keystore_error:
         lines.append(f"keystore: UNUSABLE ({status.keystore_error}): key error 14 K1 on use")
     else:
@@ -140,6 +160,9 @@ def status_lines(status: Status) -> list[str]:
             state = "  (past its local lifetime: K2)"
         lines.append(f"  {row.name}  generation {row.generation}  age {age_text(age)}  "
                      f"check value {row.kcv}{state}")
+    damage = journal_line(status)
+    if damage:
+        lines.append(damage)
     if status.last:
         last = status.last
         code = f" {last.rc}" if last.rc else ""

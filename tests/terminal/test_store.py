@@ -18,8 +18,8 @@ from terminal.store import (
     find_terminal,
     load_counters,
     read_journal,
-    reserve_stan,
     save_config,
+    save_counters,
 )
 
 
@@ -46,6 +46,13 @@ def test_find_terminal_by_data_tid_or_the_only_one(tmp_path: Path,
         find_terminal(None, "T9")
 
 
+def reserve_stan(layout: Layout) -> int:
+    """What an exchange does once its request is built: the next STAN, made durable."""
+    counters = load_counters(layout).next_stan()
+    save_counters(layout, counters)
+    return counters.stan
+
+
 def test_stan_moves_forward_wraps_and_is_durable(tmp_path: Path) -> None:
     layout = make(tmp_path, "T1")
     assert [reserve_stan(layout) for _ in range(3)] == [1, 2, 3]
@@ -66,8 +73,9 @@ def test_journal_keeps_the_last_records_and_skips_damage(tmp_path: Path) -> None
         append_record(layout, Record(at=float(n), command="echo", outcome="ok"))
     with layout.journal.open("a") as out:
         out.write("{not json\n")
-    records = read_journal(layout)
-    assert len(records) == JOURNAL_KEEP
+    journal = read_journal(layout)
+    records = journal.records
+    assert len(records) == JOURNAL_KEEP and journal.damaged == (JOURNAL_KEEP + 1,)
     assert records[-1].at == JOURNAL_KEEP + 4
 
 

@@ -7,7 +7,6 @@ exist to be shown once.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -19,9 +18,9 @@ from host.keydb import KeyDb, KeyDbError, KeyRow
 from host.state import ACTIVE, Card, WorkingSet
 from protocol.amounts import parse_amount
 from protocol.crypto import Key
+from protocol.injection import encode_injection
 from protocol.mask import mask_pan
 
-INJECTION_FORMAT = "posemu-key-injection-1"
 DEFAULT_TMK_LIFETIME = 365 * 24 * 3600.0
 _TID = re.compile(r"[\x21-\x2e\x30-\x5b\x5d-\x7e]{1,8}")  # printable ASCII but / and \
 _MID = re.compile(r"[\x21-\x7e]{1,15}")
@@ -103,18 +102,8 @@ def claim_injection_file(path: Path) -> int:
 
 def write_injection_file(fd: int, tid: str, merchant: str, tmk: Key) -> None:
     """The TMK as one key in the claimed file (PROTOCOL.md §2); the operator deletes it."""
-    document = {
-        "format": INJECTION_FORMAT,
-        "tid": tid,
-        "merchant": merchant,
-        "key_type": "TMK",
-        "algorithm": tmk.algorithm,
-        "key": tmk.material.hex().upper(),
-        "kcv": tmk.kcv_hex,
-    }
-    with os.fdopen(fd, "w") as out:
-        json.dump(document, out, indent=2)
-        out.write("\n")
+    with os.fdopen(fd, "wb") as out:
+        out.write(encode_injection(tid, merchant, tmk))
 
 
 def _key_row(row: KeyRow, now: float) -> dict[str, Any]:

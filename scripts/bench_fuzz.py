@@ -36,13 +36,13 @@ from benchlib import rates  # noqa: E402
 
 from protocol.dialects import get_dialect  # noqa: E402
 from protocol.framing import length_prefixed  # noqa: E402
+from protocol.injection import read_injection_file  # noqa: E402
 from protocol.transport.tcp import Endpoint  # noqa: E402
 from terminal.fuzz import engine  # noqa: E402
 from terminal.fuzz.engine import Context  # noqa: E402
 from terminal.fuzz.runner import Keys, Run, Settings  # noqa: E402
 from terminal.fuzz.serial import SerialTarget  # noqa: E402
 from terminal.fuzz.tcp import TcpTarget  # noqa: E402
-from terminal.injection import read_injection_file  # noqa: E402
 
 TID, MID = "BENCH001", "BENCHMERCHANT01"
 SERIAL_LINK = ",inter_byte_timeout=0.1,ack_timeout=0.5"

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from protocol.amounts import parse_amount
 from protocol.errors import ProtocolError
+from protocol.injection import InjectionError
 from protocol.mask import mask_pan
 from protocol.transport.serial import PortSpecError, add_port_arguments, parse_port_spec, spec_from_arguments
 from protocol.transport.tcp import TransportError
@@ -28,7 +29,6 @@ from terminal import render
 from terminal.ceremony import CeremonyError, Component
 from terminal.channel import Wire
 from terminal.fsops import exclusive
-from terminal.injection import InjectionError
 from terminal.keystore import KeystoreError
 from terminal.session import Purchase, Result
 from terminal.store import (

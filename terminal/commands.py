@@ -22,6 +22,7 @@ from protocol.crypto.keys import Key
 from protocol.dialects import get_dialect
 from protocol.errors import ProtocolError, SpecError
 from protocol.framing import Framing
+from protocol.injection import read_injection_file
 from protocol.mask import mask_in_place, masked_fields
 from protocol.message import Message
 from protocol.spec import Dialect
@@ -30,7 +31,6 @@ from terminal import diagnose as diag
 from terminal.ceremony import Component, combine
 from terminal.channel import Wire, open_channel
 from terminal.fsops import lock_file, temp_path
-from terminal.injection import read_injection_file
 from terminal.keystore import (
     KeySet,
     KeyStatus,

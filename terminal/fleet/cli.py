@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol.injection import InjectionError
 from protocol.transport.tcp import parse_endpoint
 from terminal.fleet import fleetdir, provision
 from terminal.fleet.fleetdir import FleetError
@@ -16,7 +17,6 @@ from terminal.fleet.mix import MixError, parse_mix
 from terminal.fleet.report import build_report, report_svg, report_table
 from terminal.fleet.runner import Load
 from terminal.fleet.workers import FleetRunError, merge, run_workers, tty_live
-from terminal.injection import InjectionError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from protocol.dialects import get_dialect
 from protocol.fields import KEY_SETS
+from protocol.injection import InjectionError, read_injection_file
 from terminal.fleet.member import STAN_MAX, Card, Identity
 from terminal.fsops import FILE_MODE, atomic_replace, exclusive
-from terminal.injection import InjectionError, read_injection_file
 
 FORMAT = "posemu-fleet-1"
 BATCHES_PER_RUN = 10  # room for a terminal's STAN to wrap a few times within one run
@@ -62,7 +62,7 @@ def terminal_file(folder: Path, tid: str) -> Path:
 def read_identity(path: Path) -> Identity:
     try:
         injection = read_injection_file(path)
-        merchant = str(json.loads(path.read_text()).get("merchant") or "")
+        merchant = injection.merchant or ""
     except InjectionError as exc:
         raise FleetError(str(exc)) from None
     if not injection.tid or not merchant:

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from protocol.injection import InjectionError, read_injection_file
 from terminal.fleet import fleetdir
 from terminal.fleet.fleetdir import FleetError
 from terminal.fleet.member import Card, Identity
-from terminal.injection import InjectionError, read_injection_file
 
 COMMAND_TIMEOUT = 60.0
 CARD_BIN = "621234"

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol.dialects import get_dialect
 from protocol.errors import SpecError
+from protocol.injection import InjectionError, read_injection_file
 from protocol.transport.serial import PortSpecError, add_port_arguments, spec_from_arguments
 from protocol.transport.tcp import Endpoint, parse_endpoint
 from terminal.fuzz import engine, store
@@ -23,7 +24,6 @@ from terminal.fuzz.engine import Context
 from terminal.fuzz.oracles import ORACLES
 from terminal.fuzz.runner import Keys, Run, Settings, SignOnFailed, Target
 from terminal.fuzz.tcp import TargetDown, TcpTarget
-from terminal.injection import InjectionError, read_injection_file
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 TCP_LAYERS = ("frame", "message")
@@ -107,7 +107,7 @@ def _context(args: argparse.Namespace, seed: int) -> tuple[Context, Keys | None]
     except InjectionError as exc:
         raise UsageError(str(exc)) from None
     tid = args.tid or injection.tid
-    merchant = args.merchant or _file_merchant(args.keys)
+    merchant = args.merchant or injection.merchant
     if not tid or not merchant:
         raise UsageError("--keys needs --tid and --merchant when the file names none")
     ctx = replace(ctx, tid=tid, mid=merchant)
@@ -115,16 +115,6 @@ def _context(args: argparse.Namespace, seed: int) -> tuple[Context, Keys | None]
         return ctx, Keys(ctx, injection.tmk)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _file_merchant(path: Path) -> str | None:
-    """The merchant `pos-host terminal add --out` writes beside the TMK (read_injection_file
-    has no use for it)."""
-    try:
-        merchant = json.loads(path.read_text()).get("merchant")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(merchant) if merchant else None
 
 
 def _open(args: argparse.Namespace, ctx: Context) -> tuple[Target, str]:

@@ -29,8 +29,8 @@ from protocol.crypto import generate_key, wrap_ecb
 from protocol.errors import FramingError, ProtocolError
 from protocol.fields import Field60, WrappedKey, build_key_set
 from protocol.framing import FrameReader, length_prefixed
+from protocol.injection import read_injection_file
 from protocol.message import Message
-from terminal.injection import read_injection_file
 
 CODEC = get_codec("iso87")
 CLOSE = object()

@@ -359,3 +359,13 @@ def test_a_version_3_database_is_upgraded_in_place_keeping_its_answers(tmp_path:
         assert reopened.prior(1, "000001", request.text(11)) is not None
     finally:
         reopened.close()
+
+
+def test_a_traced_batch_upload_never_logs_its_pans(day: Day) -> None:
+    day.core.log.trace = True
+    settle(day, SettlementTotals(Half(1, 1)))
+    upload = requests.batch_upload(day.station, day.stan(), [UploadRecord("22", "000001", PAN, 1)],
+                                   True)
+    assert day.send(upload).rc == "00"
+    day.core.log.flush()
+    assert '"mti":"0320"' in day.log.getvalue() and PAN not in day.log.getvalue()

@@ -543,8 +543,7 @@ class Pipeline:
             return self.respond(request, verdict, now, working)
         request_ref = self.request_ref(data)
         stan = request.text(11)
-        prior = view.prior(terminal, field60.batch, stan) if mti == "0200" else view.prior(
-            terminal, field60.batch, stan, mti)
+        prior = view.prior(terminal, field60.batch, stan, mti)
         verdict = check_duplicate(prior, request_ref)
         if verdict is RETRANSMISSION:
             assert prior is not None

@@ -76,6 +76,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS txns_ref ON txns (ref);
 SCHEMA_VERSION = 2
 """`PRAGMA user_version` of a database this code made; another one is refused, not guessed at."""
 
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
+"""`PRAGMA synchronous` settings a serving host may run with (docs/host.md, Durability)."""
+
 STAN_BITS = BATCH_BITS = 20  # 999999 < 2**20
 
 
@@ -124,7 +127,7 @@ class TerminalRow:
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")  # WAL: the commit returns once fsynced
     conn.execute("PRAGMA foreign_keys=ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, SCHEMA_VERSION):
@@ -154,6 +157,10 @@ class KeyDb:
 
     def close(self) -> None:
         self.conn.close()
+
+    def set_synchronous(self, mode: str) -> None:
+        """`full` (the default of every connection) or `normal` (no fsync at commit)."""
+        self.conn.execute(f"PRAGMA synchronous={SYNC_MODES[mode]}")
 
     def data_version(self) -> int:
         """Changes whenever another connection (the CLI) has committed since the last call."""
@@ -324,11 +331,12 @@ class KeyDb:
         row = self.conn.execute(self._card_sql, (pan_ref,)).fetchone()
         return Card(*row) if row else None
 
-    def stans(self, number: int, batch: str) -> set[str]:
-        """The STANs already answered (and remembered) in one batch of one terminal."""
-        rows = self.conn.execute("SELECT ref FROM txns WHERE ref BETWEEN ? AND ?",
-                                 _ref_range(number, batch))
-        return {f"{ref & ((1 << STAN_BITS) - 1):06d}" for ref, in rows}
+    def last_stan(self, number: int, batch: str) -> int:
+        """The highest STAN remembered in one batch of one terminal (-1: none), from the
+        index alone."""
+        ref = self.conn.execute("SELECT MAX(ref) FROM txns WHERE ref BETWEEN ? AND ?",
+                                _ref_range(number, batch)).fetchone()[0]
+        return -1 if ref is None else ref & ((1 << STAN_BITS) - 1)
 
     def prior(self, number: int, batch: str, stan: str) -> Prior | None:
         row = self.conn.execute("SELECT request_ref, response FROM txns WHERE ref=?",

@@ -164,7 +164,7 @@ def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> Non
     assert "X0000001" not in site.core._terminals and len(site.core._terminals) <= 1
     for batch in range(server.CACHE_LIMIT + 5):
         site.core.prior("T0000001", f"{batch:06d}", "000001")
-    assert len(site.core._stans) <= server.CACHE_LIMIT
+    assert len(site.core._last_stans) <= server.CACHE_LIMIT
 
 
 def test_removing_a_terminal_forgets_its_answers_and_no_one_else_s(site: Site) -> None:

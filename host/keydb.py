@@ -1,10 +1,10 @@
 """The host's SQLite database: terminals, every key generation (as TR-31 blocks), cards, and the
 requests already answered.
 
-Durability: WAL with `synchronous=NORMAL`. A commit is atomic and survives a crash of the host
-process; a power cut may lose the last commits (never tear one). That is the trade the issue
-allows for a simulator: a lost approval record can at worst let a retransmission be approved
-again after a power cut, never corrupt key state.
+Durability: WAL with `synchronous=FULL`: a commit is atomic and returns only once the WAL is
+fsynced (fdatasync), so a commit the host has answered survives a crash of the process, of the
+OS and a power cut, as far as the disk honours the flush (docs/host.md, Durability). A serving
+host may choose `normal` (`serve --sync normal`), which skips that fsync.
 
 Concurrency: one writer at a time (SQLite's lock, `busy_timeout` for the CLI waiting on a
 serving host). The serving host notices the CLI's commits through `PRAGMA data_version`, which

@@ -9,8 +9,9 @@ it), and a message is handled and its changes applied without yielding, so no tw
 one terminal or of any) ever interleave: a connection can never see a half-updated key state.
 Changes of the messages that arrived in one turn of the event loop are committed together (group
 commit) before any of their responses is written, so every answer the host gives is already
-durable as WAL with `synchronous=NORMAL` makes it (host.keydb), at one commit per turn instead
-of one per message.
+on disk (WAL with `synchronous=FULL`: the commit returns after fdatasync, host.keydb), at one
+commit and one fsync per turn instead of one per message. How TCP peers are kept from holding
+more than their share (descriptors, time, memory) is in host.connections.
 """
 
 from __future__ import annotations

@@ -21,9 +21,16 @@ import serial
 
 from host import admin
 from host.clock import system_clock, system_rng
+from host.connections import (
+    FD_HEADROOM,
+    FRAME_TIMEOUT,
+    IDLE_TIMEOUT,
+    Limits,
+    default_max_connections,
+)
 from host.datadir import DataError, init_data, open_data, resolve
 from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
-from host.keydb import KeyDb, KeyDbError
+from host.keydb import SYNC_MODES, KeyDb, KeyDbError
 from host.lmk import LmkError
 from host.logs import MessageLog
 from host.server import HostCore, SerialPorts, serve_until_signalled
@@ -293,6 +300,19 @@ def _open_log(path: str | None) -> TextIO:
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _timeout(text: str) -> float:
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be above zero")
+    return seconds
+
+
 def _check_ports(specs: list[str]) -> None:
     """A spec that cannot parse, or a device path that is not there, fails the start in one
     line instead of a serving host that logs the failure and runs on without the port."""
@@ -347,8 +367,11 @@ def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
 
     serial = SerialPorts(args.serial, TraceOptions.for_dialect(dialect, trace_line)
                          if args.trace else None)
+    db.set_synchronous(args.sync)
+    limits = Limits(args.max_connections or default_max_connections(), args.idle_timeout,
+                    args.frame_timeout)
     try:
-        asyncio.run(serve_until_signalled(core, args.tcp, serial, announce))
+        asyncio.run(serve_until_signalled(core, args.tcp, serial, announce, limits))
     finally:
         if stream is not sys.stderr:
             stream.close()
@@ -471,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="working-key lifetime (e.g. 24h)")
     serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")
     serve.add_argument("--log", help="append the JSON log here instead of stderr")
+    serve.add_argument("--max-connections", type=_count, metavar="N",
+                       help="at N open connections a new one closes the one idle longest "
+                            f"(default: the descriptor limit less those open and "
+                            f"{FD_HEADROOM} to spare)")
+    serve.add_argument("--idle-timeout", type=_timeout, default=IDLE_TIMEOUT,
+                       help=f"close a connection silent this long (default {IDLE_TIMEOUT:g}s)")
+    serve.add_argument("--frame-timeout", type=_timeout, default=FRAME_TIMEOUT,
+                       help="close a connection whose frame is not complete this long after "
+                            f"its first byte (default {FRAME_TIMEOUT:g}s)")
+    serve.add_argument("--sync", choices=SYNC_MODES, default="full",
+                       help="full (default): every answer that moves money leaves after its "
+                            "commit is fsynced; normal: a power cut may lose the last ones "
+                            "(throw-away load tests only)")
 
     bridge = command(commands, "bridge", cmd_bridge,
                      "relay a serial device to a TCP host until SIGINT/SIGTERM")

@@ -1,10 +1,10 @@
 """The host's SQLite database: terminals, every key generation (as TR-31 blocks), cards, and the
 requests already answered.
 
-Durability: WAL with `synchronous=NORMAL`. A commit is atomic and survives a crash of the host
-process; a power cut may lose the last commits (never tear one). That is the trade the issue
-allows for a simulator: a lost approval record can at worst let a retransmission be approved
-again after a power cut, never corrupt key state.
+Durability: WAL with `synchronous=FULL`: a commit is atomic and returns only once the WAL is
+fsynced (fdatasync), so a commit the host has answered survives a crash of the process, of the
+OS and a power cut, as far as the disk honours the flush (docs/host.md, Durability). A serving
+host may choose `normal` (`serve --sync normal`), which skips that fsync.
 
 Concurrency: one writer at a time (SQLite's lock, `busy_timeout` for the CLI waiting on a
 serving host). The serving host notices the CLI's commits through `PRAGMA data_version`, which
@@ -135,6 +135,9 @@ APPLICATION_ID = 0x504F5348
 _TABLES = frozenset({"terminals", "keys", "cards", "txns"})
 TABLES = {2: _TABLES, 3: _TABLES | {"meta"}, SCHEMA_VERSION: _TABLES | {"meta", "batches", "uploads"}}
 
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
+"""`PRAGMA synchronous` settings a serving host may run with (docs/host.md, Durability)."""
+
 STAN_BITS = BATCH_BITS = 20  # 999999 < 2**20
 
 
@@ -213,7 +216,7 @@ class TerminalRow:
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")  # WAL: the commit returns once fsynced
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -354,6 +357,10 @@ class KeyDb:
 
     def close(self) -> None:
         self.conn.close()
+
+    def set_synchronous(self, mode: str) -> None:
+        """`full` (the default of every connection) or `normal` (no fsync at commit)."""
+        self.conn.execute(f"PRAGMA synchronous={SYNC_MODES[mode]}")
 
     def data_version(self) -> int:
         """Changes whenever another connection (the CLI) has committed since the last call."""
@@ -530,11 +537,12 @@ class KeyDb:
         row = self.conn.execute(self._card_sql, (pan_ref,)).fetchone()
         return Card(*row) if row else None
 
-    def stans(self, number: int, batch: str, mti: str = "0200") -> set[str]:
-        """The STANs already answered (and remembered) in one batch of one terminal, per MTI."""
-        rows = self.conn.execute("SELECT ref FROM txns WHERE ref BETWEEN ? AND ? AND mti=?",
-                                 (*_ref_range(number, batch), mti))
-        return {f"{ref & ((1 << STAN_BITS) - 1):06d}" for ref, in rows}
+    def last_stan(self, number: int, batch: str) -> int:
+        """The highest STAN remembered in one batch of one terminal (-1: none), from the
+        index alone."""
+        ref = self.conn.execute("SELECT MAX(ref) FROM txns WHERE ref BETWEEN ? AND ?",
+                                _ref_range(number, batch)).fetchone()[0]
+        return -1 if ref is None else ref & ((1 << STAN_BITS) - 1)
 
     def prior(self, number: int, batch: str, stan: str, mti: str = "0200") -> Prior | None:
         row = self.conn.execute("SELECT request_ref, response FROM txns WHERE ref=? AND mti=?",

@@ -8,6 +8,8 @@ show only their size. `--trace` adds the masked fields of both messages to the s
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TextIO
 
@@ -72,3 +74,37 @@ class MessageLog:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+class RateLimited:
+    """Events a peer can cause thousands of times a second (failed accepts, shed connections):
+    the first of a kind is logged at once, the rest counted and logged as one line per
+    `interval` with the count, so that no peer can fill a disk or a terminal through the log.
+    Kinds are fixed strings (an event and a reason such as `idle timeout` or `EMFILE`)."""
+
+    def __init__(self, log: MessageLog, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self._counts: dict[tuple[str, str], int] = {}
+        self._logged: dict[tuple[str, str], float] = {}
+
+    def note(self, event: str, reason: str) -> None:
+        key = (event, reason)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        last = self._logged.get(key)
+        if last is None or self.clock() - last >= self.interval:
+            self._write(key)
+
+    def flush(self, force: bool = False) -> None:
+        """Log the counts whose interval has passed (all of them with `force`)."""
+        due = self.clock() - self.interval
+        for key in list(self._counts):
+            if force or self._logged.get(key, due) <= due:
+                self._write(key)
+
+    def _write(self, key: tuple[str, str]) -> None:
+        event, reason = key
+        self.log.event(event=event, reason=reason, count=self._counts.pop(key))
+        self._logged[key] = self.clock()

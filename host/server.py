@@ -9,8 +9,9 @@ it), and a message is handled and its changes applied without yielding, so no tw
 one terminal or of any) ever interleave: a connection can never see a half-updated key state.
 Changes of the messages that arrived in one turn of the event loop are committed together (group
 commit) before any of their responses is written, so every answer the host gives is already
-durable as WAL with `synchronous=NORMAL` makes it (host.keydb), at one commit per turn instead
-of one per message.
+on disk (WAL with `synchronous=FULL`: the commit returns after fdatasync, host.keydb), at one
+commit and one fsync per turn instead of one per message. How TCP peers are kept from holding
+more than their share (descriptors, time, memory) is in host.connections.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -29,9 +31,10 @@ from functools import partial
 from typing import NamedTuple, TypeVar
 
 from host.clock import Clock
+from host.connections import Limits, Listener, Registry, default_max_connections
 from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
 from host.keydb import KeyDb
-from host.logs import MessageLog
+from host.logs import MessageLog, RateLimited
 from host.state import (
     Answered,
     BatchState,
@@ -51,6 +54,7 @@ from protocol.link import TraceOptions
 from protocol.transport.serial import SerialLinkError, start_serial_server
 
 LISTEN_BACKLOG = 4096
+READ_SIZE = 8192  # bytes per read, into the one buffer every connection shares
 ANSWER, IGNORED, CLOSE = "answer", "ignored", "close"
 Reply = Callable[[bytes | None], None]
 """Where an answer goes: a payload to frame and send, or None to close the connection."""
@@ -106,8 +110,9 @@ class HostCore:
         self._admit = config.security.admit
         self._terminals: dict[str, Terminal] = {}  # key handles only: the module holds the keys
         self._cards: dict[str, Card] = {}
-        self._stans: dict[tuple[str, str, str], set[str]] = {}  # answered STANs by (terminal,
-        # batch, MTI)
+        # The highest STAN remembered per (terminal, batch), whatever the MTI: one integer
+        # each, where a set of every STAN answered grew by a string per approval.
+        self._last_stans: dict[tuple[str, str], int] = {}
         self._data_version = db.data_version()
         self._in_transaction = False
         self._buffered: list[Change] = []  # this batch's purchases, written at commit
@@ -132,19 +137,20 @@ class HostCore:
         return _cached(self._cards, pan_ref, self.db.card)
 
     def prior(self, terminal: Terminal, batch: str, stan: str, mti: str = "0200") -> Prior | None:
-        """Only a STAN already answered costs a row read (none if answered in this batch); the
-        common case, a new STAN, is a set lookup, the set read once per terminal and batch."""
+        """The common case, a STAN above every one remembered in its batch, costs no row read
+        (the highest is read once per terminal and batch); a STAN at or below it costs one
+        (none if answered in this batch): a retransmission, or STANs after a wrap to 000001."""
         tid = terminal.tid
-        stans = self._stans.get((tid, batch, mti))
-        if stans is None:
-            if len(self._stans) >= CACHE_LIMIT:
-                self._stans.clear()
-            stans = self._stans[tid, batch, mti] = self.db.stans(terminal.number, batch, mti)
-        if stan not in stans:
-            return None
         record = self._recent.get((tid, batch, stan, mti))
         if record is not None:
             return Prior(record.request_ref, record.response)
+        last = self._last_stans.get((tid, batch))
+        if last is None:
+            if len(self._last_stans) >= CACHE_LIMIT:
+                self._last_stans.clear()
+            last = self._last_stans[tid, batch] = self.db.last_stan(terminal.number, batch)
+        if int(stan) > last:
+            return None
         return self.db.prior(terminal.number, batch, stan, mti)
 
     # The lookups of PROTOCOL.md §7 read the database after this batch's buffered answers are
@@ -260,7 +266,7 @@ class HostCore:
     def _forget(self) -> None:
         self._terminals.clear()
         self._cards.clear()
-        self._stans.clear()
+        self._last_stans.clear()
 
     def _apply(self, outcome: Outcome, now: float) -> Outcome:
         """Take a message's changes into the batch: answered 0200/0220s (the remembered answer
@@ -275,9 +281,10 @@ class HostCore:
                     self._cards[card.pan_ref] = card.debited(change.debit)
             if isinstance(change, Answered):
                 self._recent[change.tid, change.batch, change.stan, change.mti] = change
-                stans = self._stans.get((change.tid, change.batch, change.mti))
-                if stans is not None:
-                    stans.add(change.stan)
+                key = (change.tid, change.batch)
+                last = self._last_stans.get(key)
+                if last is not None and int(change.stan) > last:
+                    self._last_stans[key] = int(change.stan)
                 self._buffered.append(change)
                 continue
             try:
@@ -344,14 +351,25 @@ class Batcher:
         self.core.commit()
 
 
-class HostConnection(asyncio.Protocol):
-    """One terminal connection: frames in, answers out; a broken stream closes only itself."""
+class HostConnection(asyncio.BufferedProtocol):
+    """One terminal connection: frames in, answers out; a broken stream closes only itself.
 
-    def __init__(self, core: HostCore, batcher: Batcher, conn: str, live: set[HostConnection]):
+    Reads go into one buffer shared by every connection (`READ_SIZE`): a peer's bytes are
+    taken into its frame reader at once, so no connection holds a read buffer of its own,
+    and one read is at most a few dozen frames, so a peer pipelining thousands of requests
+    is answered a read per turn of the event loop, taking turns with every other connection.
+    A peer that does not read its answers stops being read once they pass the high mark
+    (`pause_writing`), so it can grow neither the host's memory nor other terminals' wait.
+    """
+
+    def __init__(self, core: HostCore, batcher: Batcher, conn: str, registry: Registry,
+                 buffer: memoryview, limits: Limits) -> None:
         self.core = core
         self.batcher = batcher
         self.conn = conn
-        self.live = live
+        self.registry = registry
+        self.buffer = buffer
+        self.limits = limits
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.closing = False
@@ -359,13 +377,20 @@ class HostConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.live.add(self)
+        transport.set_write_buffer_limits(self.limits.write_high, self.limits.write_low)
+        self.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.live.discard(self)
+        self.registry.drop(self)
         self.transport = None
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received(self.buffer[:nbytes])
+
+    def received(self, data: bytes | memoryview) -> None:
         if self.closing:
             return
         broken = False
@@ -375,6 +400,7 @@ class HostConnection(asyncio.Protocol):
             self.core.log.event(event="bad frame", conn=self.conn, error=str(exc))
             payloads = exc.frames  # whole frames before the bad length are still answered
             broken = True
+        self.registry.heard(self, self.reader.pending > 0)
         if not payloads and not broken:
             return  # part of a frame: nothing to do until the rest comes
         core = self.core
@@ -387,17 +413,44 @@ class HostConnection(asyncio.Protocol):
             self.closing = True
         self.batcher.schedule()
 
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self.registry.hold(self)
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+            self.registry.release(self, self.reader.pending > 0)
+
     def send(self, payload: bytes | None) -> None:
         if self.transport is None:
             return
         if payload is None:
-            self.close()
+            self.finish()
         else:
             self.transport.write(length_prefixed(payload))
+
+    def finish(self) -> None:
+        """Close after the answers already due, telling the peer (FIN) and dropping what it
+        still sends until it closes too, within the frame timeout: a socket closed with
+        unread bytes resets the connection, and the peer loses answers it has not read."""
+        if self.transport is not None:
+            self.closing = True
+            self.transport.write_eof()
+            self.registry.closing(self)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def shed(self) -> None:
+        """Close now: answers still buffered for a peer that does not read them are dropped."""
+        if self.transport is not None:
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 class LoopHandler:
@@ -426,37 +479,57 @@ class TcpHost:
     """A listening TCP server around a HostCore; `stop` drains and closes it."""
 
     core: HostCore
-    server: asyncio.Server
     batcher: Batcher
-    live: set[HostConnection] = field(default_factory=set)
+    listener: Listener
+    registry: Registry
+    adopting: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return host, port
+        return self.listener.address
 
     async def stop(self) -> None:
         """Stop accepting, answer what was already read, then close every connection."""
-        self.server.close()
+        self.listener.close()
         self.batcher.flush()
-        for connection in list(self.live):
-            connection.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                while self.live:
+                while self.registry or self.adopting:
+                    for connection in self.registry:  # again: some were adopted meanwhile
+                        connection.close()
                     await asyncio.sleep(0.01)
-        await self.server.wait_closed()
+        for connection in self.registry:  # peers that would not take their last answers
+            connection.shed()
+        self.registry.stop()
 
 
-async def start_tcp(core: HostCore, batcher: Batcher, host: str, port: int) -> TcpHost:
+async def start_tcp(core: HostCore, batcher: Batcher, host: str, port: int,
+                    limits: Limits) -> TcpHost:
     loop = asyncio.get_running_loop()
-    live: set[HostConnection] = set()
+    events = RateLimited(core.log, limits.log_interval)
+    registry = Registry(limits, events)
+    buffer = memoryview(bytearray(READ_SIZE))
     numbers = itertools.count(1)
-    server = await loop.create_server(
-        lambda: HostConnection(core, batcher, f"tcp-{next(numbers)}", live),
-        host, port, backlog=LISTEN_BACKLOG, reuse_address=True,
-    )
-    return TcpHost(core, server, batcher, live)
+
+    def connection() -> HostConnection:
+        return HostConnection(core, batcher, f"tcp-{next(numbers)}", registry, buffer, limits)
+
+    async def connect(sock: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(connection, sock)
+        except OSError:  # the peer went away before its transport was made
+            sock.close()
+
+    def adopt(sock: socket.socket) -> None:
+        task = loop.create_task(connect(sock))
+        tcp.adopting.add(task)
+        task.add_done_callback(tcp.adopting.discard)
+
+    listener = Listener.bind(host, port, LISTEN_BACKLOG, loop, adopt, events)
+    tcp = TcpHost(core, batcher, listener, registry)
+    listener.start()
+    registry.start(loop)
+    return tcp
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +542,7 @@ class SerialPorts:
 
 async def serve_until_signalled(
     core: HostCore, tcp: tuple[str, int] | None, serial: SerialPorts,
-    announce: Callable[[str], None],
+    announce: Callable[[str], None], limits: Limits | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then finish the requests in flight and close cleanly."""
     loop = asyncio.get_running_loop()
@@ -477,7 +550,8 @@ async def serve_until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     batcher = Batcher(core, loop)
-    listener = await start_tcp(core, batcher, *tcp) if tcp else None
+    limits = limits or Limits(default_max_connections())
+    listener = await start_tcp(core, batcher, *tcp, limits) if tcp else None
     if listener is not None:
         bound_host, bound_port = listener.address
         core.log.event(event="listening", tcp=f"{bound_host}:{bound_port}")

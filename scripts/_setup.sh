@@ -6,6 +6,8 @@ cd "$ROOT"
 need_apt=()
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null 2>&1 \

@@ -15,6 +15,12 @@ and (d) pyiso8583 decodes the same request and encodes the same response.
     handler_vs_pyiso8583 = pyiso8583_cpu_us / handler_cpu_us              goal >= 1.2
     lost                 = responses missing or matched to the wrong request   goal 0
 
+(e) the cost of durable approvals: the host with `--sync full` (fsync of the WAL at every group
+commit, the default) and `--sync normal` (no fsync) in alternating windows of the same run
+(`--sync-rounds` of each), each on a fresh copy of the provisioned data:
+
+    fsync_vs_nosync_tps  = fsync_tps / nosync_tps
+
 127.0.0.1 only; every wait is bounded.
 """
 
@@ -417,17 +423,45 @@ def host_command() -> list[str]:
     return [installed] if installed else [sys.executable, "-m", "host.cli"]
 
 
-def start_pos_host(data: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_pos_host(data: Path, log: Path, *serve: str) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     process = subprocess.Popen(
         [*host_command(), "--data", str(data), "serve", "--tcp", "127.0.0.1:0", "--log",
-         str(log)], stdout=subprocess.PIPE, env=env)
+         str(log), *serve], stdout=subprocess.PIPE, env=env)
     assert process.stdout is not None
     line = process.stdout.readline().decode().split()
     if line[:2] != ["listening", "tcp"]:
         process.kill()
         raise RuntimeError("pos-host did not start")
     return process, int(line[2].rpartition(":")[2])
+
+
+def sync_cost(pristine: Path, tmp: Path, load: Load, rounds: int) -> dict[str, Any]:
+    """The host with `--sync full` (fsync at every group commit) against `--sync normal`, in
+    alternate windows of the same run, each on its own copy of the freshly provisioned data
+    (so every window's purchases are new STANs)."""
+    runs: dict[str, list[dict[str, Any]]] = {"full": [], "normal": []}
+    for i in range(rounds):
+        for mode in ("normal", "full"):
+            data = tmp / f"sync-{mode}-{i}"
+            shutil.copytree(pristine, data)
+            host, port = start_pos_host(data, tmp / f"sync-{mode}-{i}.log", "--sync", mode)
+            try:
+                runs[mode].append(run_window(host.pid, Load(port, load.terminals,
+                                                             load.per_terminal, load.seconds,
+                                                             load.tmks)))
+            finally:
+                host.send_signal(signal.SIGTERM)
+                host.wait(30)
+    result: dict[str, Any] = {}
+    for mode, name in (("full", "fsync"), ("normal", "nosync")):
+        done = runs[mode]
+        result[f"{name}_tps"] = round(sum(r["tps"] for r in done) / len(done), 1)
+        result[f"{name}_cpu_us"] = round(sum(r["cpu_us"] for r in done) / len(done), 1)
+        result[f"{name}_p99_ms"] = round(max(r["p99_ms"] for r in done), 3)
+        result[f"{name}_lost"] = sum(r["lost"] for r in done)
+    result["fsync_vs_nosync_tps"] = round(result["fsync_tps"] / result["nosync_tps"], 3)
+    return result
 
 
 def stream_length(handler_us: float, terminals: int, seconds: float) -> int:
@@ -437,11 +471,12 @@ def stream_length(handler_us: float, terminals: int, seconds: float) -> int:
     return max(MIN_PER_TERMINAL, math.ceil(rate * seconds / terminals))
 
 
-def bench(terminals: int, seconds: float) -> dict[str, Any]:
+def bench(terminals: int, seconds: float, sync_rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="posemu-bench-") as tmp:
         tmks = provision(Path(tmp) / "host", terminals)
         shutil.copytree(Path(tmp) / "host", Path(tmp) / "inproc")
         shutil.copytree(Path(tmp) / "host", Path(tmp) / "rate")
+        shutil.copytree(Path(tmp) / "host", Path(tmp) / "pristine")
         rate_us = handler_and_pyiso8583(Path(tmp) / "rate", tmks, min(50, terminals), rounds=1)[0]
         per_terminal = stream_length(rate_us, terminals, seconds)
 
@@ -475,6 +510,8 @@ def bench(terminals: int, seconds: float) -> dict[str, Any]:
             if echo.pid is not None:
                 os.kill(echo.pid, signal.SIGTERM)
             echo.join(10)
+        synced = sync_cost(Path(tmp) / "pristine", Path(tmp),
+                           Load(0, terminals, per_terminal, seconds, tmks), sync_rounds)
 
     result = {
         "terminals": terminals,
@@ -498,7 +535,7 @@ def bench(terminals: int, seconds: float) -> dict[str, Any]:
         (result["echo_cpu_us"] + result["handler_cpu_us"]) / result["host_cpu_us"], 3)
     result["handler_vs_pyiso8583"] = round(result["pyiso8583_cpu_us"]
                                            / result["handler_cpu_us"], 3)
-    return result
+    return result | synced
 
 
 def main() -> None:
@@ -507,8 +544,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--terminals", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--sync-rounds", type=int, default=2,
+                        help="windows of --sync normal and --sync full, alternating")
     args = parser.parse_args()
-    result = bench(args.terminals, args.seconds)
+    result = bench(args.terminals, args.seconds, max(1, args.sync_rounds))
     for key, value in result.items():
         print(f"{key:>22}: {value}")
     if result["capped"]:

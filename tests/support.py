@@ -153,18 +153,24 @@ def _read_line(process: subprocess.Popen[bytes], buffer: bytes,
 
 def start_host(
     data: Path, *args: str, log_path: Path | None = None, timeout: float = START_TIMEOUT,
+    wrapper: tuple[str, ...] = (), stderr_path: Path | None = None,
 ) -> RunningHost:
     """`pos-host serve --tcp 127.0.0.1:0 ARGS...`, returned once it accepts connections.
 
     The log goes to `log_path` (default: a new file beside the data folder, never inside it),
-    so a test can read it and no pipe can fill up and stall the host.
+    so a test can read it and no pipe can fill up and stall the host. `wrapper` runs the host
+    under another command (`prlimit --nofile=256`, `strace -f ...`); `stderr_path` keeps its
+    stderr apart from stdout.
     """
     log = log_path or data.parent / f"{data.name}-serve-{time.monotonic_ns()}.log"
+    stderr = stderr_path.open("wb") if stderr_path else subprocess.STDOUT
     process = subprocess.Popen(
-        [*host_command(), "--data", str(data), "serve", "--tcp", "127.0.0.1:0",
+        [*wrapper, *host_command(), "--data", str(data), "serve", "--tcp", "127.0.0.1:0",
          "--log", str(log), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(),
+        stdout=subprocess.PIPE, stderr=stderr, env=_env(),
     )
+    if stderr_path:
+        stderr.close()  # type: ignore[union-attr]  # the host has its own copy
     running = RunningHost(process, data, log)
     try:
         line = running.next_line(timeout)

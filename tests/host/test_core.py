@@ -166,7 +166,7 @@ def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> Non
     assert terminal is not None
     for batch in range(server.CACHE_LIMIT + 5):
         site.core.prior(terminal, f"{batch:06d}", "000001")
-    assert len(site.core._stans) <= server.CACHE_LIMIT
+    assert len(site.core._last_stans) <= server.CACHE_LIMIT
 
 
 def test_removing_a_terminal_forgets_its_answers_and_no_one_else_s(site: Site) -> None:

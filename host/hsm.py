@@ -74,11 +74,14 @@ def split_components(tmk: Key, count: int, rng: Rng) -> list[Component]:
 
 def new_working_set(
     key_set: KeySet, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
+    tmk: Key | None = None,
 ) -> StoredWorkingSet:
-    """The working keys of one sign-on; the MAK as long as the dialect's MAC needs."""
+    """The working keys of one sign-on; the MAK as long as the dialect's MAC needs. None equals
+    the TMK they are sent under (a key sent under itself)."""
     lengths = dict(key_set.keys)
     lengths["MAK"] = key_set.mak_length(dialect)
-    keys = {usage: generate_key("DES" if n == 8 else "TDES", n, usage, rng)
+    avoid = frozenset() if tmk is None else frozenset({tmk.material})
+    keys = {usage: generate_key("DES" if n == 8 else "TDES", n, usage, rng, avoid)
             for usage, n in lengths.items()}
     return WorkingSet(generation, key_set.code, ACTIVE, now, lifetime,
                       keys["PIK"], keys["MAK"], keys.get("TDK"))
@@ -227,8 +230,9 @@ class SoftwareSecurityModule:
 
     def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
-        stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng)
-        return IssuedSet(field62(self._keys[tmk.id], stored, key_set), stored)
+        under = self._keys[tmk.id]
+        stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng, under)
+        return IssuedSet(field62(under, stored, key_set), stored)
 
     def generate_mac(self, mak: KeyHandle, data: bytes) -> bytes:
         return self._macs[mak.id](data)

@@ -14,10 +14,9 @@ import os
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from host.clock import Rng
-from protocol.crypto import kcv
+from protocol.crypto import Key, kcv
 
 LMK_LENGTH = 32  # AES-256: the key-block protection key of TR-31 version D.
 
@@ -34,12 +33,16 @@ def check_value(lmk: bytes) -> str:
     return kcv(lmk, 3, "AES").hex().upper()
 
 
-def create_lmk(path: Path, rng: Rng) -> bytes:
-    """Write a new random LMK, refusing to overwrite one: losing it loses every key."""
-    material = rng(LMK_LENGTH)
+def write_lmk(path: Path, material: bytes) -> bytes:
+    """Write an LMK (mode 0600, flushed to disk before anything is sealed under it), never over
+    an existing file."""
+    if len(material) != LMK_LENGTH:
+        raise LmkError(f"an LMK is {LMK_LENGTH} bytes, not {len(material)}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(material)
+        out.flush()
+        os.fsync(out.fileno())
     return material
 
 
@@ -54,6 +57,25 @@ def load_lmk(path: Path) -> bytes:
     if len(material) != LMK_LENGTH:
         raise LmkError(f"the LMK file {path} does not hold a {LMK_LENGTH}-byte key")
     return material
+
+
+class SealingKey(Protocol):
+    """An LMK held where the host cannot read it (a PKCS#11 token, `host.pkcs11.TokenLmk`): it
+    seals and opens keys itself. A file LMK is plain bytes, sealed with in this process."""
+
+    check_value: str
+    extractable: bool
+
+    def seal(self, usage: str, key: Key) -> str: ...
+
+    def unseal(self, usage: str, block: str) -> Key: ...
+
+
+Lmk = bytes | SealingKey
+
+
+def lmk_check_value(lmk: Lmk) -> str:
+    return check_value(lmk) if isinstance(lmk, bytes) else lmk.check_value
 
 
 def _derive(lmk: bytes, label: bytes) -> bytes:
@@ -76,7 +98,8 @@ class Vault:
     a third of each one's work.
     """
 
-    lmk: bytes
+    lmk: Lmk
+    root: bytes
     pvk: bytes
     pan_key: bytes
     digest_key: bytes
@@ -90,17 +113,31 @@ class Vault:
         object.__setattr__(self, "_digest_state", blake2b(key=self.digest_key, digest_size=16))
 
     @classmethod
-    def from_lmk(cls, lmk: bytes) -> Vault:
+    def from_lmk(cls, lmk: Lmk, root: bytes | None = None) -> Vault:
+        """The derived keys come from `root`: the first file LMK itself (so databases made
+        before rotation existed open unchanged), or a random secret kept sealed under the LMK in
+        the database (a token LMK, which cannot be read, or any LMK after `lmk rotate`). A
+        rotation re-seals the root, so card PAN references and PIN values stay valid."""
+        if root is None:
+            if not isinstance(lmk, bytes):
+                raise LmkError("a token LMK needs the database's sealed root secret")
+            root = lmk
         return cls(
             lmk=lmk,
-            pvk=_derive(lmk, b"pin verification"),
-            pan_key=_derive(lmk, b"pan index"),
-            digest_key=_derive(lmk, b"request fingerprint"),
+            root=root,
+            pvk=_derive(root, b"pin verification"),
+            pan_key=_derive(root, b"pan index"),
+            digest_key=_derive(root, b"request fingerprint"),
         )
 
     @property
     def check_value(self) -> str:
-        return check_value(self.lmk)
+        return lmk_check_value(self.lmk)
+
+    @property
+    def backup_key(self) -> bytes:
+        """The key a backup file's MAC is made under: only a host with this LMK verifies it."""
+        return _derive(self.root, b"backup mac")
 
     def pan_ref(self, pan: str) -> str:
         """The key a card is stored and found under, in place of its PAN."""

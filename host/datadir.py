@@ -12,8 +12,11 @@ database was made under (docs/host.md, Data checks).
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,7 +51,7 @@ def _refuse_existing(path: Path) -> None:
                         f"`pos-host init` never replaces one")
 
 
-def _make_folder(path: Path) -> None:
+def make_folder(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
 
@@ -65,7 +68,7 @@ def init_data(path: Path, rng: Rng, lmk: bytes | None = None) -> None:
     rebuilt from custodians' components (`init --lmk-components`), else a new random one."""
     lmk_path, db_path = path / LMK_FILE, path / DB_FILE
     _refuse_existing(path)
-    _make_folder(path)
+    make_folder(path)
     made: list[Path] = []
     try:
         vault = Vault.from_lmk(write_lmk(lmk_path, lmk if lmk is not None else rng(LMK_LENGTH)))
@@ -82,7 +85,7 @@ def init_token_data(path: Path, rng: Rng, config: TokenConfig, pin: str) -> Toke
     """`init --hsm pkcs11`: the LMK generated inside the token, `hsm.json` (module, token
     label, PIN variable: no secret) and a database whose keys the token seals."""
     _refuse_existing(path)
-    _make_folder(path)
+    make_folder(path)
     token = create_token_lmk(config, pin)
     try:
         vault = Vault.from_lmk(token, rng(LMK_LENGTH))
@@ -151,5 +154,24 @@ def sync_folder(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+LOCK_FILE = "serve.lock"
+
+
+@contextmanager
+def folder_lock(path: Path, exclusive: bool) -> Iterator[None]:
+    """`serve` holds the folder's lock shared; `lmk rotate` and `restore` need it alone: a host
+    serving under the old LMK would otherwise seal new keys under it after the rotation."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"a host is serving from {path}: stop it first" if exclusive else
+                            f"{path} is being rotated or restored: wait for it") from None
+        yield
     finally:
         os.close(fd)

@@ -16,6 +16,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any, Protocol
 
+from host.clock import Rng
 from protocol.crypto import Key, kcv
 
 LMK_LENGTH = 32  # AES-256: the key-block protection key of TR-31 version D.
@@ -161,3 +162,55 @@ class Vault:
 
     def __repr__(self) -> str:
         return "Vault(<LMK and derived keys>)"
+
+
+# --- clear components for custodians -------------------------------------------------------------
+
+COMPONENT_FORMAT = "posemu-lmk-component-1"
+
+
+def split_lmk(lmk: bytes, count: int, rng: Rng) -> list[bytes]:
+    """`count` random components whose XOR is the LMK: any fewer than all reveal nothing."""
+    if count not in (2, 3):
+        raise LmkError("an LMK is split into 2 or 3 components")
+    parts = [rng(LMK_LENGTH) for _ in range(count - 1)]
+    last = lmk
+    for part in parts:
+        last = bytes(a ^ b for a, b in zip(last, part, strict=True))
+    return [*parts, last]
+
+
+def component_document(material: bytes, index: int, count: int, lmk: bytes) -> dict[str, Any]:
+    """One custodian's file: the component and its check value, and the LMK's, so that the
+    rebuilt key is checked as a whole too."""
+    return {"format": COMPONENT_FORMAT, "index": index, "of": count,
+            "component": material.hex().upper(), "kcv": check_value(material),
+            "lmk_kcv": check_value(lmk)}
+
+
+def combine_lmk(documents: list[dict[str, Any]]) -> bytes:
+    """The LMK from every custodian's component, each checked against its own check value and
+    the result against the LMK's; a refusal names the component, never its value."""
+    if not documents:
+        raise LmkError("no LMK components given")
+    count = documents[0].get("of")
+    indexes = sorted(d.get("index") for d in documents)
+    if any(d.get("format") != COMPONENT_FORMAT for d in documents):
+        raise LmkError("not an LMK component file (format is not " + COMPONENT_FORMAT + ")")
+    if count not in (2, 3) or indexes != list(range(1, count + 1)):
+        raise LmkError(f"LMK components {indexes} given; all {count} are needed, each once")
+    if len({d.get("lmk_kcv") for d in documents}) != 1:
+        raise LmkError("the components are of different LMKs (their LMK check values differ)")
+    lmk = bytes(LMK_LENGTH)
+    for doc in documents:
+        try:
+            material = bytes.fromhex(doc["component"])
+        except (KeyError, TypeError, ValueError):
+            raise LmkError(f"LMK component {doc['index']} is not hex") from None
+        if len(material) != LMK_LENGTH or not hmac.compare_digest(check_value(material),
+                                                                  str(doc.get("kcv"))):
+            raise LmkError(f"LMK component {doc['index']} fails its check value: mistyped?")
+        lmk = bytes(a ^ b for a, b in zip(lmk, material, strict=True))
+    if not hmac.compare_digest(check_value(lmk), str(documents[0]["lmk_kcv"])):
+        raise LmkError("the components do not combine to the LMK of their check value")
+    return lmk

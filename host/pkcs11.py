@@ -93,7 +93,7 @@ class TokenLmk:
 
     def __init__(self, config: TokenConfig, pin: str) -> None:
         self.config = config
-        self._pin = pin
+        self.pin = pin  # kept to log in again after a token fault; never shown
         self._lock = threading.Lock()
         self._session: Any = None
         self._key: Any = None
@@ -118,7 +118,7 @@ class TokenLmk:
             if fresh:
                 self._lib.reinitialize()
             token = self._lib.get_token(token_label=self.config.token)
-            self._session = token.open(user_pin=self._pin, rw=True)
+            self._session = token.open(user_pin=self.pin, rw=True)
         except p11.exceptions.NoSuchToken:
             raise TokenError(f"{what} is not present (module {self.config.module})") from None
         except (p11.exceptions.PinIncorrect, p11.exceptions.PinLenRange,

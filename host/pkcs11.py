@@ -3,7 +3,7 @@
 The token holds one AES-256 key, sensitive and non-extractable, allowed to wrap and unwrap and
 nothing else. A key is sealed by the token with AES key wrap with padding (CKM_AES_KEY_WRAP_PAD,
 NIST SP 800-38F KWP, RFC 5649) of a transient session object whose value is a small header
-(format, usage, algorithm) followed by the key: KWP's integrity check then covers the usage too,
+(format, usage, algorithm, length) followed by the key: KWP's integrity check then covers the usage too,
 so a MAK's block does not open as a PIK. Every step that needs the LMK happens in the token;
 what leaves it is the unwrapped working key, which the host caches in memory once (PROTOCOL.md
 §2), so a purchase never crosses the PKCS#11 boundary.
@@ -118,7 +118,12 @@ class TokenLmk:
             if fresh:
                 self._lib.reinitialize()
             token = self._lib.get_token(token_label=self.config.token)
-            self._session = token.open(user_pin=self.pin, rw=True)
+            try:
+                self._session = token.open(user_pin=self.pin, rw=True)
+            except p11.exceptions.UserAlreadyLoggedIn:
+                # PKCS#11 logs in per process: a second LMK object of this token (`lmk
+                # rotate`) opens its session under the first one's login.
+                self._session = token.open(rw=True)
         except p11.exceptions.NoSuchToken:
             raise TokenError(f"{what} is not present (module {self.config.module})") from None
         except (p11.exceptions.PinIncorrect, p11.exceptions.PinLenRange,
@@ -208,7 +213,7 @@ class TokenLmk:
         return "T" + self._wrap(bytes(16))[:3].hex().upper()
 
     def seal(self, usage: str, key: Key) -> str:
-        value = _HEADER + f"{usage}|{key.algorithm}|".encode() + key.material
+        value = _HEADER + f"{usage}|{key.algorithm}|{key.length}|".encode() + key.material
         return FORMAT + self._call(lambda: self._wrap(value)).hex().upper()
 
     def unseal(self, usage: str, block: str) -> Key:
@@ -219,11 +224,16 @@ class TokenLmk:
         except ValueError:
             raise KeyBlockMacError("a token-sealed key that is not hex") from None
         value = self._call(lambda: self._unwrap(wrapped))
-        parts = value.split(b"|", 3)
-        if len(parts) != 4 or parts[0] + b"|" != _HEADER or parts[1].decode() != usage \
-                or parts[2].decode() not in _ALGORITHMS:
+        # The length is in the header because SoftHSM2 2.6 leaves KWP's zero padding on the
+        # unwrapped value (RFC 5649 §3 says to strip it); a token that strips it works the same.
+        parts = value.split(b"|", 4)
+        if len(parts) != 5 or parts[0] + b"|" != _HEADER or parts[1] != usage.encode() \
+                or parts[2].decode(errors="replace") not in _ALGORITHMS or not parts[3].isdigit():
             raise KeyBlockMacError(f"the token-sealed key is not a {usage}")
-        return Key(parts[2].decode(), usage, parts[3])
+        length = int(parts[3])
+        if len(parts[4]) < length or any(parts[4][length:]):
+            raise KeyBlockMacError(f"the token-sealed {usage} is damaged")
+        return Key(parts[2].decode(), usage, parts[4][:length])
 
     # --- the LMK's life ------------------------------------------------------------------------
 

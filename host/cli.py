@@ -52,6 +52,7 @@ _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,6})?)([smhd]?)")  # ASCII digi
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 100 * 365 * 86400.0
 _RESPONSE_CODE = re.compile(r"[0-9A-Z]{2}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def duration(text: str) -> float:
@@ -93,6 +94,14 @@ def key_sets(text: str) -> frozenset[str]:
     if not chosen or unknown:
         raise argparse.ArgumentTypeError(f"key sets are {', '.join(KEY_SETS)}, comma-separated")
     return chosen
+
+
+def env_name(text: str) -> str:
+    """A variable's name; what is not one is refused without being shown (it may be a PIN)."""
+    if not _ENV_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError("--pin-env names an environment variable (letters, "
+                                          "digits and _, not starting with a digit)")
+    return text
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -463,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the LMK lives (default: the file lmk.key)")
     init.add_argument("--module", help="the PKCS#11 library (e.g. SoftHSM2's libsofthsm2.so)")
     init.add_argument("--token", help="the token's label")
-    init.add_argument("--pin-env", default=DEFAULT_PIN_ENV, metavar="VAR",
+    init.allow_abbrev = False  # `--pin 1234` is not taken for --pin-env: no PIN on a command line
+    init.add_argument("--pin-env", type=env_name, default=DEFAULT_PIN_ENV, metavar="VAR",
                       help=f"the variable holding the user PIN (default {DEFAULT_PIN_ENV}; "
                            f"else asked on the terminal)")
     init.add_argument("--lmk-components", nargs="+", metavar="PATH",

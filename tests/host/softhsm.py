@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,13 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
                     "--pin", PIN], check=True, capture_output=True, timeout=30,
                    env=dict(os.environ))
     yield Token(module, LABEL, conf, folder)
+
+
+def open_session(tok: Token) -> Any:
+    """A session on the test's token from this process: C_Initialize again, since SoftHSM2
+    reads SOFTHSM2_CONF there and an earlier test may have initialised it with its own."""
+    import pkcs11
+
+    lib = pkcs11.lib(tok.module)
+    lib.reinitialize()
+    return lib.get_token(token_label=tok.label).open(user_pin=PIN)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
-from tests.host.softhsm import PIN, Token, token
+from tests.host.softhsm import PIN, Token, open_session, token
 from tests.support import add_card, pos_host, provision_terminal, running_host
 
 __all__ = ["token"]  # the fixture, imported for pytest
@@ -54,8 +54,7 @@ def test_the_token_lmk_is_sensitive_and_not_extractable(tmp_path: Path, token: T
     token_host(tmp_path, token)
     import pkcs11
 
-    lib = pkcs11.lib(token.module)
-    with lib.get_token(token_label=token.label).open(user_pin=PIN) as session:
+    with open_session(token) as session:
         key = session.get_key(label="posemu-lmk-1")
         assert key[pkcs11.Attribute.SENSITIVE] and not key[pkcs11.Attribute.EXTRACTABLE]
         assert key[pkcs11.Attribute.NEVER_EXTRACTABLE]
@@ -137,3 +136,25 @@ def test_backup_and_restore_with_the_token(tmp_path: Path, token: Token) -> None
             for d in (data, tmp_path / "restored")]
     assert kcvs[0] == kcvs[1] and len(kcvs[0]) == 1
     assert os.stat(tmp_path / "restored" / "host.db").st_mode & 0o077 == 0
+
+
+def test_rotate_makes_a_new_token_lmk_and_destroys_the_old(tmp_path: Path, token: Token) -> None:
+    data = token_host(tmp_path, token)
+    ceremony = provision_terminal(data, "T0000001", MID)
+    add_card(data, CARD.pan, CARD.expiry, CARD.pin, "10.00")
+    rotated = pos_host(data, "lmk", "rotate")
+    assert rotated["keys_resealed"] == 1 and rotated["lmk_kcv"] != rotated["old_lmk_kcv"]
+    conn = sqlite3.connect(data / "host.db")
+    assert conn.execute("SELECT value FROM meta WHERE name='lmk_label'").fetchone()[0] == "posemu-lmk-2"
+    conn.close()
+    assert pos_host(data, "keys", "show", "T0000001")["keys"][0]["kcv"] == ceremony["tmk_kcv"]
+    terminal = ClientTerminal("T0000001", MID, tmk_from_ceremony(ceremony))
+    with running_host(data) as host, Link(host.endpoint, terminal) as link:
+        assert link.sign_on()[39] == "00"
+        assert link.exchange(terminal.purchase(CARD, 100))[0][39] == "00"
+    import pkcs11
+
+    with open_session(token) as session:
+        labels = {k.label for k in session.get_objects({pkcs11.Attribute.CLASS:
+                                                        pkcs11.ObjectClass.SECRET_KEY})}
+    assert labels == {"posemu-lmk-2"}

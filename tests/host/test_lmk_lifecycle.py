@@ -18,8 +18,8 @@ from host.datadir import LMK_FILE, NEW_LMK_FILE, init_data, open_data
 from host.hsm import unseal
 from host.lmk import check_value, load_lmk
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
-from tests.support import _env, add_card as cli_add_card
-from tests.support import host_command, init_host, pos_host, provision_terminal, running_host
+from tests.support import _env, host_command, init_host, pos_host, provision_terminal, running_host
+from tests.support import add_card as cli_add_card
 
 MID = "M00000000000001"
 CARD = Card("6212345678901234", "2812", "1234")

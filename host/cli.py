@@ -182,8 +182,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         lmk = admin.read_components([Path(p) for p in args.lmk_components]) \
             if args.lmk_components else None
         init_data(path, system_rng, lmk)
-        result.update(hsm="file", lmk_kcv=check_value((path / "lmk.key").read_bytes()))
-    emit(args, result, lambda r: f"created: {r['data']} (LMK {r['hsm']}, check value {r['lmk_kcv']})")
+        if lmk is not None:  # the custodians compare it with their components' LMK check value
+            result.update(lmk_kcv=check_value(lmk))
+    emit(args, result, lambda r: f"created: {r['data']}" + (
+        f" (LMK check value {r['lmk_kcv']})" if "lmk_kcv" in r else ""))
     return EXIT_OK
 
 

@@ -2,7 +2,7 @@
 
 Layout: `lmk.key` (32 random bytes, mode 0600), or `hsm.json` (the PKCS#11 token that holds
 the LMK), and `host.db` (SQLite, WAL: `-wal` and `-shm` beside it) in a folder of mode 0700;
-`lmk.key.new` only during `lmk rotate`, and `serve.lock`, which a serving host holds.
+`lmk.key.new` only during `lmk rotate`. A serving host holds a shared flock on the folder itself.
 
 Only `init` makes a database (and `restore`, which brings one back). Every other command opens
 what is there and refuses, in one line and before writing anything, a folder without its LMK or
@@ -158,14 +158,12 @@ def sync_folder(path: Path) -> None:
         os.close(fd)
 
 
-LOCK_FILE = "serve.lock"
-
-
 @contextmanager
 def folder_lock(path: Path, exclusive: bool) -> Iterator[None]:
-    """`serve` holds the folder's lock shared; `lmk rotate` and `restore` need it alone: a host
-    serving under the old LMK would otherwise seal new keys under it after the rotation."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    """`serve` holds a shared lock on the data folder itself (flock on its directory: no file
+    is made), `lmk rotate` and `restore` need it alone: a host serving under the old LMK would
+    otherwise seal new keys under it after the rotation."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

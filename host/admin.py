@@ -298,7 +298,14 @@ def rotate_lmk(path: Path, rng: Rng) -> dict[str, Any]:
                 token.create_lmk(label)
                 new_lmk = TokenLmk(replace(token.config, label=label), token.pin)
                 meta = {"lmk_label": label}
-            resealed = db.reseal(lmk_mod.Vault.from_lmk(new_lmk, old.root), meta)
+            try:
+                resealed = db.reseal(lmk_mod.Vault.from_lmk(new_lmk, old.root), meta)
+            except BaseException:
+                if isinstance(new_lmk, bytes):
+                    (path / datadir.NEW_LMK_FILE).unlink(missing_ok=True)
+                else:
+                    token.destroy_lmk(label)
+                raise
             if isinstance(new_lmk, bytes):
                 os.replace(path / datadir.NEW_LMK_FILE, path / datadir.LMK_FILE)
                 datadir.sync_folder(path)
@@ -340,11 +347,21 @@ def verify_backup(path: Path, file: Path) -> dict[str, Any]:
             lmk.close()
 
 
-def restore(file: Path, path: Path, lmk_file: Path | None) -> dict[str, Any]:
+def restore(file: Path, path: Path, lmk_file: Path | None, module: str | None = None,
+            ) -> dict[str, Any]:
     """Into a folder without a database: the LMK from --lmk (copied in), the folder's own
-    `lmk.key`, or the token the backup names; verified in full before anything is written."""
+    `lmk.key`, or the token the backup names, through the PKCS#11 library the operator names
+    (`--module`: a header is not trusted before its MAC is checked, and loading a library runs
+    its code); verified in full before anything is written."""
     data = _read_file(file)
     header, image, _, _ = backup.read_header(data)
+    if header.get("hsm") is not None:
+        if module is None:
+            raise UsageError(f"this backup's LMK is in token {header['hsm'].get('token')!r}: "
+                             f"give --module PATH (its PKCS#11 library) to restore it")
+        header["hsm"] = {**header["hsm"], "module": module}
+    elif module is not None:
+        raise UsageError("--module is for a backup whose LMK is in a token; this one's is a file")
     if (path / datadir.DB_FILE).exists():
         raise UsageError(f"{path} already has a host database: restore into a new folder")
     datadir.make_folder(path)

@@ -248,7 +248,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if getattr(args, "data", None) is None:
         raise admin.UsageError("restore needs --data DIR (the folder to restore into)")
     result = admin.restore(Path(args.file), resolve(args.data),
-                           Path(args.lmk) if args.lmk else None)
+                           Path(args.lmk) if args.lmk else None, args.module)
     emit(args, result, lambda r: f"restored {r['restored']}: " + _counts_text(r))
     return EXIT_OK
 
@@ -500,8 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore = command(commands, "restore", cmd_restore,
                       "a backup as a new host's database (--data: the folder to restore into)")
     restore.add_argument("file")
-    restore.add_argument("--lmk", help="the LMK file to restore with (default: the folder's own, "
-                                       "or the token the backup names)")
+    restore.add_argument("--lmk", help="the LMK file to restore with (default: the folder's own)")
+    restore.add_argument("--module", help="for a backup whose LMK is in a token: its PKCS#11 "
+                                          "library (PIN from the variable the backup names)")
 
     terminal = commands.add_parser("terminal", help="provision terminals").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -168,8 +168,10 @@ class TokenLmk:
             try:
                 return work()
             except p11.exceptions.PKCS11Error as exc:
-                if self._alive():
-                    raise KeyBlockMacError("sealed key does not open under the token's LMK") from None
+                if self._alive():  # the token is there and said no: the block's fault
+                    raise KeyBlockMacError(f"the token refused the operation "
+                                           f"({type(exc).__name__}): a damaged sealed key, or "
+                                           f"one sealed under another LMK") from None
                 self._drop()
                 raise TokenError(f"token {self.config.token!r} lost: {type(exc).__name__}; "
                                  f"retried on the next operation") from None

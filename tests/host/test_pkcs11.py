@@ -130,7 +130,9 @@ def test_backup_and_restore_with_the_token(tmp_path: Path, token: Token) -> None
     pos_host(data, "backup", "--out", str(backup))
     verified = pos_host(data, "backup", "verify", str(backup))
     assert verified["keys_opened"] == 1 and verified["hsm"]
-    restored = pos_host(tmp_path / "restored", "restore", str(backup))
+    unnamed = pos_host(tmp_path / "restored", "restore", str(backup), check=False)
+    assert "give --module PATH" in unnamed["error"]
+    restored = pos_host(tmp_path / "restored", "restore", str(backup), "--module", token.module)
     assert restored["terminals"] == 1
     kcvs = [[k["kcv"] for k in pos_host(d, "keys", "show", "T0000001")["keys"]]
             for d in (data, tmp_path / "restored")]

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
 from tests.host.softhsm import PIN, Token, open_session, token
-from tests.support import add_card, pos_host, provision_terminal, running_host
+from tests.support import _env, add_card, host_command, pos_host, provision_terminal, running_host
 
 __all__ = ["token"]  # the fixture, imported for pytest
 MID = "M00000000000001"
@@ -160,3 +163,26 @@ def test_rotate_makes_a_new_token_lmk_and_destroys_the_old(tmp_path: Path, token
         labels = {k.label for k in session.get_objects({pkcs11.Attribute.CLASS:
                                                         pkcs11.ObjectClass.SECRET_KEY})}
     assert labels == {"posemu-lmk-2"}
+
+
+def test_token_rotation_killed_at_any_point_leaves_the_old_set_or_the_new(tmp_path: Path,
+                                                                           token: Token) -> None:
+    data = token_host(tmp_path, token)
+    for n in range(30):
+        provision_terminal(data, f"T{n:07d}", MID)
+    kcvs = [k["kcv"] for k in pos_host(data, "keys", "show", "T0000007")["keys"]]
+    seen = [pos_host(data, "backup", "--out", str(tmp_path / "b0"))["lmk_kcv"]]
+    for n, delay in enumerate([0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0], start=1):
+        process = subprocess.Popen([*host_command(), "--data", str(data), "lmk", "rotate"],
+                                   env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        backup = tmp_path / f"b{n}"
+        pos_host(data, "backup", "--out", str(backup))
+        verified = pos_host(data, "backup", "verify", str(backup))  # every key opens, KCVs match
+        assert verified["keys_opened"] == 30
+        assert verified["lmk_kcv"] == seen[-1] or verified["lmk_kcv"] not in seen
+        seen.append(verified["lmk_kcv"])
+        assert [k["kcv"] for k in pos_host(data, "keys", "show", "T0000007")["keys"]] == kcvs
+    assert len(set(seen)) > 1  # some kills came after a commit

@@ -7,14 +7,18 @@ exist to be shown once.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from host import hsm
+from host import backup, datadir, hsm
+from host import lmk as lmk_mod
 from host.clock import Rng
 from host.keydb import KeyDb, KeyDbError, KeyRow
+from host.pkcs11 import CONFIG_FILE, TokenConfig, TokenLmk, read_pin
 from host.state import ACTIVE, Card, WorkingSet
 from protocol.amounts import format_amount, parse_amount
 from protocol.crypto import Key
@@ -264,3 +268,158 @@ def show_batch(db: KeyDb, tid: str, batch: str | None) -> dict[str, Any]:
             for r in rows
         ],
     }
+
+
+# --- the LMK's lifecycle and backups -------------------------------------------------------------
+
+
+def lmk_components(db: KeyDb, count: int, out: Path, rng: Rng) -> dict[str, Any]:
+    """The file LMK as `count` clear components, one file each (mode 0600, in a new folder) for
+    its custodian; refused for a token's LMK, which never leaves the token."""
+    lmk = db.vault.lmk
+    if not isinstance(lmk, bytes):
+        raise UsageError("the LMK is inside the token and not extractable: back it up by the "
+                         "token's own means (its vendor's backup or cloning to another token)")
+    if count not in (2, 3):
+        raise UsageError("--components is 2 or 3")
+    try:
+        out.mkdir(mode=0o700)
+    except FileExistsError:
+        raise UsageError(f"--out {out} exists: components go into a new folder") from None
+    except OSError as exc:
+        raise UsageError(f"--out {out}: {exc.strerror}") from None
+    files = []
+    for index, material in enumerate(lmk_mod.split_lmk(lmk, count, rng), start=1):
+        path = out / f"lmk-component-{index}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(lmk_mod.component_document(material, index, count, lmk), f, indent=2)
+            f.write("\n")
+        files.append(str(path))
+    return {"lmk_kcv": db.vault.check_value, "components": count, "files": files}
+
+
+def read_components(paths: list[Path]) -> bytes:
+    """`init --lmk-components`: files, or folders of `lmk-component-*.json`, rebuilt to the LMK."""
+    documents = []
+    for path in paths:
+        files = sorted(path.glob("lmk-component-*.json")) if path.is_dir() else [path]
+        for file in files:
+            try:
+                documents.append(json.loads(file.read_text()))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"{file}: not an LMK component file ({type(exc).__name__})") from None
+    return lmk_mod.combine_lmk(documents)
+
+
+def rotate_lmk(path: Path, rng: Rng) -> dict[str, Any]:
+    """A new LMK and every stored key re-sealed under it in one transaction (`KeyDb.reseal`).
+    File LMK: `lmk.key.new` is written and flushed first and renamed over `lmk.key` after the
+    commit; `datadir.settle_rotation` finishes or undoes a rotation a kill interrupted. Token:
+    the new LMK is a new token object, the database names it (`lmk_label`), the old one is
+    destroyed after the commit."""
+    with datadir.folder_lock(path, exclusive=True):
+        db = datadir.open_data(path, rng)
+        try:
+            old = db.vault
+            meta: dict[str, str] = {}
+            if isinstance(old.lmk, bytes):
+                new_lmk: lmk_mod.Lmk = lmk_mod.write_lmk(path / datadir.NEW_LMK_FILE,
+                                                         rng(lmk_mod.LMK_LENGTH))
+            else:
+                token = old.lmk
+                assert isinstance(token, TokenLmk)
+                label = _next_label(token.config.label)
+                token.destroy_lmk(label)  # left by a rotation killed before its commit
+                token.create_lmk(label)
+                new_lmk = TokenLmk(replace(token.config, label=label), token.pin)
+                meta = {"lmk_label": label}
+            try:
+                resealed = db.reseal(lmk_mod.Vault.from_lmk(new_lmk, old.root), meta)
+            except BaseException:
+                if isinstance(new_lmk, bytes):
+                    (path / datadir.NEW_LMK_FILE).unlink(missing_ok=True)
+                else:
+                    token.destroy_lmk(label)
+                raise
+            if isinstance(new_lmk, bytes):
+                os.replace(path / datadir.NEW_LMK_FILE, path / datadir.LMK_FILE)
+                datadir.sync_folder(path)
+            else:
+                token.destroy_lmk(token.config.label)
+                new_lmk.close()
+            return {"rotated": True, "old_lmk_kcv": old.check_value,
+                    "lmk_kcv": lmk_mod.lmk_check_value(new_lmk), "keys_resealed": resealed}
+        finally:
+            db.close()
+
+
+def _next_label(label: str) -> str:
+    stem, _, number = label.rpartition("-")
+    return f"{stem}-{int(number) + 1}" if number.isdigit() else f"{label}-2"
+
+
+def make_backup(db: KeyDb, path: Path, out: Path) -> dict[str, Any]:
+    token = TokenConfig.load(path) if (path / CONFIG_FILE).exists() else None
+    if token is not None:
+        token = replace(token, label=db.meta.get("lmk_label", token.label))
+    return backup.write_backup(db, out, token)
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+
+
+def verify_backup(path: Path, file: Path) -> dict[str, Any]:
+    """Checked under the host's own LMK (the folder's file or token)."""
+    lmk = datadir.open_lmk(path)
+    try:
+        return {"backup": str(file), **backup.verify_backup(_read_file(file), lmk)}
+    finally:
+        if isinstance(lmk, TokenLmk):
+            lmk.close()
+
+
+def restore(file: Path, path: Path, lmk_file: Path | None, module: str | None = None,
+            ) -> dict[str, Any]:
+    """Into a folder without a database: the LMK from --lmk (copied in), the folder's own
+    `lmk.key`, or the token the backup names, through the PKCS#11 library the operator names
+    (`--module`: a header is not trusted before its MAC is checked, and loading a library runs
+    its code); verified in full before anything is written."""
+    data = _read_file(file)
+    header, image, _, _ = backup.read_header(data)
+    if header.get("hsm") is not None:
+        if module is None:
+            raise UsageError(f"this backup's LMK is in token {header['hsm'].get('token')!r}: "
+                             f"give --module PATH (its PKCS#11 library) to restore it")
+        header["hsm"] = {**header["hsm"], "module": module}
+    elif module is not None:
+        raise UsageError("--module is for a backup whose LMK is in a token; this one's is a file")
+    if (path / datadir.DB_FILE).exists():
+        raise UsageError(f"{path} already has a host database: restore into a new folder")
+    datadir.make_folder(path)
+    with datadir.folder_lock(path, exclusive=True):
+        token = header.get("hsm")
+        lmk: lmk_mod.Lmk
+        if token is not None:
+            config = TokenConfig(**token)
+            lmk = TokenLmk(config, read_pin(config))
+        elif lmk_file is not None:
+            lmk = lmk_mod.load_lmk(lmk_file)
+        else:
+            lmk = lmk_mod.load_lmk(path / datadir.LMK_FILE)
+        try:
+            result = backup.verify_backup(data, lmk)
+            if token is not None:
+                config.save(path)
+            elif lmk_file is not None and not (path / datadir.LMK_FILE).exists():
+                assert isinstance(lmk, bytes)
+                lmk_mod.write_lmk(path / datadir.LMK_FILE, lmk)
+            backup.restore_image(image, path / datadir.DB_FILE)
+        finally:
+            if isinstance(lmk, TokenLmk):
+                lmk.close()
+    return {"restored": str(path), **result}

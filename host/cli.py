@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TextIO
 import serial
 
 from host import admin
+from host.backup import BackupError
 from host.clock import system_clock, system_rng
 from host.connections import (
     FD_HEADROOM,
@@ -28,11 +29,12 @@ from host.connections import (
     Limits,
     default_max_connections,
 )
-from host.datadir import DataError, init_data, open_data, resolve
+from host.datadir import DataError, folder_lock, init_data, init_token_data, open_data, resolve
 from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
 from host.keydb import SYNC_MODES, KeyDb, KeyDbError
-from host.lmk import LmkError
+from host.lmk import LmkError, check_value
 from host.logs import MessageLog
+from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
 from host.server import HostCore, SerialPorts, serve_until_signalled
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
@@ -57,6 +59,7 @@ _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,6})?)([smhd]?)")  # ASCII digi
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 100 * 365 * 86400.0
 _RESPONSE_CODE = re.compile(r"[0-9A-Z]{2}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def duration(text: str) -> float:
@@ -98,6 +101,14 @@ def key_sets(text: str) -> frozenset[str]:
     if not chosen or unknown:
         raise argparse.ArgumentTypeError(f"key sets are {', '.join(KEY_SETS)}, comma-separated")
     return chosen
+
+
+def env_name(text: str) -> str:
+    """A variable's name; what is not one is refused without being shown (it may be a PIN)."""
+    if not _ENV_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError("--pin-env names an environment variable (letters, "
+                                          "digits and _, not starting with a digit)")
+    return text
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -163,19 +174,90 @@ def _said(result: dict[str, Any]) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     path = resolve(args.data)
-    init_data(path, system_rng)
-    emit(args, {"data": str(path), "created": True}, lambda r: f"created: {r['data']}")
+    result: dict[str, Any] = {"data": str(path), "created": True}
+    if args.hsm == "pkcs11":
+        if not args.module or not args.token or args.lmk_components:
+            raise admin.UsageError("--hsm pkcs11 needs --module PATH and --token LABEL (and no "
+                                   "--lmk-components: a token makes its own LMK)")
+        config = TokenConfig(args.module, args.token, args.pin_env)
+        token = init_token_data(path, system_rng, config, read_pin(config))
+        result.update(hsm="pkcs11", token=args.token, lmk_kcv=token.check_value)
+        token.close()
+    else:
+        if args.module or args.token:
+            raise admin.UsageError("--module and --token go with --hsm pkcs11")
+        lmk = admin.read_components([Path(p) for p in args.lmk_components]) \
+            if args.lmk_components else None
+        init_data(path, system_rng, lmk)
+        if lmk is not None:  # the custodians compare it with their components' LMK check value
+            result.update(lmk_kcv=check_value(lmk))
+    emit(args, result, lambda r: f"created: {r['data']}" + (
+        f" (LMK check value {r['lmk_kcv']})" if "lmk_kcv" in r else ""))
     return EXIT_OK
 
 
 def _with_db(work: Callable[[argparse.Namespace, KeyDb], int]) -> Callable[[argparse.Namespace], int]:
+    return _with_db_path(lambda args, db, _path: work(args, db))
+
+
+def _with_db_path(work: Callable[[argparse.Namespace, KeyDb, Path], int],
+                  ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        db = open_data(resolve(args.data), system_rng)
+        path = resolve(args.data)
+        db = open_data(path, system_rng)
         try:
-            return work(args, db)
+            return work(args, db, path)
         finally:
             db.close()
+            if not isinstance(db.vault.lmk, bytes):
+                db.vault.lmk.close()
     return run
+
+
+@_with_db_path
+def cmd_lmk_components(args: argparse.Namespace, db: KeyDb, path: Path) -> int:
+    result = admin.lmk_components(db, args.components, Path(args.out), system_rng)
+    emit(args, result, lambda r: f"wrote {r['components']} LMK components (LMK check value "
+                                 f"{r['lmk_kcv']}): " + ", ".join(r["files"])
+                                 + "; give each to its own custodian and delete the folder")
+    return EXIT_OK
+
+
+def cmd_lmk_rotate(args: argparse.Namespace) -> int:
+    result = admin.rotate_lmk(resolve(args.data), system_rng)
+    emit(args, result, lambda r: f"LMK rotated: {r['old_lmk_kcv']} -> {r['lmk_kcv']}, "
+                                 f"{r['keys_resealed']} keys re-sealed")
+    return EXIT_OK
+
+
+def _counts_text(r: dict[str, Any]) -> str:
+    return (f"{r['terminals']} terminals, {r['keys']} keys, {r['cards']} cards, {r['txns']} "
+            f"transactions (LMK check value {r['lmk_kcv']})")
+
+
+@_with_db_path
+def cmd_backup(args: argparse.Namespace, db: KeyDb, path: Path) -> int:
+    if args.out is None:
+        raise admin.UsageError("backup needs --out FILE (or `backup verify FILE`)")
+    result = admin.make_backup(db, path, Path(args.out))
+    emit(args, result, lambda r: f"backed up to {r['backup']}: " + _counts_text(r))
+    return EXIT_OK
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    result = admin.verify_backup(resolve(args.data), Path(args.file))
+    emit(args, result, lambda r: f"verified {r['backup']}: MAC good, {r['keys_opened']} keys "
+                                 f"opened with matching check values; " + _counts_text(r))
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    if getattr(args, "data", None) is None:
+        raise admin.UsageError("restore needs --data DIR (the folder to restore into)")
+    result = admin.restore(Path(args.file), resolve(args.data),
+                           Path(args.lmk) if args.lmk else None, args.module)
+    emit(args, result, lambda r: f"restored {r['restored']}: " + _counts_text(r))
+    return EXIT_OK
 
 
 def _ceremony(args: argparse.Namespace, make: Callable[[], tuple[dict[str, Any], Any]]) -> int:
@@ -345,10 +427,17 @@ def _port_problem(port: str) -> str | None:
     return None if is_device else f"{port} is not a serial device"
 
 
-@_with_db
-def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     if args.tcp is None and not args.serial:
         raise admin.UsageError("serve needs --tcp HOST:PORT and/or --serial SPEC")
+    path = resolve(args.data)
+    if path.is_dir():
+        with folder_lock(path, exclusive=False):
+            return _with_db(_serve)(args)
+    return _with_db(_serve)(args)
+
+
+def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     _check_ports(args.serial)
     dialect: Dialect = args.dialect
     codec = codec_for(dialect)
@@ -424,7 +513,42 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command(commands, "init", cmd_init, "create the data folder, the LMK and the key database")
+    init = command(commands, "init", cmd_init,
+                   "create the data folder, the LMK (a file, or inside a PKCS#11 token) and the "
+                   "key database")
+    init.add_argument("--hsm", choices=("file", "pkcs11"), default="file",
+                      help="where the LMK lives (default: the file lmk.key)")
+    init.add_argument("--module", help="the PKCS#11 library (e.g. SoftHSM2's libsofthsm2.so)")
+    init.add_argument("--token", help="the token's label")
+    init.allow_abbrev = False  # `--pin 1234` is not taken for --pin-env: no PIN on a command line
+    init.add_argument("--pin-env", type=env_name, default=DEFAULT_PIN_ENV, metavar="VAR",
+                      help=f"the variable holding the user PIN (default {DEFAULT_PIN_ENV}; "
+                           f"else asked on the terminal)")
+    init.add_argument("--lmk-components", nargs="+", metavar="PATH",
+                      help="rebuild the LMK from custodians' component files (or folders)")
+
+    lmk = commands.add_parser("lmk", help="the LMK's lifecycle").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    components = command(lmk, "components", cmd_lmk_components,
+                         "export a file LMK as clear components for custodians")
+    components.add_argument("--components", type=int, choices=(2, 3), required=True)
+    components.add_argument("--out", required=True, help="a new folder for the component files")
+    command(lmk, "rotate", cmd_lmk_rotate,
+            "a new LMK, every stored key re-sealed under it atomically (host stopped)")
+
+    backup = command(commands, "backup", cmd_backup,
+                     "the key database as one MACed file, keys still sealed (safe while serving)")
+    backup.add_argument("--out", help="the backup file to create")
+    verify = backup.add_subparsers(dest="action", metavar="ACTION").add_parser(
+        "verify", parents=[common], help="check a backup's MAC, open every key, count")
+    verify.set_defaults(handler=cmd_backup_verify)
+    verify.add_argument("file")
+    restore = command(commands, "restore", cmd_restore,
+                      "a backup as a new host's database (--data: the folder to restore into)")
+    restore.add_argument("file")
+    restore.add_argument("--lmk", help="the LMK file to restore with (default: the folder's own)")
+    restore.add_argument("--module", help="for a backup whose LMK is in a token: its PKCS#11 "
+                                          "library (PIN from the variable the backup names)")
 
     terminal = commands.add_parser("terminal", help="provision terminals").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -521,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ERRORS = (admin.UsageError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error, OSError)
+ERRORS = (admin.UsageError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error, OSError,
+          TokenError, BackupError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from host.clock import Rng
+from host.lmk import Lmk
 from host.state import ACTIVE, HeldKey, KeyHandle, StoredWorkingSet, Terminal, TerminalKeys, WorkingSet
 from protocol.crypto import (
     CryptoError,
@@ -38,7 +39,10 @@ TMK_LENGTH = 16
 # TR-31 key usage and mode of use of what the host seals: K0 key-encryption key, P0 PIN
 # encryption, M3 ISO 9797-1 MAC algorithm 3 (X9.19; the CUP MAC is built on the same DES), D0
 # data encryption; B = encrypt and decrypt (wrap and unwrap), C = generate and verify.
-TR31_USAGE = {"TMK": ("K0", "B"), "PIK": ("P0", "B"), "MAK": ("M3", "C"), "TDK": ("D0", "B")}
+# ROOT (the secret the LMK-derived keys come from, host.lmk.Vault) takes a numeric usage, which
+# TR-31 leaves to proprietary use; N = no special restrictions.
+TR31_USAGE = {"TMK": ("K0", "B"), "PIK": ("P0", "B"), "MAK": ("M3", "C"), "TDK": ("D0", "B"),
+              "ROOT": ("01", "N")}
 
 
 class PinBlockInvalid(ValueError):
@@ -75,11 +79,14 @@ def split_components(tmk: Key, count: int, rng: Rng) -> list[Component]:
 
 def new_working_set(
     key_set: KeySet, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
+    tmk: Key | None = None,
 ) -> StoredWorkingSet:
-    """The working keys of one sign-on; the MAK as long as the dialect's MAC needs."""
+    """The working keys of one sign-on; the MAK as long as the dialect's MAC needs. None equals
+    the TMK they are sent under (a key sent under itself)."""
     lengths = dict(key_set.keys)
     lengths["MAK"] = key_set.mak_length(dialect)
-    keys = {usage: generate_key("DES" if n == 8 else "TDES", n, usage, rng)
+    avoid = frozenset() if tmk is None else frozenset({tmk.material})
+    keys = {usage: generate_key("DES" if n == 8 else "TDES", n, usage, rng, avoid)
             for usage, n in lengths.items()}
     return WorkingSet(generation, key_set.code, ACTIVE, now, lifetime,
                       keys["PIK"], keys["MAK"], keys.get("TDK"))
@@ -103,14 +110,19 @@ def field62(tmk: Key, working: StoredWorkingSet, key_set: KeySet) -> bytes:
 
 # --- sealing under the LMK -----------------------------------------------------------------------
 
-def seal(lmk: bytes, usage: str, key: Key, rng: Rng) -> str:
-    """The key as a TR-31 version D block under the LMK: what the database stores."""
+def seal(lmk: Lmk, usage: str, key: Key, rng: Rng) -> str:
+    """The key as a TR-31 version D block under a file LMK, or sealed by the token that holds
+    the LMK (`host.pkcs11`): what the database stores."""
+    if not isinstance(lmk, bytes):
+        return lmk.seal(usage, key)
     code, mode = TR31_USAGE[usage]
     return tr31.wrap(Key("AES", "KBPK", lmk), key, code, version="D", mode_of_use=mode, rng=rng)
 
 
-def unseal(lmk: bytes, usage: str, block: str) -> Key:
+def unseal(lmk: Lmk, usage: str, block: str) -> Key:
     """Open a sealed key; a block that fails its MAC under the LMK raises (never a wrong key)."""
+    if not isinstance(lmk, bytes):
+        return lmk.unseal(usage, block)
     _, key = tr31.unwrap(Key("AES", "KBPK", lmk), block, usage)
     return key
 
@@ -176,7 +188,7 @@ class SoftwareSecurityModule:
     what the database holds, not every key it ever saw.
     """
 
-    def __init__(self, lmk: bytes, rng: Rng, dialect: Dialect) -> None:
+    def __init__(self, lmk: Lmk, rng: Rng, dialect: Dialect) -> None:
         self._lmk = lmk
         self._rng = rng
         self._dialect = dialect
@@ -228,8 +240,9 @@ class SoftwareSecurityModule:
 
     def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
-        stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng)
-        return IssuedSet(field62(self._keys[tmk.id], stored, key_set), stored)
+        under = self._keys[tmk.id]
+        stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng, under)
+        return IssuedSet(field62(under, stored, key_set), stored)
 
     def generate_mac(self, mak: KeyHandle, data: bytes) -> bytes:
         return self._macs[mak.id](data)

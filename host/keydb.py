@@ -17,12 +17,12 @@ import hmac
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.clock import Rng
 from host.hsm import seal, unseal
-from host.lmk import LmkError, Vault
+from host.lmk import Lmk, LmkError, Vault
 from host.state import (
     ACTIVE,
     RETIRED,
@@ -230,6 +230,7 @@ class Found:
 
     version: int
     lmk_kcv: str | None  # None in a version-2 database, which predates the check value
+    meta: Mapping[str, str] = field(default_factory=dict)  # 'lmk_label' of a token LMK, ...
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -250,8 +251,9 @@ def inspect(path: Path) -> Found:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {name for name, in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")}
-            kcv_row = (conn.execute("SELECT value FROM meta WHERE name='lmk_kcv'").fetchone()
-                       if "meta" in tables else None)
+            meta = (dict(conn.execute("SELECT name, value FROM meta").fetchall())
+                    if "meta" in tables else {})
+            kcv_row = (meta["lmk_kcv"],) if "lmk_kcv" in meta else None
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
@@ -273,7 +275,7 @@ def inspect(path: Path) -> Found:
     if version > UPGRADES_FROM and (application_id != APPLICATION_ID or kcv_row is None):
         raise KeyDbError(f"{path} is damaged: a version {version} host database without its "
                          f"LMK check value")
-    return Found(version, kcv_row[0] if kcv_row else None)
+    return Found(version, kcv_row[0] if kcv_row else None, meta)
 
 
 def check_lmk(path: Path, found: Found, vault: Vault) -> None:
@@ -283,20 +285,35 @@ def check_lmk(path: Path, found: Found, vault: Vault) -> None:
                        f"{vault.check_value}, the database's {found.lmk_kcv}): wrong lmk.key?")
 
 
-def create(path: Path, vault: Vault) -> None:
+def create(path: Path, vault: Vault, rng: Rng, meta: Mapping[str, str] | None = None) -> None:
     """A new, empty database with the LMK's check value: only `pos-host init` calls this."""
     conn = connect(path)
     try:
         conn.executescript(SCHEMA + META_SCHEMA)
-        _stamp(conn, vault)
+        _stamp(conn, vault, {**(meta or {}), **_root_meta(vault, rng)})
     finally:
         conn.close()
 
 
-def _stamp(conn: sqlite3.Connection, vault: Vault, begin: bool = True) -> None:
+def _root_meta(vault: Vault, rng: Rng) -> dict[str, str]:
+    """The root of the derived keys sealed under the LMK, unless it is the LMK itself."""
+    if vault.root is vault.lmk:
+        return {}
+    return {"root": seal(vault.lmk, "ROOT", Key("AES", "ROOT", vault.root), rng)}
+
+
+def open_root(lmk: Lmk, meta: Mapping[str, str]) -> Vault:
+    """The vault of a database: its derived keys from the root sealed in it, or from the LMK."""
+    block = meta.get("root")
+    return Vault.from_lmk(lmk, None if block is None else unseal(lmk, "ROOT", block).material)
+
+
+def _stamp(conn: sqlite3.Connection, vault: Vault, meta: Mapping[str, str] | None = None,
+           begin: bool = True) -> None:
     if begin:
         conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('lmk_kcv', ?)", (vault.check_value,))
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", (meta or {}).items())
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     conn.execute("COMMIT")
@@ -340,10 +357,11 @@ class KeyDb:
 
     def __init__(self, path: Path, vault: Vault, rng: Rng) -> None:
         self.path = path
-        self.vault = vault
         self.rng = rng  # TR-31 padding
         found = inspect(path)
         check_lmk(path, found, vault)
+        self.vault = open_root(vault.lmk, found.meta) if "root" in found.meta else vault
+        self.meta = found.meta
         self.conn = connect(path)
         if found.version < SCHEMA_VERSION:
             try:
@@ -511,6 +529,34 @@ class KeyDb:
                 (seal(self.vault.lmk, "MAK", mak, self.rng), mak.kcv_hex, tid, row[0]),
             )
             return row[0]
+
+    # --- the LMK's lifecycle and backups -----------------------------------------------------------
+
+    def reseal(self, new: Vault, meta: Mapping[str, str]) -> int:
+        """`lmk rotate`: every stored key, and the root of the derived keys, sealed again under
+        `new`'s LMK, with its check value, in one transaction: a kill at any point leaves the
+        old set or the new one. The number of keys re-sealed."""
+        with self.transaction() as c:
+            rows = c.execute("SELECT rowid, usage, block FROM keys").fetchall()
+            for rowid, usage, block in rows:
+                key = unseal(self.vault.lmk, usage, block)
+                c.execute("UPDATE keys SET block=? WHERE rowid=?",
+                          (seal(new.lmk, usage, key, self.rng), rowid))
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('lmk_kcv', ?)", (new.check_value,))
+            c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                          {**meta, **_root_meta(new, self.rng)}.items())
+        self.vault = new
+        return len(rows)
+
+    def snapshot(self) -> bytes:
+        """The whole database as one consistent image, taken with SQLite's online backup while
+        a host may be serving from it (its commits wait for no more than a page step)."""
+        copy = sqlite3.connect(":memory:")
+        try:
+            self.conn.backup(copy)
+            return copy.serialize()
+        finally:
+            copy.close()
 
     # --- cards -----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v tshark >/dev/null 2>&1 || need_apt+=(tshark)
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)  # the PKCS#11 token of tests/host
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing ${need_apt[*]} with apt-get" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null 2>&1 \
@@ -21,7 +22,7 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing posemu and its test extra into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
-  .venv/bin/python -c "import protocol, cryptography, serial, construct, hypothesis, psec, iso8583"
+  .venv/bin/python -c "import protocol, cryptography, serial, construct, hypothesis, psec, iso8583, pkcs11"
   touch "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

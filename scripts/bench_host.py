@@ -1,4 +1,4 @@
-"""Host throughput and overhead: scripts/bench host [--json] [--terminals N] [--seconds S].
+"""Host throughput and overhead: scripts/bench host [--json] [--terminals N] [--seconds S] [--hsm].
 
 (a) a real `pos-host serve` process and (b) a bare echo server with the same framing (answering
 every frame with a frame of the host's response size) are each driven for S seconds by a load
@@ -20,6 +20,9 @@ commit, the default) and `--sync normal` (no fsync) in alternating windows of th
 (`--sync-rounds` of each), each on a fresh copy of the provisioned data:
 
     fsync_vs_nosync_tps  = fsync_tps / nosync_tps
+
+With --hsm, (f) sign-ons per second and purchases per second of the in-process handlers under
+a file LMK and under an LMK in a SoftHSM2 token of the run's own, same terminals, same run.
 
 127.0.0.1 only; every wait is bounded.
 """
@@ -83,9 +86,11 @@ def cpu_seconds(pid: int) -> float:
 # --- provisioning --------------------------------------------------------------------------------
 
 
-def provision(data: Path, terminals: int) -> dict[str, Key]:
-    """N terminals and one card with a balance no run can spend, straight into the database."""
-    init_data(data, system_rng)
+def provision(data: Path, terminals: int, make: Callable[[Path], object] | None = None,
+              ) -> dict[str, Key]:
+    """N terminals and one card with a balance no run can spend, straight into the database
+    (`make` makes the data folder: a file LMK by default)."""
+    (make or (lambda path: init_data(path, system_rng)))(data)
     db = open_data(data, system_rng)
     try:
         tmks = {}
@@ -383,6 +388,75 @@ class _NullLog:
     def flush(self) -> None: ...
 
 
+# --- the LMK in a PKCS#11 token beside the file LMK (--hsm) -------------------------------------
+
+
+def lmk_rates(data: Path, tmks: dict[str, Key], per_terminal: int = 20, batch: int = 50,
+              ) -> dict[str, float]:
+    """Sign-ons per second (each seals its new keys under the LMK: in the token, a C_WrapKey
+    per key; and the first loads the terminal's TMK, a C_UnwrapKey), the first purchase of each
+    terminal after it (its keys loaded again: a C_UnwrapKey each) and purchases per second
+    after that (keys cached in memory: no purchase crosses the PKCS#11 boundary)."""
+    db: KeyDb = open_data(data, system_rng)
+    codec = get_codec("iso87")
+    core = HostCore(db, HandlerConfig(codec, db.vault, system_rng), system_clock, _NullLog(),
+                    Framing(get_dialect("iso87")))
+    terminals = [ClientTerminal(tid, MID, tmk) for tid, tmk in tmks.items()]
+    started = time.perf_counter()
+    for terminal in terminals:
+        reply = core.handle_payload(terminal.sign_on_request("003"))
+        assert reply is not None and codec.decode(reply)[39] == "00"
+        terminal.install(codec.decode(reply), "003")
+    sign_ons = len(terminals) / (time.perf_counter() - started)
+    replies: list[bytes | None] = []
+
+    def purchase(messages: list[bytes]) -> float:
+        started = time.perf_counter()
+        for i in range(0, len(messages), batch):
+            for message in messages[i:i + batch]:
+                core.submit(message, replies.append, "bench")
+            core.commit()
+        return len(messages) / (time.perf_counter() - started)
+
+    # the first purchase after a sign-on loads the terminal's keys again (one unwrap each)
+    first = purchase([t.purchase(CARD, 1) for t in terminals])
+    purchases = purchase([t.purchase(CARD, 1) for _ in range(per_terminal) for t in terminals])
+    assert all(r is not None and codec.decode(r)[39] == "00" for r in replies)
+    db.close()
+    return {"sign_ons_per_s": round(sign_ons, 1), "first_purchases_per_s": round(first, 1),
+            "purchases_per_s": round(purchases, 1)}
+
+
+def hsm_compare(terminals: int) -> dict[str, Any]:
+    """The same provisioning and load under a file LMK and under a SoftHSM2 token LMK."""
+    from host.datadir import init_token_data
+    from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig
+    from tests.host.softhsm import LABEL, PIN, SO_PIN, module_path
+
+    module = module_path()
+    if module is None or shutil.which("softhsm2-util") is None:
+        return {"skipped": "SoftHSM2 is not installed (scripts/_setup.sh installs softhsm2)"}
+    with tempfile.TemporaryDirectory(prefix="posemu-bench-hsm-") as tmp:
+        folder = Path(tmp) / "tokens"
+        folder.mkdir()
+        conf = Path(tmp) / "softhsm2.conf"
+        conf.write_text(f"directories.tokendir = {folder}\nobjectstore.backend = file\n")
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        os.environ[DEFAULT_PIN_ENV] = PIN
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", LABEL, "--so-pin",
+                        SO_PIN, "--pin", PIN], check=True, capture_output=True, timeout=60)
+        config = TokenConfig(module, LABEL)
+        file_tmks = provision(Path(tmp) / "file", terminals)
+        token_tmks = provision(Path(tmp) / "token", terminals,
+                               lambda path: init_token_data(path, system_rng, config, PIN).close())
+        file_lmk = lmk_rates(Path(tmp) / "file", file_tmks)
+        token_lmk = lmk_rates(Path(tmp) / "token", token_tmks)
+    return {"file_lmk": file_lmk, "token_lmk": token_lmk,
+            "token_vs_file_sign_ons": round(token_lmk["sign_ons_per_s"] / file_lmk["sign_ons_per_s"], 3),
+            "token_vs_file_purchases": round(token_lmk["purchases_per_s"]
+                                             / file_lmk["purchases_per_s"], 3)}
+
+
 # --- orchestration -------------------------------------------------------------------------------
 
 
@@ -546,8 +620,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sync-rounds", type=int, default=2,
                         help="windows of --sync normal and --sync full, alternating")
+    parser.add_argument("--hsm", action="store_true",
+                        help="also sign-ons/s and purchases/s with the LMK in a SoftHSM2 token, "
+                             "beside the file LMK")
     args = parser.parse_args()
     result = bench(args.terminals, args.seconds, max(1, args.sync_rounds))
+    if args.hsm:
+        result["hsm"] = hsm_compare(args.terminals)
     for key, value in result.items():
         print(f"{key:>22}: {value}")
     if result["capped"]:

@@ -23,6 +23,7 @@ from protocol.crypto.keys import (
     fix_parity,
     generate_key,
     has_odd_parity,
+    key_weakness,
 )
 from protocol.crypto.mac import (
     DIALECT_MACS,
@@ -68,6 +69,7 @@ __all__ = [
     "has_odd_parity",
     "iso9797_mac",
     "kcv",
+    "key_weakness",
     "pad",
     "pan_field",
     "parse_pin_block",

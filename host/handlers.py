@@ -12,7 +12,7 @@ its own step, for the §7 transactions to reuse.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from time import gmtime, strftime
@@ -22,47 +22,93 @@ from host.hsm import PinBlockInvalid, SecurityModule, SoftwareSecurityModule
 from host.lmk import Vault
 from host.state import (
     ACTIVE,
+    INQUIRY,
+    PURCHASE,
+    REFUND,
     REVOKED,
+    VOID,
+    Answered,
+    BatchTotals,
     Card,
     Change,
     HeldKey,
     HostView,
     IssueWorkingKeys,
     KeyHandle,
+    Original,
     Prior,
-    Purchased,
+    Reversed,
     RevokeWorkingKeys,
+    Settled,
     Terminal,
+    Uploaded,
+    UploadedRecord,
     WorkingSet,
 )
 from protocol import codes
 from protocol.codec import Codec
 from protocol.codes import KeyErrorReason
 from protocol.errors import ProtocolError
-from protocol.fields import KEY_SETS, NMIC_ECHO, NMIC_SIGN_OFF, Field60
+from protocol.fields import (
+    KEY_SETS,
+    NMIC_ECHO,
+    NMIC_SETTLE,
+    NMIC_SIGN_OFF,
+    NMIC_UPLOAD_END,
+    SETTLE_BALANCED,
+    SETTLE_UNBALANCED,
+    Balance,
+    Field60,
+    Half,
+    OriginalData,
+    SettlementTotals,
+    parse_upload,
+)
 from protocol.macing import MAC_SIZE, PLACEHOLDER, mac_offset
+from protocol.mask import mask_pan
 from protocol.message import FieldValue, Message
 
-# Fields a request must carry, by MTI, before anything else is looked at (else 30). Field 64 of a
-# 0200 is checked later, at its place in the §4 order.
+# Processing codes (field 3) of PROTOCOL.md §7's table.
+PURCHASE_PROCESSING_CODE = "000000"
+INQUIRY_CODE = "310000"
+VOID_CODE = "200000"
+REVERSIBLE = {PURCHASE_PROCESSING_CODE: PURCHASE, VOID_CODE: VOID}
+"""What a 0400 with this processing code reverses."""
+
+# Fields a request must carry, by MTI, before anything else is looked at (else 30). Field 64 is
+# checked later, at its place in the §4 order. A 0200's depend on its processing code (an
+# inquiry has no amount, a void names its original): `MANDATORY_BY_CODE` first.
+_PURCHASE_FIELDS = frozenset({3, 4, 11, 22, 25, 41, 42, 49, 60})
 MANDATORY: dict[str, frozenset[int]] = {
-    "0200": frozenset({3, 4, 11, 22, 25, 41, 42, 49, 60}),
+    "0200": _PURCHASE_FIELDS,
+    "0220": _PURCHASE_FIELDS | {61},
+    "0400": _PURCHASE_FIELDS | {39},
+    "0500": frozenset({11, 41, 42, 48, 49, 60, 63}),
+    "0320": frozenset({11, 41, 42, 48, 60}),
     "0800": frozenset({11, 41, 42, 60}),
     "0820": frozenset({11, 41, 42, 60}),
 }
-# Request fields a response echoes, by request MTI (PROTOCOL.md §3's response columns).
+MANDATORY_BY_CODE: dict[tuple[str, FieldValue | None], frozenset[int]] = {
+    ("0200", INQUIRY_CODE): _PURCHASE_FIELDS - {4},
+    ("0200", VOID_CODE): _PURCHASE_FIELDS | {37, 61},
+}
+# Request fields a response echoes, by request MTI (PROTOCOL.md §3's and §7's response columns).
+_FINANCIAL_ECHO = (3, 4, 11, 41, 42, 49, 60)
 ECHOED: dict[str, tuple[int, ...]] = {
-    "0200": (3, 4, 11, 41, 42, 49, 60),
+    "0200": _FINANCIAL_ECHO, "0220": _FINANCIAL_ECHO, "0400": _FINANCIAL_ECHO,
+    "0500": (11, 41, 42, 60), "0320": (11, 41, 42, 60),
     "0800": (11, 41, 42, 60),
     "0820": (11, 41, 42, 60),
 }
 ECHOED_OTHERWISE = (3, 4, 11, 41, 42, 49, 60)
-# Codes whose 0200 is remembered for duplicate detection (§3: not 14, 30, 12, 03, nor 94).
+# Codes whose 0200/0220 is remembered for duplicate detection (§3: not 14, 30, 12, 03, nor 94).
 REMEMBERED = frozenset({codes.APPROVED, codes.INSUFFICIENT_FUNDS, codes.EXPIRED_CARD,
-                        codes.INCORRECT_PIN, codes.NO_CARD_RECORD})
-# Requests whose answer the host stamps with local time, date and a retrieval reference.
-STAMPED = frozenset({"0200", "0800"})
-PURCHASE_PROCESSING_CODE = "000000"
+                        codes.INCORRECT_PIN, codes.NO_CARD_RECORD, codes.NO_ORIGINAL,
+                        codes.AMOUNT_DIFFERS})
+# Requests whose answer carries the host's local time and date (12, 13), and a retrieval
+# reference (37) besides (PROTOCOL.md §3, §7).
+CLOCKED = frozenset({"0200", "0220", "0400", "0500", "0320", "0800"})
+REFERENCED = frozenset({"0200", "0220", "0400", "0800"})
 RESPONSE_DIGITS = "13579"  # an MTI's third digit: a response (or advice response), never answered
 DEFAULT_KEY_LIFETIME = 24 * 3600.0
 MALFUNCTIONS = (ProtocolError, ValueError, LookupError, sqlite3.Error)
@@ -113,6 +159,8 @@ class Verdict:
     rc: str
     reason: KeyErrorReason | None = None
     note: str = ""
+    maced: bool = False
+    """A §7 refusal made after the request's MAC verified (its `12`s): MACed like a decline."""
 
 
 def key_error(code: str, key: str, text: str) -> Verdict:
@@ -126,6 +174,12 @@ def format_error(note: str) -> Verdict:
 APPROVAL = Verdict(codes.APPROVED)
 RETRANSMISSION = Verdict(codes.DUPLICATE, note="retransmission: original response sent again")
 NO_CARD = Verdict(codes.NO_CARD_RECORD)
+NO_ORIGINAL = Verdict(codes.NO_ORIGINAL, note="no approved purchase matches")
+
+
+def refused(note: str) -> Verdict:
+    """A §7 transaction's own `12` (already voided, batch settled or closed): MACed."""
+    return Verdict(codes.INVALID_TRANSACTION, note=note, maced=True)
 
 
 class Authenticated(NamedTuple):
@@ -133,6 +187,20 @@ class Authenticated(NamedTuple):
 
     terminal: Terminal
     working: WorkingSet[KeyHandle]
+
+
+class Request(NamedTuple):
+    """A 0200/0220 past the common checks and the duplicate rule, as its transaction sees it."""
+
+    message: Message
+    field60: Field60
+    terminal: Terminal
+    working: WorkingSet[KeyHandle]
+    request_ref: bytes
+    stan: str
+
+
+Transaction = Callable[[Request, HostView, float], "Outcome"]
 
 
 # --- the checks of PROTOCOL.md §4, in its order ---------------------------------------------------
@@ -180,8 +248,9 @@ def check_lifetimes(working: WorkingSet[KeyHandle], tmk: HeldKey[KeyHandle], now
     return None
 
 
-def check_processing_code(processing_code: FieldValue) -> Verdict | None:
-    if processing_code != PURCHASE_PROCESSING_CODE:
+def check_processing_code(processing_code: FieldValue, served: Collection[FieldValue]
+                          ) -> Verdict | None:
+    if processing_code not in served:
         return Verdict(codes.INVALID_TRANSACTION, note="processing code not served")
     return None
 
@@ -258,6 +327,94 @@ def approval_code(request_ref: bytes) -> str:
     return f"{int.from_bytes(request_ref[:4]) % 1_000_000:06d}"
 
 
+# --- the checks of PROTOCOL.md §7, after the common ones ------------------------------------------
+
+
+def check_original(original: Original | None, pan_ref: str, rrn: str | None = None,
+                   auth: str | None = None, date: str | None = None) -> Verdict | None:
+    """25 unless field 61 names an approved purchase of this terminal made with this card; a
+    void's 37 and 38 and a refund's 61.3 (MMDD), when sent, must be the original's too."""
+    if original is None:
+        return NO_ORIGINAL
+    record = original.record
+    if record.kind != PURCHASE or record.rc != codes.APPROVED or record.pan_ref != pan_ref:
+        return NO_ORIGINAL
+    if ((rrn is not None and rrn != record.rrn) or (auth is not None and auth != record.auth)
+            or (date is not None and date != record.date)):
+        return NO_ORIGINAL
+    return None
+
+
+def check_voidable(original: Original) -> Verdict | None:
+    """12 for a purchase already voided or reversed, with a refund, or in a settled batch."""
+    if original.voided:
+        return refused("original already voided")
+    if original.record.reversed:
+        return refused("original reversed")
+    if original.refunded:
+        return refused("original has a refund")
+    if original.settled:
+        return refused("original's batch is settled")
+    return None
+
+
+def check_void_amount(amount: int, original: Original) -> Verdict | None:
+    if amount != original.record.amount:
+        return Verdict(codes.AMOUNT_DIFFERS, note="void amount differs from the original's")
+    return None
+
+
+def check_refundable(original: Original) -> Verdict | None:
+    """12 for a purchase voided or reversed (a settled batch is no obstacle: refunds are for
+    earlier days)."""
+    if original.voided:
+        return refused("original voided")
+    if original.record.reversed:
+        return refused("original reversed")
+    return None
+
+
+def check_refund_amount(amount: int, original: Original) -> Verdict | None:
+    """64 when this refund and the earlier ones of the original exceed its amount."""
+    if amount + original.refunded > original.record.amount:
+        return Verdict(codes.AMOUNT_DIFFERS, note="refunds would exceed the original amount")
+    return None
+
+
+def reversal_debit(original: Original | None, kind: str, pan_ref: str, amount: int) -> int | None:
+    """What undoing the named transaction does to the card's balance (signed like
+    `Answered.debit`), or None when there is nothing to undo: not found, not approved, already
+    voided, refunded or reversed, its batch settled, or another card or amount than the
+    reversal's (a reversal of nothing reverses nothing, PROTOCOL.md §7)."""
+    if original is None:
+        return None
+    record = original.record
+    if (record.kind != kind or record.rc != codes.APPROVED or record.reversed or original.voided
+            or original.refunded or original.settled or record.pan_ref != pan_ref
+            or record.amount != amount):
+        return None
+    return -amount if kind == PURCHASE else amount
+
+
+def settlement_answer(reported: SettlementTotals, host: BatchTotals) -> SettlementTotals:
+    """Field 48 of the 0510: the terminal's totals, each half's code set to 1 when the host's
+    own agree and 2 when they do not (the host keeps no foreign cards: zeros)."""
+    ours = (Half(*host), Half())
+    halves = [Half(t.debit_amount, t.debit_count, t.credit_amount, t.credit_count,
+                   SETTLE_BALANCED if t.same_totals(o) else SETTLE_UNBALANCED)
+              for t, o in zip((reported.domestic, reported.foreign), ours, strict=True)]
+    return SettlementTotals(*halves)
+
+
+def check_upload_batch(settled: bool, closed: bool) -> Verdict | None:
+    """12 for an upload of a batch never settled, settled balanced, or whose upload ended."""
+    if not settled:
+        return refused("batch upload of a batch not settled")
+    if closed:
+        return refused("batch upload of a closed batch")
+    return None
+
+
 # --- the compiled pipeline -----------------------------------------------------------------------
 
 
@@ -275,7 +432,16 @@ class Pipeline:
         self.key_lifetime = config.key_lifetime
         self.key_sets = config.key_sets
         self.served: dict[str, Callable[[Message, bytes, Field60, HostView, float], Outcome]] = {
-            "0200": self.purchase, "0800": self.sign_on, "0820": self.network,
+            "0200": self.financial, "0220": self.financial, "0400": self.reversal,
+            "0500": self.settlement, "0320": self.batch_upload,
+            "0800": self.sign_on, "0820": self.network,
+        }
+        # The 0200/0220 transactions of PROTOCOL.md §7, by MTI and processing code: each runs
+        # after the common checks and the duplicate rule.
+        self.transactions: dict[str, dict[FieldValue, Transaction]] = {
+            "0200": {PURCHASE_PROCESSING_CODE: self.purchase, INQUIRY_CODE: self.inquiry,
+                     VOID_CODE: self.void},
+            "0220": {VOID_CODE: self.refund},
         }
 
     def handle(self, data: bytes, view: HostView, now: float) -> Outcome:
@@ -312,8 +478,9 @@ class Pipeline:
             return self.respond(request, Verdict(codes.INVALID_TRANSACTION, note="MTI not served"),
                                 now, None)
         fields = request.fields
-        if not MANDATORY[mti] <= fields.keys():
-            missing = sorted(MANDATORY[mti] - fields.keys())
+        required = MANDATORY_BY_CODE.get((mti, fields.get(3))) or MANDATORY[mti]
+        if not required <= fields.keys():
+            missing = sorted(required - fields.keys())
             return self.respond(request, format_error(f"missing field(s) {missing}"), now, None)
         try:
             field60 = parse_field60(request.text(60))
@@ -352,59 +519,248 @@ class Pipeline:
             return verdict
         return Authenticated(terminal, working[0])
 
-    # --- 0200 purchase -------------------------------------------------------------------------
-
-    def purchase(self, request: Message, data: bytes, field60: Field60, view: HostView,
-                 now: float) -> Outcome:
-        """PROTOCOL.md §4, in its order."""
-        fields = request.fields
+    def authenticated(self, request: Message, data: bytes, view: HostView, now: float
+                      ) -> Authenticated | Outcome:
+        """`authenticate`, its refusal already answered (unMACed, as §4 says)."""
         checked = self.authenticate(request, data, view, now)
         if type(checked) is Verdict:
             return self.respond(request, checked, now, None)
+        return checked  # type: ignore[return-value]
+
+    # --- 0200 and 0220: purchase, inquiry, void, refund ---------------------------------------
+
+    def financial(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                  now: float) -> Outcome:
+        """PROTOCOL.md §4, in its order, up to the duplicate rule; then the transaction's own
+        checks (`self.transactions`)."""
+        fields = request.fields
+        checked = self.authenticated(request, data, view, now)
+        if type(checked) is Outcome:
+            return checked
         terminal, working = checked  # type: ignore[misc]
-        verdict = check_processing_code(fields[3])
+        mti = request.mti
+        served = self.transactions[mti]
+        verdict = check_processing_code(fields[3], served)
         if verdict is not None:
             return self.respond(request, verdict, now, working)
         request_ref = self.request_ref(data)
         stan = request.text(11)
-        prior = view.prior(terminal, field60.batch, stan)
+        prior = view.prior(terminal, field60.batch, stan) if mti == "0200" else view.prior(
+            terminal, field60.batch, stan, mti)
         verdict = check_duplicate(prior, request_ref)
         if verdict is RETRANSMISSION:
             assert prior is not None
             return Outcome(prior.response, request, None, [], None, None, verdict.note)
         if verdict is not None:
             return self.respond(request, verdict, now, working)
+        return served[fields[3]](Request(request, field60, terminal, working, request_ref, stan),
+                                 view, now)
+
+    def read_card(self, request: Message, working: WorkingSet[KeyHandle]
+                  ) -> tuple[str, str, str | None] | Verdict:
+        """PAN, expiry and PIN (None without a PIN block): card data (30), then §4's PIN block
+        checks (30 without field 53, K3 for another scheme or a block that is not ISO 9564)."""
         card_values = card_data(request)
         if card_values is None:
-            return self.respond(request, format_error("no card data (field 2 or 35)"), now, working)
+            return format_error("no card data (field 2 or 35)")
         pan, expiry = card_values
-        pin = None
+        fields = request.fields
         block = fields.get(52)
-        if block is not None:
-            assert isinstance(block, bytes)
-            verdict = check_pin_control(fields.get(53), working.key_set)
-            if verdict is not None:
-                return self.respond(request, verdict, now, working)
-            pin = read_pin(self.security.decrypt_pin, working.pik, block, pan)
-            if type(pin) is Verdict:
-                return self.respond(request, pin, now, working)
+        if block is None:
+            return pan, expiry, None
+        assert isinstance(block, bytes)
+        verdict = check_pin_control(fields.get(53), working.key_set)
+        if verdict is not None:
+            return verdict
+        pin = read_pin(self.security.decrypt_pin, working.pik, block, pan)
+        if type(pin) is Verdict:
+            return pin
+        return pan, expiry, pin  # type: ignore[return-value]
+
+    def answer(self, r: Request, verdict: Verdict, now: float, kind: str,
+               pan_ref: str | None, debit: int = 0, amount: int = 0, original: int | None = None,
+               extra: dict[int, FieldValue] | None = None) -> Outcome:
+        """The response, and for a code §3 remembers the `Answered` change that keeps it (with
+        its debit or credit, the two in one change)."""
+        approved = verdict.rc == codes.APPROVED
+        if approved:
+            extra = {38: approval_code(r.request_ref), **(extra or {})}
+        outcome = self.respond(r.message, verdict, now, r.working, extra)
+        if verdict.rc in REMEMBERED and outcome.response is not None:
+            out = outcome.reply.fields  # type: ignore[union-attr]
+            outcome.changes.append(Answered(
+                r.terminal.tid, r.terminal.number, r.field60.batch, r.stan, r.request_ref,
+                outcome.response, pan_ref, debit if approved else 0, r.message.mti, kind,
+                verdict.rc, amount, out[37], out.get(38, ""), out[13], original,  # type: ignore[arg-type]
+            ))
+        return outcome
+
+    def purchase(self, r: Request, view: HostView, now: float) -> Outcome:
+        """§4 from the PIN block on: card (56), PIN (55), expiry (54), balance (51)."""
+        read = self.read_card(r.message, r.working)
+        if type(read) is Verdict:
+            return self.respond(r.message, read, now, r.working)
+        pan, expiry, pin = read  # type: ignore[misc]
         card = view.card(self.pan_ref(pan))
-        amount = int(request.text(4))
+        amount = int(r.message.text(4))
         verdict = check_card(card)
         if card is not None:
-            verdict = (check_pin(pin, card, pan, self.pin_matches)  # type: ignore[arg-type]
+            verdict = (check_pin(pin, card, pan, self.pin_matches)
                        or check_expiry(card, expiry, now)
                        or check_balance(amount, card)
                        or APPROVAL)
         assert verdict is not None
-        approved = verdict is APPROVAL
-        outcome = self.respond(request, verdict, now, working,
-                               {38: approval_code(request_ref)} if approved else None)
-        if verdict.rc in REMEMBERED and outcome.response is not None:
-            outcome.changes.append(Purchased(
-                terminal.tid, terminal.number, field60.batch, stan, request_ref, outcome.response,
-                None if card is None else card.pan_ref, amount if approved else 0,
-            ))
+        return self.answer(r, verdict, now, PURCHASE, None if card is None else card.pan_ref,
+                           amount, amount)
+
+    def inquiry(self, r: Request, view: HostView, now: float) -> Outcome:
+        """As a purchase without the amount: card, PIN (optional), expiry; 54 the balance."""
+        read = self.read_card(r.message, r.working)
+        if type(read) is Verdict:
+            return self.respond(r.message, read, now, r.working)
+        pan, expiry, pin = read  # type: ignore[misc]
+        card = view.card(self.pan_ref(pan))
+        verdict = check_card(card)
+        if card is None:
+            return self.answer(r, verdict, now, INQUIRY, None)  # type: ignore[arg-type]
+        verdict = (check_pin(pin, card, pan, self.pin_matches) or check_expiry(card, expiry, now)
+                   or APPROVAL)
+        extra = {54: Balance(card.currency, card.balance).format()} if verdict is APPROVAL else None
+        return self.answer(r, verdict, now, INQUIRY, card.pan_ref, extra=extra)
+
+    def named(self, r: Request, view: HostView, refund: bool
+              ) -> tuple[str, int, OriginalData, Original | None] | Verdict:
+        """What a void or refund names: its card (PIN checked when sent), amount, field 61
+        (30 when malformed) and the original as the host remembers it."""
+        read = self.read_card(r.message, r.working)
+        if type(read) is Verdict:
+            return read
+        pan, _, pin = read  # type: ignore[misc]
+        try:
+            named = OriginalData.parse(r.message.text(61))
+        except ProtocolError as exc:
+            return format_error(str(exc))
+        if refund and not named.date:
+            return format_error("field 61 of a refund needs the original's date (61.3)")
+        pan_ref = self.pan_ref(pan)
+        card = view.card(pan_ref)
+        if card is not None:
+            verdict = check_pin(pin, card, pan, self.pin_matches)
+            if verdict is not None:
+                return verdict
+        original = view.original(r.terminal, named.batch, named.stan)
+        return pan_ref, int(r.message.text(4)), named, original
+
+    def void(self, r: Request, view: HostView, now: float) -> Outcome:
+        """§7: 25 (no such approved purchase with this card), 12 (voided, reversed, refunded or
+        settled), 64 (amount), else 00 and the amount returns to the card."""
+        found = self.named(r, view, refund=False)
+        if type(found) is Verdict:
+            return self.answer(r, found, now, VOID, None)
+        pan_ref, amount, _, original = found  # type: ignore[misc]
+        message = r.message
+        verdict = check_original(original, pan_ref, message.text(37),
+                                 message.text(38) if 38 in message.fields else None)
+        if verdict is None:
+            assert original is not None
+            verdict = (check_voidable(original) or check_void_amount(amount, original)
+                       or APPROVAL)
+        return self.answer(r, verdict, now, VOID, pan_ref, -amount, amount,
+                           None if original is None else original.record.ref)
+
+    def refund(self, r: Request, view: HostView, now: float) -> Outcome:
+        """§7: 25 (no such approved purchase with this card and date), 12 (voided or
+        reversed), 64 (refunds above the original), else 00 and the amount returns."""
+        found = self.named(r, view, refund=True)
+        if type(found) is Verdict:
+            return self.answer(r, found, now, REFUND, None)
+        pan_ref, amount, named, original = found  # type: ignore[misc]
+        verdict = check_original(original, pan_ref, date=named.date)
+        if verdict is None:
+            assert original is not None
+            verdict = (check_refundable(original) or check_refund_amount(amount, original)
+                       or APPROVAL)
+        return self.answer(r, verdict, now, REFUND, pan_ref, -amount, amount,
+                           None if original is None else original.record.ref)
+
+    # --- 0400 reversal, 0500 settlement, 0320 batch upload ------------------------------------
+
+    def reversal(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                 now: float) -> Outcome:
+        """§7: once the common checks pass, always 00; the named transaction is undone when
+        it still can be, and only once (the reversed flag makes a second 0400 a no-op)."""
+        checked = self.authenticated(request, data, view, now)
+        if type(checked) is Outcome:
+            return checked
+        terminal, working = checked  # type: ignore[misc]
+        kind = REVERSIBLE.get(request.fields[3])
+        if kind is None:
+            verdict = Verdict(codes.INVALID_TRANSACTION, note="processing code not reversible")
+            return self.respond(request, verdict, now, working)
+        card_values = card_data(request)
+        if card_values is None:
+            return self.respond(request, format_error("no card data (field 2)"), now, working)
+        pan_ref = self.pan_ref(card_values[0])
+        amount = int(request.text(4))
+        original = view.original(terminal, field60.batch, request.text(11))
+        debit = reversal_debit(original, kind, pan_ref, amount)
+        note = "nothing to undo" if debit is None else f"{kind} undone"
+        outcome = self.respond(request, Verdict(codes.APPROVED, note=note), now, working)
+        if debit is not None:
+            assert original is not None
+            outcome.changes.append(Reversed(terminal.tid, original.record.ref, pan_ref, debit))
+        return outcome
+
+    def settlement(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                   now: float) -> Outcome:
+        """§7: the terminal's totals (48) against the host's own; 00 with each half's code."""
+        checked = self.authenticated(request, data, view, now)
+        if type(checked) is Outcome:
+            return checked
+        terminal, working = checked  # type: ignore[misc]
+        if field60.nmic != NMIC_SETTLE:
+            return self.respond(request, refused(f"60.3 {field60.nmic} is not a settlement"),
+                                now, working)
+        try:
+            reported = SettlementTotals.parse(request.text(48))
+        except ProtocolError as exc:
+            return self.respond(request, format_error(str(exc)), now, working)
+        answer = settlement_answer(reported, view.batch_totals(terminal, field60.batch))
+        balanced = answer.domestic.code == answer.foreign.code == SETTLE_BALANCED
+        state = view.batch_state(terminal, field60.batch)
+        outcome = self.respond(request, Verdict(codes.APPROVED, note="balanced" if balanced
+                                                else "unbalanced"), now, working,
+                               {48: answer.format()})
+        if not state.closed:
+            outcome.changes.append(Settled(terminal.tid, terminal.number, field60.batch, balanced,
+                                           request.text(48), answer.format(), now))
+        return outcome
+
+    def batch_upload(self, request: Message, data: bytes, field60: Field60, view: HostView,
+                     now: float) -> Outcome:
+        """§7: records kept beside the host's own for reconciliation; no money moves."""
+        checked = self.authenticated(request, data, view, now)
+        if type(checked) is Outcome:
+            return checked
+        terminal, working = checked  # type: ignore[misc]
+        if field60.nmic not in (NMIC_SETTLE, NMIC_UPLOAD_END):
+            return self.respond(request, refused(f"60.3 {field60.nmic} is not a batch upload"),
+                                now, working)
+        try:
+            records = parse_upload(request.text(48))
+        except ProtocolError as exc:
+            return self.respond(request, format_error(str(exc)), now, working)
+        verdict = check_upload_batch(*view.batch_state(terminal, field60.batch))
+        if verdict is not None:
+            return self.respond(request, verdict, now, working)
+        last = field60.nmic == NMIC_UPLOAD_END
+        outcome = self.respond(request, Verdict(codes.APPROVED, note=f"{len(records)} records"
+                                                + (", upload ended" if last else "")),
+                               now, working)
+        kept = tuple(UploadedRecord(rec.type_code, rec.stan, self.pan_ref(rec.pan),
+                                    mask_pan(rec.pan), rec.amount) for rec in records)
+        outcome.changes.append(Uploaded(terminal.tid, terminal.number, field60.batch,
+                                        request.text(11), kept, last))
         return outcome
 
     # --- 0800 sign-on, 0820 sign-off and echo --------------------------------------------------
@@ -461,12 +817,14 @@ class Pipeline:
         mti = request.mti
         out = {n: fields[n] for n in ECHOED.get(mti, ECHOED_OTHERWISE) if n in fields}
         rc = verdict.rc
-        if mti in STAMPED:
+        if mti in CLOCKED:
             clock = clock_fields(int(now))
-            stan = fields.get(11)
             out[12] = clock.time
             out[13] = clock.date
-            out[37] = clock.rrn_prefix + (stan if type(stan) is str and len(stan) == 6 else "000000")
+            if mti in REFERENCED:
+                stan = fields.get(11)
+                out[37] = clock.rrn_prefix + (stan if type(stan) is str and len(stan) == 6
+                                              else "000000")
         reason = verdict.reason.field44() if verdict.reason else None
         if reason is not None:
             out[44] = reason
@@ -475,7 +833,7 @@ class Pipeline:
         if extra:
             out.update(extra)
         reply = Message(response_mti(mti), out)
-        if working is not None and verdict.rc in codes.MACED_RESPONSE_CODES:
+        if working is not None and (verdict.rc in codes.MACED_RESPONSE_CODES or verdict.maced):
             out[64] = PLACEHOLDER
             encoded = self.codec.encode(reply)
             offset = mac_offset(self.codec, encoded)

@@ -22,6 +22,7 @@ from host.state import ACTIVE, HeldKey, KeyHandle, StoredWorkingSet, Terminal, T
 from protocol.crypto import (
     CryptoError,
     Key,
+    KeyMaterialError,
     decrypt_pin_block,
     fix_parity,
     generate_key,
@@ -234,7 +235,19 @@ class SoftwareSecurityModule:
         return self._macs[mak.id](data)
 
     def verify_mac(self, mak: KeyHandle, data: bytes, mac: bytes) -> bool:
-        return hmac.compare_digest(self._macs[mak.id](data), mac)
+        """A MAK this dialect's MAC cannot use (a double-length one issued while the same data
+        served `iso87`, tried under `cup`) verifies nothing: its MAC is a mismatch, not a 96.
+        A handle the module never gave still raises."""
+        function = self._macs.get(mak.id)
+        if function is None:
+            if mak.id not in self._keys:
+                raise LookupError(f"no key handle {mak.id}")
+            return False
+        try:
+            expected = function(data)
+        except KeyMaterialError:
+            return False
+        return hmac.compare_digest(expected, mac)
 
     def decrypt_pin(self, pik: KeyHandle, block: bytes, pan: str) -> str:
         try:

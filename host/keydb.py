@@ -27,18 +27,63 @@ from host.state import (
     ACTIVE,
     RETIRED,
     REVOKED,
+    Answered,
+    BatchState,
+    BatchTotals,
     Card,
     Change,
     HeldKey,
     IssueWorkingKeys,
+    Original,
     Prior,
-    Purchased,
+    Reversed,
     RevokeWorkingKeys,
+    Settled,
     TerminalKeys,
+    TxnRecord,
+    Uploaded,
+    UploadedRecord,
     WorkingSet,
 )
 from protocol.crypto import CryptoError, Key
 
+TXN_COLUMNS = (
+    "mti TEXT NOT NULL DEFAULT '0200'",  # duplicates are matched within one MTI (PROTOCOL.md §7)
+    "kind TEXT",  # purchase, inquiry, void, refund; NULL in a row remembered before version 4
+    "rc TEXT",  # field 39 answered
+    "pan_ref TEXT",  # the card (cards.pan_ref); NULL for a 56
+    "amount INTEGER NOT NULL DEFAULT 0",  # field 4, minor units
+    "rrn TEXT NOT NULL DEFAULT ''",  # fields 37, 38 and 13 of the response
+    "auth TEXT NOT NULL DEFAULT ''",
+    "date TEXT NOT NULL DEFAULT ''",
+    "original INTEGER",  # ref of the purchase a void or refund names
+    "reversed INTEGER NOT NULL DEFAULT 0",  # 1 once a 0400 undid it
+)
+"""Version 4's columns of `txns`, added in place to a version 3 table (`_upgrade`)."""
+TXN_INSERT = ("INSERT INTO txns (ref, request_ref, response, mti, kind, rc, pan_ref, amount, rrn, "
+              "auth, date, original) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (  -- a batch the terminal settled (0500 answered)
+    terminal  INTEGER NOT NULL,       -- terminals.number
+    batch     TEXT NOT NULL,
+    balanced  INTEGER NOT NULL,       -- both halves of field 48 agreed
+    closed    INTEGER NOT NULL,       -- balanced, or its batch upload ended
+    reported  TEXT NOT NULL,          -- field 48 as the terminal sent it
+    host      TEXT NOT NULL,          -- the host's own totals, as field 48
+    settled   REAL NOT NULL,
+    PRIMARY KEY (terminal, batch)
+);
+CREATE TABLE IF NOT EXISTS uploads (  -- what the terminal reported in its batch upload
+    terminal   INTEGER NOT NULL,
+    batch      TEXT NOT NULL,
+    stan       TEXT NOT NULL,         -- the transaction's STAN, as the record gives it
+    type_code  TEXT NOT NULL,         -- its 60.1
+    pan_ref    TEXT NOT NULL,
+    pan_masked TEXT NOT NULL,
+    amount     INTEGER NOT NULL,
+    PRIMARY KEY (terminal, batch, type_code, stan)
+);
+"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS terminals (
     number    INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: it keys the terminal's txns
@@ -69,24 +114,26 @@ CREATE TABLE IF NOT EXISTS cards (
 CREATE TABLE IF NOT EXISTS txns (   -- appended in time order: few pages written per commit
     ref         INTEGER NOT NULL,    -- terminal number, batch and STAN in one integer (txn_ref)
     request_ref BLOB NOT NULL,       -- keyed fingerprint of the request bytes
-    response    BLOB NOT NULL        -- the response sent (its code, amount and time are in it),
-);                                   -- sent again to a retransmission
-CREATE UNIQUE INDEX IF NOT EXISTS txns_ref ON txns (ref);
-"""
+    response    BLOB NOT NULL,       -- the response sent, sent again to a retransmission
+    """ + ",\n    ".join(TXN_COLUMNS) + """
+);
+CREATE INDEX IF NOT EXISTS txns_original ON txns (original) WHERE original IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS txns_ref_mti ON txns (ref, mti);
+""" + BATCH_SCHEMA
 META_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (    -- facts about the database itself
     name  TEXT PRIMARY KEY,          -- 'lmk_kcv': the LMK's check value (host.lmk.check_value)
     value TEXT NOT NULL
 );
 """
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """`PRAGMA user_version` of a database this code made; another one is refused, not guessed at."""
 UPGRADES_FROM = 2
-"""The one older version opened, and upgraded in place (`_upgrade`)."""
+"""The oldest version opened, and upgraded in place, version by version (`_upgrade`)."""
 APPLICATION_ID = 0x504F5348
 """`PRAGMA application_id` ("POSH"), set from version 3 on: another SQLite file is refused."""
 _TABLES = frozenset({"terminals", "keys", "cards", "txns"})
-TABLES = {UPGRADES_FROM: _TABLES, SCHEMA_VERSION: _TABLES | {"meta"}}
+TABLES = {2: _TABLES, 3: _TABLES | {"meta"}, SCHEMA_VERSION: _TABLES | {"meta", "batches", "uploads"}}
 
 STAN_BITS = BATCH_BITS = 20  # 999999 < 2**20
 
@@ -124,6 +171,36 @@ class KeyRow:
     created: float
     lifetime: float
     state: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A transaction as `batch show` lists it: the card masked, its state derived."""
+
+    stan: str
+    mti: str
+    kind: str | None
+    rc: str | None
+    pan_masked: str | None
+    amount: int
+    rrn: str
+    auth: str
+    original: str | None  # "batch/STAN" a void or refund names
+    reversed: bool
+    voided: bool
+    refunded: int
+
+    @property
+    def state(self) -> str:
+        if self.rc != "00":
+            return "declined" if self.rc else "answered"
+        if self.reversed:
+            return "reversed"
+        if self.voided:
+            return "voided"
+        if self.refunded:
+            return "refunded"
+        return "approved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +261,13 @@ def inspect(path: Path) -> Found:
     if version > SCHEMA_VERSION:
         raise KeyDbError(f"{path} is a version {version} host database, newer than the version "
                          f"{SCHEMA_VERSION} this posemu reads: use the posemu that made it")
-    if version not in (UPGRADES_FROM, SCHEMA_VERSION):
+    if version < UPGRADES_FROM:
         raise KeyDbError(f"{path} is a version {version} host database; this posemu reads "
                          f"version {SCHEMA_VERSION}: make a new one with `pos-host init`")
     missing = TABLES[version] - tables
     if missing:
         raise KeyDbError(f"{path} is not a host database (no table {', '.join(sorted(missing))})")
-    if version == SCHEMA_VERSION and (application_id != APPLICATION_ID or kcv_row is None):
+    if version > UPGRADES_FROM and (application_id != APPLICATION_ID or kcv_row is None):
         raise KeyDbError(f"{path} is damaged: a version {version} host database without its "
                          f"LMK check value")
     return Found(version, kcv_row[0] if kcv_row else None)
@@ -213,26 +290,46 @@ def create(path: Path, vault: Vault) -> None:
         conn.close()
 
 
-def _stamp(conn: sqlite3.Connection, vault: Vault) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+def _stamp(conn: sqlite3.Connection, vault: Vault, begin: bool = True) -> None:
+    if begin:
+        conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT OR REPLACE INTO meta VALUES ('lmk_kcv', ?)", (vault.check_value,))
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     conn.execute("COMMIT")
 
 
-def _upgrade(conn: sqlite3.Connection, path: Path, vault: Vault) -> None:
+def _upgrade(conn: sqlite3.Connection, path: Path, vault: Vault, version: int) -> None:
     """Version 2 -> 3: the check value is computed once every stored key opens under this LMK
-    (the proof that it is the right one); if any does not, nothing is written."""
-    for usage, block in conn.execute("SELECT usage, block FROM keys"):
-        try:
-            unseal(vault.lmk, usage, block)
-        except (CryptoError, ValueError):
-            raise LmkError(f"the LMK file does not open the keys in {path} (a version "
-                           f"{UPGRADES_FROM} database, upgraded only under its own LMK): "
-                           f"wrong lmk.key?") from None
-    conn.executescript(META_SCHEMA)
-    _stamp(conn, vault)
+    (the proof that it is the right one); if any does not, nothing is written. Version 3 -> 4:
+    what each remembered transaction was (`TXN_COLUMNS`; rows from before stay kind NULL,
+    which no void, refund or settlement counts), duplicates per MTI, and the batch tables.
+    One transaction: a failure leaves the database as it was."""
+    if version < 3:
+        for usage, block in conn.execute("SELECT usage, block FROM keys"):
+            try:
+                unseal(vault.lmk, usage, block)
+            except (CryptoError, ValueError):
+                raise LmkError(f"the LMK file does not open the keys in {path} (a version "
+                               f"{version} database, upgraded only under its own LMK): "
+                               f"wrong lmk.key?") from None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in (META_SCHEMA + BATCH_SCHEMA).split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(txns)")}
+        for column in TXN_COLUMNS:
+            if column.split()[0] not in present:
+                conn.execute(f"ALTER TABLE txns ADD COLUMN {column}")
+        conn.execute("DROP INDEX IF EXISTS txns_ref")
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS txns_ref_mti ON txns (ref, mti)")
+        conn.execute("CREATE INDEX IF NOT EXISTS txns_original ON txns (original) "
+                     "WHERE original IS NOT NULL")
+        _stamp(conn, vault, begin=False)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class KeyDb:
@@ -245,9 +342,9 @@ class KeyDb:
         found = inspect(path)
         check_lmk(path, found, vault)
         self.conn = connect(path)
-        if found.version == UPGRADES_FROM:
+        if found.version < SCHEMA_VERSION:
             try:
-                _upgrade(self.conn, path, vault)
+                _upgrade(self.conn, path, vault, found.version)
             except BaseException:
                 self.conn.close()
                 raise
@@ -303,6 +400,8 @@ class KeyDb:
             number = self._require(tid)
             c.execute("DELETE FROM keys WHERE tid=?", (tid,))
             c.execute("DELETE FROM txns WHERE ref BETWEEN ? AND ?", _ref_range(number))
+            c.execute("DELETE FROM batches WHERE terminal=?", (number,))
+            c.execute("DELETE FROM uploads WHERE terminal=?", (number,))
             c.execute("DELETE FROM terminals WHERE tid=?", (tid,))
 
     def terminals(self) -> list[TerminalRow]:
@@ -427,33 +526,133 @@ class KeyDb:
         row = self.conn.execute(self._card_sql, (pan_ref,)).fetchone()
         return Card(*row) if row else None
 
-    def stans(self, number: int, batch: str) -> set[str]:
-        """The STANs already answered (and remembered) in one batch of one terminal."""
-        rows = self.conn.execute("SELECT ref FROM txns WHERE ref BETWEEN ? AND ?",
-                                 _ref_range(number, batch))
+    def stans(self, number: int, batch: str, mti: str = "0200") -> set[str]:
+        """The STANs already answered (and remembered) in one batch of one terminal, per MTI."""
+        rows = self.conn.execute("SELECT ref FROM txns WHERE ref BETWEEN ? AND ? AND mti=?",
+                                 (*_ref_range(number, batch), mti))
         return {f"{ref & ((1 << STAN_BITS) - 1):06d}" for ref, in rows}
 
-    def prior(self, number: int, batch: str, stan: str) -> Prior | None:
-        row = self.conn.execute("SELECT request_ref, response FROM txns WHERE ref=?",
-                                (txn_ref(number, batch, stan),)).fetchone()
+    def prior(self, number: int, batch: str, stan: str, mti: str = "0200") -> Prior | None:
+        row = self.conn.execute("SELECT request_ref, response FROM txns WHERE ref=? AND mti=?",
+                                (txn_ref(number, batch, stan), mti)).fetchone()
         return Prior(row[0], row[1]) if row else None
+
+    def original(self, number: int, batch: str, stan: str) -> Original | None:
+        """The 0200 at (terminal, batch, STAN) and what stands against it: an approved void not
+        reversed, the refunds approved, and whether its batch is settled."""
+        ref = txn_ref(number, batch, stan)
+        row = self.conn.execute(
+            "SELECT ref, kind, rc, pan_ref, amount, rrn, auth, date, reversed FROM txns "
+            "WHERE ref=? AND mti='0200'", (ref,)).fetchone()
+        if row is None:
+            return None
+        voided, refunded = self.conn.execute(
+            "SELECT COALESCE(SUM(kind='void' AND NOT reversed), 0), "
+            "COALESCE(SUM(CASE WHEN kind='refund' THEN amount ELSE 0 END), 0) "
+            "FROM txns WHERE original=? AND rc='00'", (ref,)).fetchone()
+        return Original(TxnRecord(*row[:8], bool(row[8])), bool(voided), refunded,
+                        self.batch_state(number, batch).settled)
+
+    def batch_state(self, number: int, batch: str) -> BatchState:
+        row = self.conn.execute("SELECT closed FROM batches WHERE terminal=? AND batch=?",
+                                (number, batch)).fetchone()
+        return BatchState() if row is None else BatchState(True, bool(row[0]))
+
+    def batch_totals(self, number: int, batch: str) -> BatchTotals:
+        """PROTOCOL.md §7: debits are the batch's approved purchases (voided ones included),
+        credits its approved voids and refunds; reversed transactions count in neither."""
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(CASE WHEN kind='purchase' THEN amount END), 0), "
+            "COUNT(CASE WHEN kind='purchase' THEN 1 END), "
+            "COALESCE(SUM(CASE WHEN kind IN ('void', 'refund') THEN amount END), 0), "
+            "COUNT(CASE WHEN kind IN ('void', 'refund') THEN 1 END) "
+            "FROM txns WHERE ref BETWEEN ? AND ? AND rc='00' AND NOT reversed",
+            _ref_range(number, batch)).fetchone()
+        return BatchTotals(*row)
+
+    # --- what an operator sees of a batch and a card (pos-host batch show, card show) -----------
+
+    def batches(self, tid: str) -> list[str]:
+        """The batches a terminal has transactions or a settlement in, oldest first."""
+        number = self._require(tid)
+        first, last = _ref_range(number)
+        refs = self.conn.execute("SELECT DISTINCT ref >> ? FROM txns WHERE ref BETWEEN ? AND ?",
+                                 (STAN_BITS, first, last))
+        found = {f"{b & ((1 << BATCH_BITS) - 1):06d}" for b, in refs}
+        found |= {b for b, in self.conn.execute("SELECT batch FROM batches WHERE terminal=?",
+                                                (number,))}
+        return sorted(found)
+
+    def batch_rows(self, tid: str, batch: str) -> list[BatchRow]:
+        """Every remembered transaction of one batch with the card masked, in STAN order."""
+        number = self._require(tid)
+        rows = self.conn.execute(
+            "SELECT t.ref, t.mti, t.kind, t.rc, c.pan_masked, t.amount, t.rrn, t.auth, "
+            "t.original, t.reversed, "
+            "(SELECT COUNT(*) FROM txns v WHERE v.original = t.ref AND v.kind='void' "
+            " AND v.rc='00' AND NOT v.reversed), "
+            "(SELECT COALESCE(SUM(r.amount), 0) FROM txns r WHERE r.original = t.ref "
+            " AND r.kind='refund' AND r.rc='00') "
+            "FROM txns t LEFT JOIN cards c ON c.pan_ref = t.pan_ref "
+            "WHERE t.ref BETWEEN ? AND ? ORDER BY t.ref, t.mti", _ref_range(number, batch))
+        mask = (1 << STAN_BITS) - 1
+        return [BatchRow(f"{ref & mask:06d}", mti, kind, rc, masked, amount, rrn, auth,
+                         None if orig is None else f"{orig >> STAN_BITS & ((1 << BATCH_BITS) - 1):06d}"
+                         f"/{orig & mask:06d}", bool(rev), bool(voided), refunded)
+                for ref, mti, kind, rc, masked, amount, rrn, auth, orig, rev, voided, refunded
+                in rows]
+
+    def settlement(self, tid: str, batch: str) -> tuple[BatchState, str | None, str | None]:
+        """The batch's state and, once settled, field 48 as reported and as the host saw it."""
+        number = self._require(tid)
+        row = self.conn.execute("SELECT closed, reported, host FROM batches "
+                                "WHERE terminal=? AND batch=?", (number, batch)).fetchone()
+        if row is None:
+            return BatchState(), None, None
+        return BatchState(True, bool(row[0])), row[1], row[2]
+
+    def uploads(self, tid: str, batch: str) -> list[UploadedRecord]:
+        number = self._require(tid)
+        rows = self.conn.execute("SELECT type_code, stan, pan_ref, pan_masked, amount FROM uploads "
+                                 "WHERE terminal=? AND batch=? ORDER BY stan", (number, batch))
+        return [UploadedRecord(*r) for r in rows]
 
     # --- applying a handler's changes ------------------------------------------------------------
 
     def apply(self, changes: list[Change]) -> None:
         """Apply changes in the caller's transaction: key changes one by one, in order, the
-        transactions as one `executemany` and the debits as one update per card (a batch of
-        purchases costs two statements, not two per purchase)."""
+        transactions as one `executemany` and the balance changes as one update per card (a
+        batch of purchases costs two statements, not two per purchase)."""
         c = self.conn
         records = []
         debits: dict[str, int] = {}
         for change in changes:
             kind = type(change)
-            if kind is Purchased:
+            if kind is Answered:
                 records.append((txn_ref(change.terminal, change.batch, change.stan),
-                                change.request_ref, change.response))
+                                change.request_ref, change.response, change.mti, change.kind,
+                                change.rc, change.pan_ref, change.amount, change.rrn,
+                                change.auth, change.date, change.original))
                 if change.debit:
                     debits[change.pan_ref] = debits.get(change.pan_ref, 0) + change.debit
+            elif kind is Reversed:
+                c.execute("UPDATE txns SET reversed=1 WHERE ref=? AND mti='0200'", (change.ref,))
+                debits[change.pan_ref] = debits.get(change.pan_ref, 0) + change.debit
+            elif kind is Settled:
+                c.execute(
+                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (terminal, batch) DO UPDATE SET balanced=excluded.balanced, "
+                    "closed=MAX(closed, excluded.closed), reported=excluded.reported, "
+                    "host=excluded.host, settled=excluded.settled",
+                    (change.terminal, change.batch, change.balanced, change.balanced,
+                     change.reported, change.host, change.at))
+            elif kind is Uploaded:
+                c.executemany("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              [(change.terminal, change.batch, r.stan, r.type_code, r.pan_ref,
+                                r.pan_masked, r.amount) for r in change.records])
+                if change.last:
+                    c.execute("UPDATE batches SET closed=1 WHERE terminal=? AND batch=?",
+                              (change.terminal, change.batch))
             elif kind is IssueWorkingKeys:
                 self._issue(change.tid, change.working)
             elif kind is RevokeWorkingKeys:
@@ -461,10 +660,10 @@ class KeyDb:
             else:
                 raise TypeError(f"unknown change {kind.__name__}")
         if records:
-            c.executemany("INSERT INTO txns VALUES (?, ?, ?)", records)
+            c.executemany(TXN_INSERT, records)
         if debits:  # one update per card, however many purchases it made in the batch
             c.executemany("UPDATE cards SET balance = balance - ? WHERE pan_ref=?",
-                          [(amount, ref) for ref, amount in debits.items()])
+                          [(amount, ref) for ref, amount in debits.items() if amount])
 
     # --- helpers ---------------------------------------------------------------------------------
 

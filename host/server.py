@@ -32,7 +32,19 @@ from host.clock import Clock
 from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
 from host.keydb import KeyDb
 from host.logs import MessageLog
-from host.state import Card, Change, Prior, Purchased, Terminal
+from host.state import (
+    Answered,
+    BatchState,
+    BatchTotals,
+    Card,
+    Change,
+    IssueWorkingKeys,
+    Original,
+    Prior,
+    Reversed,
+    RevokeWorkingKeys,
+    Terminal,
+)
 from protocol.errors import FramingError
 from protocol.framing import FrameReader, Framing, Tpdu, length_prefixed
 from protocol.link import TraceOptions
@@ -94,11 +106,13 @@ class HostCore:
         self._admit = config.security.admit
         self._terminals: dict[str, Terminal] = {}  # key handles only: the module holds the keys
         self._cards: dict[str, Card] = {}
-        self._stans: dict[tuple[str, str], set[str]] = {}  # answered STANs by (terminal, batch)
+        self._stans: dict[tuple[str, str, str], set[str]] = {}  # answered STANs by (terminal,
+        # batch, MTI)
         self._data_version = db.data_version()
         self._in_transaction = False
         self._buffered: list[Change] = []  # this batch's purchases, written at commit
-        self._recent: dict[tuple[str, str, str], Purchased] = {}  # ... by terminal, batch, STAN
+        self._recent: dict[tuple[str, str, str, str], Answered] = {}  # ... by terminal, batch,
+        # STAN and MTI
         self._pending: list[Pending] = []
         self.messages = 0  # handled, and
         self.commits = 0  # transactions committed: messages / commits is the mean group commit
@@ -117,21 +131,42 @@ class HostCore:
     def card(self, pan_ref: str) -> Card | None:
         return _cached(self._cards, pan_ref, self.db.card)
 
-    def prior(self, terminal: Terminal, batch: str, stan: str) -> Prior | None:
+    def prior(self, terminal: Terminal, batch: str, stan: str, mti: str = "0200") -> Prior | None:
         """Only a STAN already answered costs a row read (none if answered in this batch); the
         common case, a new STAN, is a set lookup, the set read once per terminal and batch."""
         tid = terminal.tid
-        stans = self._stans.get((tid, batch))
+        stans = self._stans.get((tid, batch, mti))
         if stans is None:
             if len(self._stans) >= CACHE_LIMIT:
                 self._stans.clear()
-            stans = self._stans[tid, batch] = self.db.stans(terminal.number, batch)
+            stans = self._stans[tid, batch, mti] = self.db.stans(terminal.number, batch, mti)
         if stan not in stans:
             return None
-        record = self._recent.get((tid, batch, stan))
+        record = self._recent.get((tid, batch, stan, mti))
         if record is not None:
             return Prior(record.request_ref, record.response)
-        return self.db.prior(terminal.number, batch, stan)
+        return self.db.prior(terminal.number, batch, stan, mti)
+
+    # The lookups of PROTOCOL.md §7 read the database after this batch's buffered answers are
+    # written into the open transaction: a void finds the purchase approved a moment before.
+
+    def original(self, terminal: Terminal, batch: str, stan: str) -> Original | None:
+        self._write_buffered()
+        return self.db.original(terminal.number, batch, stan)
+
+    def batch_state(self, terminal: Terminal, batch: str) -> BatchState:
+        self._write_buffered()
+        return self.db.batch_state(terminal.number, batch)
+
+    def batch_totals(self, terminal: Terminal, batch: str) -> BatchTotals:
+        self._write_buffered()
+        return self.db.batch_totals(terminal.number, batch)
+
+    def _write_buffered(self) -> None:
+        if self._buffered:
+            self._begin()
+            self.db.apply(self._buffered)
+            self._buffered.clear()
 
     # --- one message -------------------------------------------------------------------------
 
@@ -228,28 +263,31 @@ class HostCore:
         self._stans.clear()
 
     def _apply(self, outcome: Outcome, now: float) -> Outcome:
-        """Take a message's changes into the batch: key changes go to the database at once
-        (the next message must find them there), purchases (the remembered answer and its
-        debit) wait for the batch's commit and are meanwhile served from memory. If a write
-        fails, nothing of the batch is kept and every message in it is answered 96."""
+        """Take a message's changes into the batch: answered 0200/0220s (the remembered answer
+        and its debit or credit) wait for the batch's commit and are meanwhile served from
+        memory; every other change (keys, reversals, settlements, uploads) goes to the
+        database at once (the next message must find it there). If a write fails, nothing of
+        the batch is kept and every message in it is answered 96."""
         for change in outcome.changes:
-            if type(change) is Purchased:
-                if change.debit:
-                    card = self._cards.get(change.pan_ref)  # type: ignore[arg-type]
-                    if card is not None:
-                        self._cards[card.pan_ref] = card.debited(change.debit)
-                self._recent[change.tid, change.batch, change.stan] = change
-                stans = self._stans.get((change.tid, change.batch))
+            if isinstance(change, (Answered, Reversed)) and change.debit:
+                card = self._cards.get(change.pan_ref)  # type: ignore[arg-type]
+                if card is not None:
+                    self._cards[card.pan_ref] = card.debited(change.debit)
+            if isinstance(change, Answered):
+                self._recent[change.tid, change.batch, change.stan, change.mti] = change
+                stans = self._stans.get((change.tid, change.batch, change.mti))
                 if stans is not None:
                     stans.add(change.stan)
                 self._buffered.append(change)
-            else:
-                try:
-                    self._begin()
-                    self.db.apply([change])
-                except sqlite3.Error as exc:
-                    self._abort_batch(type(exc).__name__, now)
-                    return self._malfunction(outcome.request, now, f"{type(exc).__name__} in apply")
+                continue
+            try:
+                self._begin()
+                self._write_buffered()
+                self.db.apply([change])
+            except sqlite3.Error as exc:
+                self._abort_batch(type(exc).__name__, now)
+                return self._malfunction(outcome.request, now, f"{type(exc).__name__} in apply")
+            if isinstance(change, (IssueWorkingKeys, RevokeWorkingKeys)):
                 self._terminals.pop(change.tid, None)
         return outcome
 

@@ -109,14 +109,57 @@ class Card(NamedTuple):
 
 
 class Prior(NamedTuple):
-    """A 0200 already answered: its fingerprint and the response bytes it got.
+    """A 0200 or 0220 already answered: its fingerprint and the response bytes it got.
 
-    This and the per-purchase change below (`Purchased`) are named tuples:
+    This and the per-request change below (`Answered`) are named tuples:
     immutable like the frozen dataclasses around them, and several times cheaper to build,
     which a host does for every purchase."""
 
     request_ref: bytes
     response: bytes
+
+
+# What a remembered 0200/0220 was (PROTOCOL.md §7's table), as the txns table keeps it.
+INQUIRY, PURCHASE, VOID, REFUND = "inquiry", "purchase", "void", "refund"
+
+
+class TxnRecord(NamedTuple):
+    """A remembered transaction as a void, refund, reversal or settlement needs to see it."""
+
+    ref: int  # host.keydb.txn_ref of its terminal, batch and STAN
+    kind: str | None  # None: remembered before the database kept what it was (version 3)
+    rc: str
+    pan_ref: str | None
+    amount: int
+    rrn: str
+    auth: str
+    date: str  # MMDD of its response's field 13
+    reversed: bool
+
+
+class Original(NamedTuple):
+    """A 0200 named by a void, refund or reversal, with what happened to it since."""
+
+    record: TxnRecord
+    voided: bool  # an approved void of it stands (not reversed)
+    refunded: int  # minor units refunded of it so far
+    settled: bool  # its batch has been settled
+
+
+class BatchState(NamedTuple):
+    """Settled: a 0510 answered its settlement. Closed: balanced, or its upload ended."""
+
+    settled: bool = False
+    closed: bool = False
+
+
+class BatchTotals(NamedTuple):
+    """The host's own totals for one batch of one terminal (PROTOCOL.md §7, Settlement)."""
+
+    debit_amount: int = 0
+    debit_count: int = 0
+    credit_amount: int = 0
+    credit_count: int = 0
 
 
 class HostView(Protocol):
@@ -126,9 +169,18 @@ class HostView(Protocol):
 
     def card(self, pan_ref: str) -> Card | None: ...
 
-    def prior(self, terminal: Terminal, batch: str, stan: str) -> Prior | None:
-        """The terminal already looked up (not its id): no second lookup per purchase."""
+    def prior(self, terminal: Terminal, batch: str, stan: str, mti: str = "0200") -> Prior | None:
+        """The terminal already looked up (not its id): no second lookup per purchase.
+        Duplicates are matched within one MTI (PROTOCOL.md §7)."""
         ...
+
+    def original(self, terminal: Terminal, batch: str, stan: str) -> Original | None:
+        """The 0200 this terminal sent in `batch` with `stan`, if the host remembers one."""
+        ...
+
+    def batch_state(self, terminal: Terminal, batch: str) -> BatchState: ...
+
+    def batch_totals(self, terminal: Terminal, batch: str) -> BatchTotals: ...
 
 
 # --- changes -------------------------------------------------------------------------------------
@@ -147,10 +199,11 @@ class RevokeWorkingKeys:
     tid: str
 
 
-class Purchased(NamedTuple):
-    """An answered 0200 to remember for duplicate detection (PROTOCOL.md §3; its code, amount
-    and time are in the response), and what it took from the card: one change per purchase,
-    so an approval can never be remembered without its debit, nor debited unremembered."""
+class Answered(NamedTuple):
+    """An answered 0200 or 0220 to remember for duplicate detection (PROTOCOL.md §3; the
+    response is sent again to a retransmission), what it was, and what it did to the card:
+    one change per request, so an approval can never be remembered without its debit or
+    credit, nor moved money unremembered."""
 
     tid: str
     terminal: int  # TerminalKeys.number
@@ -159,7 +212,57 @@ class Purchased(NamedTuple):
     request_ref: bytes
     response: bytes
     pan_ref: str | None  # the card found (None: a 56)
-    debit: int  # minor units taken from the card: the amount when approved, else 0
+    debit: int  # minor units taken from the card (negative: returned to it); 0 unless approved
+    mti: str = "0200"
+    kind: str = PURCHASE
+    rc: str = "00"
+    amount: int = 0  # field 4 of the request
+    rrn: str = ""  # fields 37, 38 and 13 of the response
+    auth: str = ""
+    date: str = ""
+    original: int | None = None  # txn_ref of the purchase a void or refund names
 
 
-Change = IssueWorkingKeys | RevokeWorkingKeys | Purchased
+class Reversed(NamedTuple):
+    """A 0400 undid a purchase (its debit returns) or a void (its credit is taken back)."""
+
+    tid: str
+    ref: int  # txn_ref of the 0200 undone
+    pan_ref: str
+    debit: int  # signed, as `Answered.debit`
+
+
+class Settled(NamedTuple):
+    """A 0510 answered a batch's settlement: the terminal's totals beside the host's."""
+
+    tid: str
+    terminal: int
+    batch: str
+    balanced: bool
+    reported: str  # field 48 as the terminal sent it
+    host: str  # field 48 of the host's own totals
+    at: float
+
+
+class UploadedRecord(NamedTuple):
+    """One transaction of a batch upload, as kept: the card by its reference and masked."""
+
+    type_code: str
+    stan: str
+    pan_ref: str
+    pan_masked: str
+    amount: int
+
+
+class Uploaded(NamedTuple):
+    """A 0320's records, kept for reconciliation (no money moves); `last` ends the upload."""
+
+    tid: str
+    terminal: int
+    batch: str
+    stan: str
+    records: tuple[UploadedRecord, ...]
+    last: bool
+
+
+Change = IssueWorkingKeys | RevokeWorkingKeys | Answered | Reversed | Settled | Uploaded

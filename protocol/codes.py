@@ -15,6 +15,8 @@ INSUFFICIENT_FUNDS: Final = "51"
 EXPIRED_CARD: Final = "54"
 INCORRECT_PIN: Final = "55"
 NO_CARD_RECORD: Final = "56"
+NO_ORIGINAL: Final = "25"
+AMOUNT_DIFFERS: Final = "64"
 DUPLICATE: Final = "94"
 SYSTEM_MALFUNCTION: Final = "96"
 
@@ -28,13 +30,16 @@ RESPONSE_CODES: Final[dict[str, str]] = {
     EXPIRED_CARD: "expired card",
     INCORRECT_PIN: "incorrect PIN",
     NO_CARD_RECORD: "no card record",
+    NO_ORIGINAL: "no original transaction found",
+    AMOUNT_DIFFERS: "amount differs from the original's",
     DUPLICATE: "duplicate transmission",
     SYSTEM_MALFUNCTION: "system malfunction",
 }
 
 # Codes answered after the request MAC verified: these 0210s carry a response MAC (§3).
 MACED_RESPONSE_CODES: Final = frozenset({APPROVED, INSUFFICIENT_FUNDS, EXPIRED_CARD,
-                                         INCORRECT_PIN, NO_CARD_RECORD, DUPLICATE})
+                                         INCORRECT_PIN, NO_CARD_RECORD, DUPLICATE,
+                                         NO_ORIGINAL, AMOUNT_DIFFERS})
 # Codes answered before the MAC could be checked, or a key error: never MACed, never remembered.
 UNMACED_RESPONSE_CODES: Final = frozenset({FORMAT_ERROR, INVALID_TRANSACTION, NOT_REGISTERED,
                                            KEY_ERROR})

@@ -1,12 +1,13 @@
-"""What pos-fuzz found in pos-host, kept as regression tests (the host is not this branch's to
-change: each is marked with the reason until it is fixed there)."""
+"""What pos-fuzz found in pos-host, kept as regression tests.
+
+A 0200 whose MAC fails, served as cup over a data folder whose earlier key generations were
+issued as iso87 (double-length MAKs), was answered 96 (cup's single-DES MAC raised on the
+16-byte MAK while check_mac tried the earlier generations) instead of `14 K3 MAK mismatch`."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-
-import pytest
 
 from host import admin
 from host.clock import seeded_rng, system_clock, system_rng
@@ -31,11 +32,6 @@ def core_for(db, dialect: str) -> HostCore:
     return HostCore(db, config, system_clock, MessageLog(io.StringIO(), d), Framing(d))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pos-host: a 0200 whose MAC fails, served as cup over a data folder whose earlier key "
-    "generations were issued as iso87 (double-length MAK), is answered 96 (KeyMaterialError "
-    "from cup's single-DES MAC over a 16-byte MAK, raised while check_mac tries the earlier "
-    "generations) instead of 14 K3 MAK mismatch"))
 def test_a_bad_mac_is_a_key_error_whatever_dialect_issued_the_earlier_keys(tmp_path: Path) -> None:
     data = tmp_path / "host"
     init_data(data, system_rng)

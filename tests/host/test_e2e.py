@@ -206,7 +206,7 @@ def test_malformed_frames_get_30_or_close_only_their_own_connection(site: Site) 
         good = terminal.purchase(CARD, 100)
         reply, _ = link.exchange(good[:-5])  # the MTI decodes, the rest does not: 30
         assert (reply.mti, reply[39]) == ("0210", "30")
-        assert link.exchange(terminal.codec.encode(Message("0400", {11: "000001"})))[0][39] \
+        assert link.exchange(terminal.codec.encode(Message("0600", {11: "000001"})))[0][39] \
             == "12"
     for garbage in (b"\x00\x04ABCD", b"\x00\x00", b"\xff\xff" + b"x" * 10):
         with socket.create_connection((site.host.host, site.host.port), timeout=5) as sock:

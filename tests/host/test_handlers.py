@@ -24,7 +24,7 @@ from host.state import (
     HeldKey,
     IssueWorkingKeys,
     Prior,
-    Purchased,
+    Answered,
     RevokeWorkingKeys,
     Terminal,
     TerminalKeys,
@@ -153,7 +153,7 @@ def test_an_approval_code_is_six_digits_from_the_requests_fingerprint(world: Wor
     codes = set()
     for stan in ("000101", "000102", "000103"):
         outcome = world.handle(world.client.purchase(CARD, 100, stan=stan))
-        record = next(c for c in outcome.changes if isinstance(c, Purchased))
+        record = next(c for c in outcome.changes if isinstance(c, Answered))
         reply = world.config.codec.decode(record.response)
         assert reply[39] == "00" and reply.text(38) == approval_code(record.request_ref)
         assert len(reply.text(38)) == 6 and reply.text(38).isdigit()
@@ -216,8 +216,8 @@ def test_a_failing_view_gets_96_without_decoding_again(world: World,
     assert decode.calls == 1 + 1  # the handler's one, and this test's own
 
 
-@pytest.mark.parametrize(("mti", "answer"), [("0400", "0410"), ("0100", "0110"),
-                                             ("0500", "0510")])
+@pytest.mark.parametrize(("mti", "answer"), [("0600", "0610"), ("0100", "0110"),
+                                             ("0620", "0630")])
 def test_an_mti_not_served_gets_its_response_mti_and_12(world: World, mti: str,
                                                         answer: str) -> None:
     data = world.config.codec.encode(Message(mti, {11: "000009", 41: TID, 42: MID}))
@@ -308,7 +308,7 @@ def test_a_tmk_past_its_lifetime_is_k2_tmk(world: World) -> None:
 
 def test_a_processing_code_not_served_gets_12_without_a_mac(world: World) -> None:
     fields = world.client.purchase_fields(CARD, 100)
-    fields[3] = "310000"
+    fields[3] = "990000"
     data = sign(world.config.codec, Message("0200", fields), world.client.keys["MAK"])
     reply = world.reply(data)
     assert reply[39] == "12" and 64 not in reply.fields
@@ -317,7 +317,7 @@ def test_a_processing_code_not_served_gets_12_without_a_mac(world: World) -> Non
 def test_a_retransmission_gets_the_original_response(world: World) -> None:
     data = world.client.purchase(CARD, 100)
     first = world.handle(data)
-    record = next(c for c in first.changes if isinstance(c, Purchased))
+    record = next(c for c in first.changes if isinstance(c, Answered))
     world.view.priors[(record.tid, record.batch, record.stan)] = Prior(record.request_ref,
                                                                        record.response)
     again = world.handle(data)
@@ -326,7 +326,7 @@ def test_a_retransmission_gets_the_original_response(world: World) -> None:
 
 def test_another_request_with_the_same_stan_gets_94_with_a_mac(world: World) -> None:
     first = world.handle(world.client.purchase(CARD, 100, stan="000042"))
-    record = next(c for c in first.changes if isinstance(c, Purchased))
+    record = next(c for c in first.changes if isinstance(c, Answered))
     world.view.priors[(record.tid, record.batch, record.stan)] = Prior(record.request_ref,
                                                                        record.response)
     outcome = world.handle(world.client.purchase(CARD, 200, stan="000042"))
@@ -363,7 +363,7 @@ def test_an_unknown_card_gets_56_with_a_mac(world: World) -> None:
     assert outcome.response is not None
     assert world.config.codec.decode(outcome.response)[39] == "56"
     assert mac_ok(world, outcome.response)
-    assert [type(c) for c in outcome.changes] == [Purchased]
+    assert [type(c) for c in outcome.changes] == [Answered]
     assert outcome.changes[0].debit == 0 and outcome.changes[0].pan_ref is None
 
 
@@ -396,7 +396,7 @@ def test_an_approval_is_maced_recorded_and_debited(world: World) -> None:
     assert {3, 4, 11, 12, 13, 37, 38, 39, 41, 42, 49, 60, 64} == set(reply.fields)
     assert mac_ok(world, outcome.response)
     [purchased] = outcome.changes
-    assert isinstance(purchased, Purchased)
+    assert isinstance(purchased, Answered)
     assert purchased.debit == 10_000 and purchased.pan_ref == VAULT.pan_ref(PAN)
     assert purchased.response == outcome.response
 
@@ -456,7 +456,7 @@ def test_a_missed_rotation_wins_over_expired_keys(world: World) -> None:
 def test_a_bad_mac_wins_over_a_processing_code_not_served(world: World) -> None:
     world.client.keys["MAK"] = hsm.new_key_like(world.client.keys["MAK"], seeded_rng(5))
     fields = world.client.purchase_fields(CARD, 100)
-    fields[3] = "310000"
+    fields[3] = "990000"
     data = sign(world.config.codec, Message("0200", fields), world.client.keys["MAK"])
     assert_key_error(world.reply(data), "K3", "MAK")
 

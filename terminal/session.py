@@ -25,18 +25,44 @@ from protocol.errors import ProtocolError
 from protocol.message import Message
 from protocol.spec import Dialect
 from terminal.keystore import KeySet, StoredKey
+from terminal.pending import PendingReversal
 from terminal.store import Config
 
 Clock = Callable[[], float]
-Kind = Literal["signon", "signoff", "echo", "purchase"]
+Kind = Literal["signon", "signoff", "echo", "purchase", "inquiry", "void", "refund", "reversal",
+               "settle", "upload"]
 Source = Literal["host", "terminal"]
 
-RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210"}
+RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210", "0220": "0230", "0400": "0410",
+                "0500": "0510", "0320": "0330"}
 PIN_CAPTURE_CODE = "12"
 CURRENCY = "156"
 POS_CONDITION = "00"
 ENTRY_KEYED = "012"
 ENTRY_KEYED_PIN = "011"
+ENTRY_REVERSAL = "010"
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """What identifies each §7 transaction (PROTOCOL.md §7's table): MTI, 3 and 60.1."""
+
+    mti: str
+    processing: str | None
+    type_code: str
+
+
+TRANSACTIONS: dict[str, Transaction] = {
+    "purchase": Transaction("0200", "000000", fields.TYPE_PURCHASE),
+    "inquiry": Transaction("0200", "310000", fields.TYPE_INQUIRY),
+    "void": Transaction("0200", "200000", fields.TYPE_VOID),
+    "refund": Transaction("0220", "200000", fields.TYPE_REFUND),
+    "settle": Transaction("0500", None, fields.TYPE_SIGN_ON),
+    "upload": Transaction("0320", None, fields.TYPE_SIGN_ON),
+}
+REVERSAL_KEEPS = (2, 3, 4, 14, 25, 41, 42, 49, 60)
+"""The original's fields a reversal repeats (§7); 38 joins them when an answer brought one."""
+MACED_KINDS = frozenset({"purchase", "inquiry", "void", "refund", "reversal", "settle", "upload"})
 
 
 class TerminalKeyError(Exception):
@@ -85,9 +111,21 @@ class Result:
         return self.outcome == "key_error"
 
 
+def check_card(pan: str, expiry: str, pin: str | None) -> None:
+    """Refuse a mistyped card before a STAN is spent on it."""
+    if not (12 <= len(pan) <= 19 and pan.isdigit()):
+        raise ValueError("the card number must be 12 to 19 digits")
+    if not (len(expiry) == 4 and expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
+        raise ValueError("the expiry must be YYMM")
+    if pin is not None and not (4 <= len(pin) <= 12 and pin.isdigit()):
+        raise ValueError("a PIN is 4 to 12 digits")
+
+
 @dataclass(frozen=True)
 class Purchase:
-    """A keyed-card purchase; the PIN is held only as long as it takes to build the request."""
+    """A keyed-card purchase; the PIN is held only as long as it takes to build the request.
+    A card with `amount` 0 is what an inquiry, a void or a refund presents (they take their
+    amount elsewhere, or none)."""
 
     amount: int
     pan: str
@@ -95,16 +133,22 @@ class Purchase:
     pin: str | None = None
 
     def __post_init__(self) -> None:
-        """Refuse a mistyped card before a STAN is spent on it."""
-        if not (12 <= len(self.pan) <= 19 and self.pan.isdigit()):
-            raise ValueError("the card number must be 12 to 19 digits")
-        if not (len(self.expiry) == 4 and self.expiry.isdigit() and 1 <= int(self.expiry[2:]) <= 12):
-            raise ValueError("the expiry must be YYMM")
-        if self.pin is not None and not (4 <= len(self.pin) <= 12 and self.pin.isdigit()):
-            raise ValueError("a PIN is 4 to 12 digits")
+        check_card(self.pan, self.expiry, self.pin)
 
     def __repr__(self) -> str:
         return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'})"
+
+
+@dataclass(frozen=True)
+class Original:
+    """The transaction a void or a refund names, as the terminal's ledger has it."""
+
+    batch: int
+    stan: int
+    amount: int
+    rrn: str = ""
+    auth: str = ""
+    date: str = ""
 
 
 class Session:
@@ -166,26 +210,85 @@ class Session:
         return mak
 
     def purchase(self, stan: int, batch: int, purchase: Purchase) -> Request:
-        mak = self.check_working_keys(need_pik=purchase.pin is not None)
-        msg = self._base("0200", stan, batch, fields.TYPE_PURCHASE, fields.NMIC_NONE)
+        return self._card_request("purchase", stan, batch, purchase, purchase.amount)
+
+    def inquiry(self, stan: int, batch: int, card: Purchase) -> Request:
+        """A balance inquiry carries no field 4 (§7)."""
+        return self._card_request("inquiry", stan, batch, card, None)
+
+    def void(self, stan: int, batch: int, card: Purchase, original: Original) -> Request:
+        """Field 61 names the original (batch, STAN); 4, 37 and 38 are the original's."""
+        extra = {61: fields.OriginalData(f"{original.batch:06d}", f"{original.stan:06d}").format()}
+        if original.rrn:
+            extra[37] = original.rrn
+        if original.auth:
+            extra[38] = original.auth
+        return self._card_request("void", stan, batch, card, original.amount, extra)
+
+    def refund(self, stan: int, batch: int, card: Purchase, original: Original,
+               amount: int) -> Request:
+        """Field 61 names the original by batch, STAN and the MMDD of its 0210 (§7)."""
+        named = fields.OriginalData(f"{original.batch:06d}", f"{original.stan:06d}", original.date)
+        return self._card_request("refund", stan, batch, card, amount, {61: named.format()})
+
+    def _card_request(self, kind: Kind, stan: int, batch: int, card: Purchase,
+                      amount: int | None, extra: dict[int, str] | None = None) -> Request:
+        mak = self.check_working_keys(need_pik=card.pin is not None)
+        spec = TRANSACTIONS[kind]
+        msg = self._base(spec.mti, stan, batch, spec.type_code, fields.NMIC_NONE)
         msg.fields.update({
-            2: purchase.pan,
-            3: "000000",
-            4: f"{purchase.amount:012d}",
-            14: purchase.expiry,
+            2: card.pan,
+            3: spec.processing or "",
+            14: card.expiry,
             22: ENTRY_KEYED,
             25: POS_CONDITION,
             49: CURRENCY,
+            **(extra or {}),
         })
-        if purchase.pin is not None:
+        if amount is not None:
+            msg.fields[4] = f"{amount:012d}"
+        if card.pin is not None:
             pik = self.keys.keys["PIK"].key
             msg.fields[22] = ENTRY_KEYED_PIN
             msg.fields[26] = PIN_CAPTURE_CODE
-            msg.fields[52] = encrypt_pin_block(pik, purchase.pin, purchase.pan, fmt=0)
+            msg.fields[52] = encrypt_pin_block(pik, card.pin, card.pan, fmt=0)
             msg.fields[53] = fields.key_set(self.keys.key_set or self.config.key_set)\
                 .security_control
         encoded = macing.sign(self.codec, msg, mak.key)
-        return Request("purchase", msg, encoded, stan)
+        return Request(kind, msg, encoded, stan)
+
+    def pending_for(self, request: Request, at: float) -> PendingReversal:
+        """The record written before a purchase or a void leaves: reason 98 (no answer in
+        time) is what a power cut before the answer amounts to."""
+        msg = request.message
+        kept = {n: msg.text(n) for n in REVERSAL_KEEPS if n in msg}
+        batch = int(fields.Field60.parse(msg.text(60)).batch)
+        return PendingReversal(request.kind, request.stan, batch, int(msg.text(4) or 0), kept,
+                               at=at)
+
+    def reversal(self, pending: PendingReversal) -> Request:
+        """0400 with the original's STAN and fields, 22 `010`, 39 the reason, MACed with the
+        MAK of now (a sign-on since the original changes it; the host matches by TID, batch
+        and STAN, not by bytes)."""
+        mak = self.check_working_keys(need_pik=False)
+        msg = Message("0400", {**pending.fields, 11: f"{pending.stan:06d}", 22: ENTRY_REVERSAL,
+                               39: pending.reason})
+        return Request("reversal", msg, macing.sign(self.codec, msg, mak.key), pending.stan)
+
+    def settlement(self, stan: int, batch: int, totals: fields.Half) -> Request:
+        mak = self.check_working_keys(need_pik=False)
+        msg = self._base("0500", stan, batch, fields.TYPE_SIGN_ON, fields.NMIC_SETTLE)
+        msg.fields.update({48: fields.SettlementTotals(totals).format(), 49: CURRENCY,
+                           63: f"{self.config.operator} "})
+        return Request("settle", msg, macing.sign(self.codec, msg, mak.key), stan)
+
+    def upload(self, stan: int, batch: int, records: list[fields.UploadRecord],
+               last: bool) -> Request:
+        mak = self.check_working_keys(need_pik=False)
+        nmic = fields.NMIC_UPLOAD_END if last else fields.NMIC_SETTLE
+        msg = self._base("0320", stan, batch, fields.TYPE_SIGN_ON, nmic)
+        msg.fields[48] = fields.format_upload(records)
+        return Request("upload", msg, macing.sign(self.codec, msg, mak.key), stan)
 
     # --- responses --------------------------------------------------------------------------
 
@@ -228,8 +331,8 @@ class Session:
             return Result(request.kind, "key_error", rc, reason, "host", response)
         if request.kind == "signon":
             return self._signon_result(request, response, rc)
-        if request.kind == "purchase":
-            return self._purchase_result(data, response, rc)
+        if request.kind in MACED_KINDS:
+            return self._maced_result(request.kind, data, response, rc)
         if request.kind == "signoff" and rc == codes.APPROVED:
             return Result(request.kind, "ok", rc, response=response,
                           keyset=self.keys.without_working())
@@ -283,17 +386,19 @@ class Session:
                                              generation, now)
         return accepted
 
-    def _purchase_result(self, data: bytes, response: Message, rc: str) -> Result:
-        if rc in codes.MACED_RESPONSE_CODES:
+    def _maced_result(self, kind: Kind, data: bytes, response: Message, rc: str) -> Result:
+        """An answer that carries a MAC, or whose code says it must (§3, §7), is believed only
+        once the MAC verifies; an unMACed refusal (30, 12, 03) is reported as it is."""
+        if rc in codes.MACED_RESPONSE_CODES or 64 in response:
             mak = self.keys.keys.get("MAK")
             if 64 not in response:
-                return Result("purchase", "key_error", codes.KEY_ERROR,
+                return Result(kind, "key_error", codes.KEY_ERROR,
                               KeyErrorReason("K3", "MAK", "no response MAC"), "terminal",
                               response, detail=f"the host answered {rc} without a MAC")
             if mak is None or not macing.verify(self.codec, data, mak.key):
-                return Result("purchase", "key_error", codes.KEY_ERROR,
+                return Result(kind, "key_error", codes.KEY_ERROR,
                               KeyErrorReason("K3", "MAK", "response MAC bad"), "terminal",
                               response, detail=f"the host's {rc} fails MAC verification")
-            return Result("purchase", "approved" if rc == codes.APPROVED else "declined", rc,
+            return Result(kind, "approved" if rc == codes.APPROVED else "declined", rc,
                           response=response)
-        return Result("purchase", "refused", rc, response=response)
+        return Result(kind, "refused", rc, response=response)

@@ -17,7 +17,7 @@ from host import hsm
 from host.clock import Rng
 from host.keydb import KeyDb, KeyDbError, KeyRow
 from host.state import ACTIVE, Card, WorkingSet
-from protocol.amounts import parse_amount
+from protocol.amounts import format_amount, parse_amount
 from protocol.crypto import Key
 from protocol.mask import mask_pan
 
@@ -229,3 +229,49 @@ def card_dict(card: Card) -> dict[str, Any]:
 
 def list_cards(db: KeyDb) -> list[dict[str, Any]]:
     return [card_dict(c) for c in db.cards()]
+
+
+# --- batches (PROTOCOL.md §7) ----------------------------------------------------------------------
+
+_BATCH = re.compile(r"[0-9]{1,6}")
+
+
+def show_card(db: KeyDb, pan: str) -> dict[str, Any]:
+    """A card's balance now (the host's view after every approved transaction)."""
+    _check(_PAN, pan, "PAN", "12 to 19 digits")
+    card = db.card(db.vault.pan_ref(pan))
+    if card is None:
+        raise KeyDbError(f"no card {mask_pan(pan)}")
+    return card_dict(card)
+
+
+def show_batch(db: KeyDb, tid: str, batch: str | None) -> dict[str, Any]:
+    """The host's view of one batch (the newest when none is named): its settlement state, its
+    totals as the host counts them for settlement, and each transaction with its state."""
+    check_tid(tid)
+    if batch is None:
+        known = db.batches(tid)
+        if not known:
+            raise KeyDbError(f"terminal {tid} has no batch yet")
+        batch = known[-1]
+    else:
+        _check(_BATCH, batch, "batch", "1 to 6 digits")
+        batch = f"{int(batch):06d}"
+    rows = db.batch_rows(tid, batch)
+    state, reported, host = db.settlement(tid, batch)
+    debit, debits, credit, credits = db.batch_totals(db.terminal_number(tid), batch)
+    return {
+        "tid": tid, "batch": batch,
+        "state": "closed" if state.closed else "settled" if state.settled else "open",
+        "totals": {"debit_count": debits, "debit_amount": format_amount(debit),
+                   "credit_count": credits, "credit_amount": format_amount(credit)},
+        "settlement": None if reported is None else {"reported": reported, "host": host},
+        "uploaded": len(db.uploads(tid, batch)),
+        "transactions": [
+            {"stan": r.stan, "mti": r.mti, "kind": r.kind or "unknown", "rc": r.rc or "",
+             "state": r.state, "pan": r.pan_masked or "", "amount": format_amount(r.amount),
+             "rrn": r.rrn, "auth": r.auth, "original": r.original or "",
+             "refunded": format_amount(r.refunded)}
+            for r in rows
+        ],
+    }

@@ -260,6 +260,29 @@ def cmd_card_list(args: argparse.Namespace, db: KeyDb) -> int:
     return EXIT_OK
 
 
+@_with_db
+def cmd_card_show(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.show_card(db, args.pan), _said)
+    return EXIT_OK
+
+
+def _batch_text(result: dict[str, Any]) -> str:
+    totals = result["totals"]
+    lines = [f"terminal {result['tid']}  batch {result['batch']}  {result['state']}",
+             f"debits {totals['debit_count']} {totals['debit_amount']}  "
+             f"credits {totals['credit_count']} {totals['credit_amount']}"
+             + (f"  uploaded {result['uploaded']}" if result["uploaded"] else "")]
+    lines.append(_table(result["transactions"],
+                        ["stan", "kind", "rc", "state", "pan", "amount", "auth", "original"]))
+    return "\n".join(lines)
+
+
+@_with_db
+def cmd_batch_show(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.show_batch(db, args.tid, args.batch), _batch_text)
+    return EXIT_OK
+
+
 def _open_log(path: str | None) -> TextIO:
     """The log holds masked PANs and the host's traffic: created mode 0600, appended to."""
     if path is None:
@@ -423,6 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--balance", required=True, help="e.g. 100.00")
     add.add_argument("--currency", default="156")
     command(card, "list", cmd_card_list, "list cards (PANs masked)")
+    command(card, "show", cmd_card_show, "a card's balance (PAN masked)").add_argument("pan")
+
+    batch = commands.add_parser("batch", help="terminals' batches as the host keeps them"
+                                ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = command(batch, "show", cmd_batch_show,
+                   "a batch: state, totals, each transaction with its state (PANs masked)")
+    show.add_argument("tid")
+    show.add_argument("--batch", help="batch number (default: the newest)")
 
     serve = command(commands, "serve", cmd_serve, "answer terminals until SIGINT/SIGTERM")
     serve.add_argument("--tcp", type=host_port, metavar="HOST:PORT",

@@ -67,11 +67,9 @@ from protocol.fields import (
 from protocol.macing import MAC_SIZE, PLACEHOLDER, mac_offset
 from protocol.mask import mask_pan
 from protocol.message import FieldValue, Message
+from protocol.requests import INQUIRY_CODE, VOID_CODE
+from protocol.requests import PURCHASE_CODE as PURCHASE_PROCESSING_CODE
 
-# Processing codes (field 3) of PROTOCOL.md §7's table.
-PURCHASE_PROCESSING_CODE = "000000"
-INQUIRY_CODE = "310000"
-VOID_CODE = "200000"
 REVERSIBLE = {PURCHASE_PROCESSING_CODE: PURCHASE, VOID_CODE: VOID}
 """What a 0400 with this processing code reverses."""
 
@@ -545,8 +543,7 @@ class Pipeline:
             return self.respond(request, verdict, now, working)
         request_ref = self.request_ref(data)
         stan = request.text(11)
-        prior = view.prior(terminal, field60.batch, stan) if mti == "0200" else view.prior(
-            terminal, field60.batch, stan, mti)
+        prior = view.prior(terminal, field60.batch, stan, mti)
         verdict = check_duplicate(prior, request_ref)
         if verdict is RETRANSMISSION:
             assert prior is not None

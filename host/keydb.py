@@ -416,6 +416,10 @@ class KeyDb:
             raise KeyDbError(f"no terminal {tid}")
         return TerminalRow(*row)
 
+    def terminal_number(self, tid: str) -> int:
+        """The terminal's permanent number (what its transactions are keyed by)."""
+        return self._require(tid)
+
     def key_rows(self, tid: str) -> list[KeyRow]:
         self._require(tid)
         rows = self.conn.execute(

@@ -64,7 +64,7 @@ ISO87_TABLE: dict[int, tuple[str, str, str | None]] = {
     45: ("Track 1 data", "an..76", "track"),
     46: ("Additional data - ISO", "an...999", None),
     47: ("Additional data - national", "an...999", None),
-    48: ("Additional data - private", "an...999", None),
+    48: ("Additional data - private", "an...999", "pan"),  # a batch upload's records hold PANs
     49: ("Currency code, transaction", "an3", None),
     50: ("Currency code, settlement", "an3", None),
     51: ("Currency code, cardholder billing", "an3", None),
@@ -136,7 +136,7 @@ CUP_TABLE: dict[int, tuple[str, str, str | None]] = {
         51, 52, 53, 56, 57, 59, 62, 64,
     )},
     36: ("Track 3 data", "z...104", "track"),
-    48: ("Additional data - private", "n...322", None),
+    48: ("Additional data - private", "n...322", "pan"),  # batch upload records: PANs
     54: ("Balance amount", "an...20", None),
     55: ("IC card data", "b...255", "icc"),  # its TLVs carry the PAN and track 2 equivalent
     58: ("PBOC electronic data", "ans...100", None),

@@ -286,9 +286,16 @@ class UploadRecord:
         return f"UploadRecord({self.type_code}, {self.stan}, {mask_pan(self.pan)}, {self.amount})"
 
     def format(self) -> str:
-        if not (self.pan.isdigit() and 0 < len(self.pan) <= 20 and self.pan[0] != "0"):
+        if not (self.pan.isascii() and self.pan.isdigit() and 0 < len(self.pan) <= 20
+                and self.pan[0] != "0"):
             raise EncodeError("an upload record's PAN must be 1-20 digits, not starting 0",
                               field=48)
+        for (path, width), value in zip(UPLOAD_RECORD_LAYOUT[:2], (self.type_code, self.stan),
+                                        strict=True):
+            if len(value) != width or not value.isascii() or not value.isdigit():
+                raise EncodeError(f"an upload record's {path} must be {width} digits", field=48)
+        if not 0 <= self.amount < 10**12:
+            raise EncodeError("an upload record's amount must fit 12 digits", field=48)
         return f"{self.type_code}{self.stan}{self.pan:0>20}{self.amount:012d}"
 
 

@@ -20,11 +20,11 @@ from host.state import (
     ACTIVE,
     RETIRED,
     REVOKED,
+    Answered,
     Card,
     HeldKey,
     IssueWorkingKeys,
     Prior,
-    Answered,
     RevokeWorkingKeys,
     Terminal,
     TerminalKeys,
@@ -62,8 +62,8 @@ class MemoryView:
     def card(self, pan_ref: str) -> Card | None:
         return self.cards.get(pan_ref)
 
-    def prior(self, terminal: Terminal, batch: str, stan: str) -> Prior | None:
-        return self.priors.get((terminal.tid, batch, stan))
+    def prior(self, terminal: Terminal, batch: str, stan: str, mti: str = "0200") -> Prior | None:
+        return self.priors.get((terminal.tid, batch, stan)) if mti == "0200" else None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from protocol import fields
+from protocol import fields, requests
 from protocol.codec import codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.keys import Key
@@ -602,14 +602,18 @@ class Settlement:
     steps: Steps
     batch: int
     totals: fields.Half
-    codes: tuple[str, str] | None = None
+    answer: fields.SettlementTotals | None = None
     uploaded: int = 0
     new_batch: int | None = None
 
     @property
-    def balanced(self) -> bool:
-        return self.codes == (fields.SETTLE_BALANCED, fields.SETTLE_BALANCED)
+    def codes(self) -> tuple[str, str] | None:
+        """Each half's code as the host set it: 1 agreed, 2 did not."""
+        return (self.answer.domestic.code, self.answer.foreign.code) if self.answer else None
 
+    @property
+    def balanced(self) -> bool:
+        return self.answer is not None and requests.is_balanced(self.answer)
 
 def _upload_records(terminal: Terminal, entries: tuple[Entry, ...]) -> list[fields.UploadRecord]:
     """The batch's counted transactions, card numbers unsealed only to go on the wire."""
@@ -643,10 +647,9 @@ def settle(terminal: Terminal) -> Settlement:
     steps = [*before, result]
     if result.outcome != "approved" or result.response is None:
         return Settlement(Steps(tuple(steps)), batch, half)
-    echoed = fields.SettlementTotals.parse(result.response.text(48))
-    codes = (echoed.domestic.code, echoed.foreign.code)
+    echoed = requests.settlement_result(result.response)
     uploaded = 0
-    if codes != (fields.SETTLE_BALANCED, fields.SETTLE_BALANCED):
+    if not requests.is_balanced(echoed):
         records = _upload_records(terminal, ledger.batch(batch))
         chunks = [records[i:i + fields.UPLOAD_RECORDS_MAX]
                   for i in range(0, len(records), fields.UPLOAD_RECORDS_MAX)]
@@ -656,11 +659,11 @@ def settle(terminal: Terminal) -> Settlement:
                                 lambda s, stan, b, c=chunk, e=last: s.upload(stan, b, c, e))
             steps.append(sent)
             if sent.outcome != "approved":
-                return Settlement(Steps(tuple(steps)), batch, half, codes, uploaded)
+                return Settlement(Steps(tuple(steps)), batch, half, echoed, uploaded)
             uploaded += len(chunk)
     counters = load_counters(terminal.layout)
     save_counters(terminal.layout, replace(counters, batch=min(batch + 1, BATCH_MAX)))
-    return Settlement(Steps(tuple(steps)), batch, half, codes, uploaded, batch + 1)
+    return Settlement(Steps(tuple(steps)), batch, half, echoed, uploaded, batch + 1)
 
 
 # --- reading state --------------------------------------------------------------------------

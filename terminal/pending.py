@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocol.crypto.keys import Rng
 from protocol.mask import mask_pan
+from protocol.requests import REVERSAL_BAD_ANSWER, REVERSAL_NO_ANSWER, REVERSAL_OTHER
 from terminal.fsops import REAL_OPS, FsOps, atomic_replace
 from terminal.keystore import KeystoreError, load_storage_key
 
@@ -35,9 +36,9 @@ _PURPOSE: Final = b"pending reversal"
 CARD_PURPOSE: Final = b"ledger card"
 
 # Field 39 of a reversal (PROTOCOL.md §7): why the terminal reverses.
-NO_ANSWER: Final = "98"
-BAD_ANSWER: Final = "96"
-OTHER: Final = "06"
+NO_ANSWER: Final = REVERSAL_NO_ANSWER
+BAD_ANSWER: Final = REVERSAL_BAD_ANSWER
+OTHER: Final = REVERSAL_OTHER
 REASONS: Final = {NO_ANSWER: "no answer in time", BAD_ANSWER: "an answer that failed its MAC "
                   "or did not decode", OTHER: "an answer that was not this request's"}
 MAX_TRIES: Final = 3

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from protocol import fields
+from protocol import fields, requests
 from protocol.amounts import format_amount
 from protocol.codes import describe_code
 from protocol.mask import mask_pan
@@ -88,7 +88,7 @@ def balance_of(result: Result) -> int | None:
     """Field 54 of an approved inquiry, in minor units (negative for D)."""
     if result.kind != "inquiry" or result.outcome != "approved" or result.response is None:
         return None
-    return fields.Balance.parse(result.response.text(54)).amount
+    return requests.balance(result.response).amount
 
 
 def signon_lines(result: Result, keys: dict[str, StoredKey]) -> list[str]:

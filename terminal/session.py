@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from protocol import codes, fields, macing
+from protocol import codes, fields, macing, requests
 from protocol.codec import Codec, codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.errors import CryptoError
@@ -25,7 +25,7 @@ from protocol.errors import ProtocolError
 from protocol.message import Message
 from protocol.spec import Dialect
 from terminal.keystore import KeySet, StoredKey
-from terminal.pending import PendingReversal
+from terminal.pending import NO_ANSWER, PendingReversal
 from terminal.store import Config
 
 Clock = Callable[[], float]
@@ -35,33 +35,7 @@ Source = Literal["host", "terminal"]
 
 RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210", "0220": "0230", "0400": "0410",
                 "0500": "0510", "0320": "0330"}
-PIN_CAPTURE_CODE = "12"
 CURRENCY = "156"
-POS_CONDITION = "00"
-ENTRY_KEYED = "012"
-ENTRY_KEYED_PIN = "011"
-ENTRY_REVERSAL = "010"
-
-
-@dataclass(frozen=True)
-class Transaction:
-    """What identifies each §7 transaction (PROTOCOL.md §7's table): MTI, 3 and 60.1."""
-
-    mti: str
-    processing: str | None
-    type_code: str
-
-
-TRANSACTIONS: dict[str, Transaction] = {
-    "purchase": Transaction("0200", "000000", fields.TYPE_PURCHASE),
-    "inquiry": Transaction("0200", "310000", fields.TYPE_INQUIRY),
-    "void": Transaction("0200", "200000", fields.TYPE_VOID),
-    "refund": Transaction("0220", "200000", fields.TYPE_REFUND),
-    "settle": Transaction("0500", None, fields.TYPE_SIGN_ON),
-    "upload": Transaction("0320", None, fields.TYPE_SIGN_ON),
-}
-REVERSAL_KEEPS = (2, 3, 4, 14, 25, 41, 42, 49, 60)
-"""The original's fields a reversal repeats (§7); 38 joins them when an answer brought one."""
 MACED_KINDS = frozenset({"purchase", "inquiry", "void", "refund", "reversal", "settle", "upload"})
 
 
@@ -150,6 +124,10 @@ class Original:
     auth: str = ""
     date: str = ""
 
+    def reference(self) -> requests.Reference:
+        return requests.Reference(f"{self.batch:06d}", f"{self.stan:06d}", self.rrn, self.auth,
+                                  self.date)
+
 
 class Session:
     """One terminal's protocol logic over its configuration and current keys."""
@@ -209,86 +187,77 @@ class Session:
             )
         return mak
 
+    def _station(self, batch: int) -> requests.Station:
+        return requests.Station(self.config.tid, self.config.mid, f"{batch:06d}", CURRENCY)
+
+    def _card(self, card: Purchase) -> requests.CardEntry:
+        """The card as keyed; with a PIN, its block under the PIK and field 53 of the key set."""
+        if card.pin is None:
+            return requests.CardEntry(card.pan, card.expiry)
+        block = encrypt_pin_block(self.keys.keys["PIK"].key, card.pin, card.pan, fmt=0)
+        control = fields.key_set(self.keys.key_set or self.config.key_set).security_control
+        return requests.CardEntry(card.pan, card.expiry, pin_block=block, security_control=control)
+
+    def _signed(self, kind: Kind, msg: Message, stan: int, need_pik: bool = False) -> Request:
+        """The MAK is checked before anything else is built, so a key error uses no STAN."""
+        mak = self.check_working_keys(need_pik)
+        return Request(kind, msg, macing.sign(self.codec, msg, mak.key), stan)
+
     def purchase(self, stan: int, batch: int, purchase: Purchase) -> Request:
-        return self._card_request("purchase", stan, batch, purchase, purchase.amount)
+        self.check_working_keys(need_pik=purchase.pin is not None)
+        msg = requests.purchase(self._station(batch), f"{stan:06d}", self._card(purchase),
+                                purchase.amount)
+        return self._signed("purchase", msg, stan)
 
     def inquiry(self, stan: int, batch: int, card: Purchase) -> Request:
         """A balance inquiry carries no field 4 (§7)."""
-        return self._card_request("inquiry", stan, batch, card, None)
+        self.check_working_keys(need_pik=card.pin is not None)
+        msg = requests.balance_inquiry(self._station(batch), f"{stan:06d}", self._card(card))
+        return self._signed("inquiry", msg, stan)
 
     def void(self, stan: int, batch: int, card: Purchase, original: Original) -> Request:
         """Field 61 names the original (batch, STAN); 4, 37 and 38 are the original's."""
-        extra = {61: fields.OriginalData(f"{original.batch:06d}", f"{original.stan:06d}").format()}
-        if original.rrn:
-            extra[37] = original.rrn
-        if original.auth:
-            extra[38] = original.auth
-        return self._card_request("void", stan, batch, card, original.amount, extra)
+        self.check_working_keys(need_pik=card.pin is not None)
+        msg = requests.void(self._station(batch), f"{stan:06d}", self._card(card),
+                            original.amount, original.reference())
+        return self._signed("void", msg, stan)
 
     def refund(self, stan: int, batch: int, card: Purchase, original: Original,
                amount: int) -> Request:
         """Field 61 names the original by batch, STAN and the MMDD of its 0210 (§7)."""
-        named = fields.OriginalData(f"{original.batch:06d}", f"{original.stan:06d}", original.date)
-        return self._card_request("refund", stan, batch, card, amount, {61: named.format()})
-
-    def _card_request(self, kind: Kind, stan: int, batch: int, card: Purchase,
-                      amount: int | None, extra: dict[int, str] | None = None) -> Request:
-        mak = self.check_working_keys(need_pik=card.pin is not None)
-        spec = TRANSACTIONS[kind]
-        msg = self._base(spec.mti, stan, batch, spec.type_code, fields.NMIC_NONE)
-        msg.fields.update({
-            2: card.pan,
-            3: spec.processing or "",
-            14: card.expiry,
-            22: ENTRY_KEYED,
-            25: POS_CONDITION,
-            49: CURRENCY,
-            **(extra or {}),
-        })
-        if amount is not None:
-            msg.fields[4] = f"{amount:012d}"
-        if card.pin is not None:
-            pik = self.keys.keys["PIK"].key
-            msg.fields[22] = ENTRY_KEYED_PIN
-            msg.fields[26] = PIN_CAPTURE_CODE
-            msg.fields[52] = encrypt_pin_block(pik, card.pin, card.pan, fmt=0)
-            msg.fields[53] = fields.key_set(self.keys.key_set or self.config.key_set)\
-                .security_control
-        encoded = macing.sign(self.codec, msg, mak.key)
-        return Request(kind, msg, encoded, stan)
+        self.check_working_keys(need_pik=card.pin is not None)
+        msg = requests.refund(self._station(batch), f"{stan:06d}", self._card(card), amount,
+                              original.reference())
+        return self._signed("refund", msg, stan)
 
     def pending_for(self, request: Request, at: float) -> PendingReversal:
-        """The record written before a purchase or a void leaves: reason 98 (no answer in
-        time) is what a power cut before the answer amounts to."""
-        msg = request.message
-        kept = {n: msg.text(n) for n in REVERSAL_KEEPS if n in msg}
-        batch = int(fields.Field60.parse(msg.text(60)).batch)
-        return PendingReversal(request.kind, request.stan, batch, int(msg.text(4) or 0), kept,
-                               at=at)
+        """The record written before a purchase or a void leaves: the reversal as it would go
+        now, with reason 98 (no answer in time), which is what a power cut before the answer
+        amounts to. It never holds the PIN block: a reversal carries none."""
+        template = requests.reversal(request.message, NO_ANSWER)
+        kept = {n: template.text(n) for n in template.fields if n != 39}
+        batch = int(fields.Field60.parse(template.text(60)).batch)
+        return PendingReversal(request.kind, request.stan, batch, int(template.text(4) or 0),
+                               kept, at=at)
 
     def reversal(self, pending: PendingReversal) -> Request:
-        """0400 with the original's STAN and fields, 22 `010`, 39 the reason, MACed with the
-        MAK of now (a sign-on since the original changes it; the host matches by TID, batch
-        and STAN, not by bytes)."""
-        mak = self.check_working_keys(need_pik=False)
-        msg = Message("0400", {**pending.fields, 11: f"{pending.stan:06d}", 22: ENTRY_REVERSAL,
-                               39: pending.reason})
-        return Request("reversal", msg, macing.sign(self.codec, msg, mak.key), pending.stan)
+        """0400 with the original's STAN and fields and 39 the reason, MACed with the MAK of
+        now (a sign-on since the original changes it; the host matches by TID, batch and
+        STAN, not by bytes)."""
+        msg = Message("0400", {**pending.fields, 39: pending.reason})
+        return self._signed("reversal", msg, pending.stan)
 
     def settlement(self, stan: int, batch: int, totals: fields.Half) -> Request:
-        mak = self.check_working_keys(need_pik=False)
-        msg = self._base("0500", stan, batch, fields.TYPE_SIGN_ON, fields.NMIC_SETTLE)
-        msg.fields.update({48: fields.SettlementTotals(totals).format(), 49: CURRENCY,
-                           63: f"{self.config.operator} "})
-        return Request("settle", msg, macing.sign(self.codec, msg, mak.key), stan)
+        self.check_working_keys(need_pik=False)
+        msg = requests.settlement(self._station(batch), f"{stan:06d}", f"{self.config.operator} ",
+                                  fields.SettlementTotals(totals))
+        return self._signed("settle", msg, stan)
 
     def upload(self, stan: int, batch: int, records: list[fields.UploadRecord],
                last: bool) -> Request:
-        mak = self.check_working_keys(need_pik=False)
-        nmic = fields.NMIC_UPLOAD_END if last else fields.NMIC_SETTLE
-        msg = self._base("0320", stan, batch, fields.TYPE_SIGN_ON, nmic)
-        msg.fields[48] = fields.format_upload(records)
-        return Request("upload", msg, macing.sign(self.codec, msg, mak.key), stan)
+        self.check_working_keys(need_pik=False)
+        msg = requests.batch_upload(self._station(batch), f"{stan:06d}", records, last)
+        return self._signed("upload", msg, stan)
 
     # --- responses --------------------------------------------------------------------------
 

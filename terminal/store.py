@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.fields import Half
+from protocol.requests import JournalEntry, batch_totals
 from terminal.fsops import atomic_replace
 
 DEFAULT_ROOT = Path(".posemu/terminal")
@@ -435,8 +436,7 @@ def recover_counters(layout: Layout, stan: int | None) -> Counters:
 
 LEDGER_FORMAT = 1
 LEDGER_BATCHES_KEPT = 10
-DEBIT_KINDS = ("purchase",)
-CREDIT_KINDS = ("void", "refund")
+ENTRY_KINDS = ("purchase", "void", "refund")
 
 
 @dataclass(frozen=True)
@@ -472,7 +472,7 @@ class Entry:
         original = doc.get("original")
         entry = cls(**{**doc, "original": tuple(original) if original else None})
         if not (_stan(entry.stan) and type(entry.batch) is int and type(entry.amount) is int
-                and entry.amount >= 0 and entry.kind in (*DEBIT_KINDS, *CREDIT_KINDS)
+                and entry.amount >= 0 and entry.kind in ENTRY_KINDS
                 and entry.state in ENTRY_STATES):
             raise ValueError("an entry of the wrong shape")
         return entry
@@ -502,14 +502,12 @@ class Ledger:
         return None
 
     def totals(self, number: int) -> Half:
-        """Field 48's domestic half (PROTOCOL.md §7): debits are the batch's approved purchases,
-        voided ones included; credits its approved voids and refunds; reversed ones count
-        nowhere."""
-        debit = [e.amount for e in self.batch(number)
-                 if e.kind in DEBIT_KINDS and e.state in ("approved", "voided")]
-        credit = [e.amount for e in self.batch(number)
-                  if e.kind in CREDIT_KINDS and e.state == "approved"]
-        return Half(sum(debit), len(debit), sum(credit), len(credit))
+        """Field 48's domestic half (`protocol.requests.batch_totals`, PROTOCOL.md §7): a
+        voided purchase is still a debit; a pending one is not (yet) approved."""
+        return batch_totals(
+            JournalEntry(e.kind, e.amount, approved=e.state in ("approved", "voided", "reversed"),
+                         reversed=e.state == "reversed")
+            for e in self.batch(number)).domestic
 
     def put(self, entry: Entry) -> Ledger:
         """`entry` replaces the one of the same batch and STAN, or joins the end; batches older

@@ -38,8 +38,7 @@ def new_card(host: Host, balance: str = "100.00") -> str:
 
 
 def balance(host: Host, pan: str) -> str:
-    rows = host.admin("card", "list")
-    return next(row["balance"] for row in rows if row["pan"] == mask_pan(pan))
+    return str(host.admin("card", "show", pan)["balance"])
 
 
 def card(pan: str) -> tuple[str, ...]:
@@ -260,6 +259,8 @@ def test_settle_balanced_starts_a_new_batch(ready: Rig) -> None:
     totals = view["batches"][-1]["totals"]
     assert totals == {"debit_amount": "15.00", "debit_count": 2, "credit_amount": "10.00",
                       "credit_count": 1}
+    hosts = ready.host.admin("batch", "show", ready.tid, "--batch", f"{view['current_batch']:06d}")
+    assert hosts["totals"] == totals  # what the terminal believes is what the host recorded
     done = ready("settle", "--json")
     assert done.code == 0, done.out + done.err
     assert done.json["balanced"] and done.json["uploaded"] == 0
@@ -281,6 +282,8 @@ def test_settle_unbalanced_uploads_the_batch_then_starts_a_new_one(ready: Rig) -
     ledger.write_text(json.dumps(doc))
     done = ready("settle", "--json")
     assert done.code == 0, done.out + done.err
+    host_view = ready.host.admin("batch", "show", ready.tid, "--batch", f"{done.json['batch']:06d}")
+    assert host_view["uploaded"] == 9 and host_view["totals"]["debit_count"] == 10
     assert not done.json["balanced"] and done.json["codes"][0] == "2"
     assert done.json["uploaded"] == 9
     commands = [step["command"] for step in done.json["steps"]]

@@ -19,11 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from protocol.framing import FrameReader, length_prefixed
 from protocol.mask import mask_pan
 from protocol.transport.noisy import serving
 from tests.support import add_card
-from tests.terminal.conftest import Host, Rig, run_terminal
+from tests.terminal.conftest import Host, Rig, new_rig, run_terminal, start
 from tests.terminal.processes import COMMAND_TIMEOUT, terminal_command
 
 EXPIRY = "2812"
@@ -318,3 +320,28 @@ def test_the_pending_record_is_written_before_the_request_leaves(ready: Rig,
         finally:
             process.kill()
             process.wait(COMMAND_TIMEOUT)
+
+
+# --- the same day in the cup dialect --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cup_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+    yield from start(tmp_path_factory, "cup")
+
+
+def test_the_whole_day_in_cup(cup_host: Host, tmp_path: Path) -> None:
+    rig = new_rig(cup_host, tmp_path)
+    assert rig.init().code == 0 and rig.load_tmk().code == 0 and rig("signon").code == 0
+    pan = new_card(cup_host, "100.00")
+    relay(cup_host, killed_mid_purchase(rig, pan, "25.00"))
+    assert balance(cup_host, pan) == "75.00"
+    inquiry = rig("inquiry", *card(pan), "--pin", "1234", "--json")
+    assert [s["command"] for s in inquiry.json["steps"]] == ["reversal", "inquiry"]
+    assert inquiry.json["balance"] == "100.00"
+    sale = rig("purchase", "--amount", "30.00", *card(pan), "--json").json
+    assert rig("refund", "--stan", stan_of(sale), "--amount", "10.00", *card(pan)).code == 0
+    assert rig("void", "--stan", stan_of(sale), *card(pan), "--json").json["rc"] == "12"
+    assert balance(cup_host, pan) == "80.00"
+    done = rig("settle", "--json")
+    assert done.code == 0 and done.json["balanced"], done.out

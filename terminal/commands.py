@@ -336,11 +336,13 @@ def run_exchange(terminal: Terminal, kind: Kind, build: Build, *, reserve: bool 
         channel.close()
     if result.keyset is not None:
         terminal.keystore.save(result.keyset)
+    if result.outcome == "approved":
+        # Booked before the pending record is cleared: a crash between the two sends a
+        # reversal the ledger then marks (`reversed`), never an approval the ledger lacks.
+        _book(terminal, request, result)
     if pending is not None:
         _settle_pending(terminal, pending, request, result)
     _record(terminal, kind, result, request)
-    if result.outcome == "approved":
-        _book(terminal, request, result)
     return result
 
 
@@ -407,6 +409,16 @@ def _book(terminal: Terminal, request: Request, result: Result) -> None:
             _ledger(terminal, replace(voided, state="voided"))
 
 
+def _unbook(terminal: Terminal, reversed_entry: Entry) -> None:
+    """A reversed transaction counts nowhere; a reversed void gives its purchase back."""
+    _ledger(terminal, reversed_entry)
+    if reversed_entry.kind == "void" and reversed_entry.original is not None:
+        batch, stan = reversed_entry.original
+        sale = read_ledger_or_empty(terminal).find(stan=stan, batch=batch)
+        if sale is not None and sale.state == "voided":
+            _ledger(terminal, replace(sale, state="approved"))
+
+
 def read_ledger_or_empty(terminal: Terminal) -> Ledger:
     try:
         return read_ledger(terminal.layout)
@@ -453,8 +465,8 @@ def send_pending(terminal: Terminal) -> list[Result]:
             continue
         results.append(result)
         if _maced(result):
+            _unbook(terminal, _reversed_entry(terminal, pending))
             terminal.pending.clear()
-            _ledger(terminal, _reversed_entry(terminal, pending))
         break
     return results
 

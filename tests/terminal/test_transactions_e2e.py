@@ -168,6 +168,25 @@ def test_no_answer_in_process_leaves_it_pending_and_says_so(ready: Rig) -> None:
     assert ready("status", "--json").json["pending"]["reason"] == "98"
 
 
+def test_an_unconfirmed_void_is_reversed_and_its_sale_stands(ready: Rig) -> None:
+    host = ready.host
+    pan = new_card(host, "100.00")
+    sale = ready("purchase", "--amount", "40.00", *card(pan), "--json").json
+    with silent_listener() as silent:
+        lost = run_terminal("void", "--stan", stan_of(sale), *card(pan), "--data",
+                            str(ready.folder), "--host", silent.url, "--timeout", "0.5")
+        assert silent.arrived.wait(WAIT)
+    assert lost.code == 3 and "reversal is pending" in lost.err
+    relay(host, silent.frames[0])  # the host credited the card; the answer was lost
+    assert balance(host, pan) == "100.00"
+    done = ready("reverse", "--json")
+    assert done.code == 0 and done.json["outcome"] == "approved", done.out
+    assert balance(host, pan) == "60.00"  # the void's credit is taken back: the sale stands
+    entries = ready("batch", "--json").json["batches"][-1]["entries"]
+    states = {(e["kind"], e["state"]) for e in entries}
+    assert ("purchase", "approved") in states and ("void", "reversed") in states
+
+
 # --- a reversal that meets 14 ---------------------------------------------------------------
 
 

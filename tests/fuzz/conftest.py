@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from host.admin import write_injection_file
+from host.admin import claim_injection_file, write_injection_file
 from protocol.crypto import generate_key
 from tests.support import REPO, RunningHost, _env, _read_line, init_host, provision_terminal, start_host
 
@@ -72,7 +72,8 @@ class Buggy:
 def buggy_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A key-injection file as `pos-host terminal add --out` writes it, for the buggy host."""
     path = tmp_path_factory.mktemp("buggykeys") / "tmk.json"
-    write_injection_file(path, BUGGY_TID, BUGGY_MID, generate_key("TDES", 16, "TMK", os.urandom))
+    write_injection_file(claim_injection_file(path), BUGGY_TID, BUGGY_MID,
+                         generate_key("TDES", 16, "TMK", os.urandom))
     return path
 
 

@@ -47,7 +47,8 @@ class Demo:
     def say(self, text: str) -> None:
         print(self.paint(DIM, f"# {text}"))
 
-    def run(self, *argv: str, shown: str | None = None, quiet: bool = False) -> str:
+    def run(self, *argv: str, shown: str | None = None, quiet: bool = False,
+            expect: tuple[int, ...] = (0, 1)) -> str:
         """Run a command and print it with its output (unless `quiet`: output holding clear
         key components, which the caller summarises instead)."""
         print(self.paint(BOLD, f"$ {shown or ' '.join(argv)}"))
@@ -57,17 +58,18 @@ class Demo:
         for line in output.splitlines():
             style = RED if "KEY ERROR 14" in line else GREEN if "APPROVED" in line else ""
             print("  " + (self.paint(style, line) if style else line))
-        if done.returncode not in (0, 1):
+        if done.returncode not in expect:
             raise SystemExit(f"demo: `{' '.join(argv)}` failed with status {done.returncode}")
         return done.stdout
 
-    def terminal(self, *args: str, host: str | None = None) -> str:
+    def terminal(self, *args: str, host: str | None = None,
+                 expect: tuple[int, ...] = (0, 1)) -> str:
         return self.run("pos-terminal", *args, "--host", host or self.host_url,
-                        shown=" ".join(("pos-terminal", *args)))
+                        shown=" ".join(("pos-terminal", *args)), expect=expect)
 
-    def purchase(self, host: str | None = None) -> str:
+    def purchase(self, host: str | None = None, expect: tuple[int, ...] = (0, 1)) -> str:
         return self.terminal("purchase", "--amount", "12.34", "--pan", PAN, "--expiry", EXPIRY,
-                             "--pin", PIN, host=host)
+                             "--pin", PIN, host=host, expect=expect)
 
     def start_host(self) -> None:
         self.server = subprocess.Popen(
@@ -120,6 +122,28 @@ def scenario(demo: Demo, name: str, cause: str, breakage: Callable[[], object],
     demo.say("the recovery: sign on again, then the same purchase")
     demo.terminal("signon")
     demo.purchase()
+
+
+def drop_answer(payload: bytes) -> bytes:
+    """The host's answer is lost on the line: the relay closes the connection instead of
+    passing it on (the line's own socket errors end only that connection)."""
+    raise ConnectionAbortedError("answer dropped")
+
+
+def lost_answer(demo: Demo) -> None:
+    demo.title("9. a purchase whose answer never arrives, and its reversal")
+    demo.say("the line carries the purchase to the host, which debits the card, and loses the "
+             "answer; the terminal wrote its reversal down before the request left")
+    demo.run("pos-host", "card", "show", PAN)
+    with noisy_line(demo.host_url, drop_answer) as lossy:
+        demo.purchase(host=lossy, expect=(3,))
+    demo.terminal("status")
+    demo.run("pos-host", "card", "show", PAN)
+    demo.say("the next purchase sends the reversal first: the host gives the money back, then "
+             "only the new sale counts")
+    demo.purchase()
+    demo.run("pos-host", "card", "show", PAN)
+    demo.say("12.34 less than before the lost answer: one sale, not two, and none lost")
 
 
 def main() -> int:
@@ -183,6 +207,7 @@ def play(demo: Demo) -> None:
                  "a noisy line flips a bit of the 0810; the terminal checks every check value "
                  "before installing anything, and keeps its old keys",
                  lambda: None, host=noisy)
+    lost_answer(demo)
     demo.title("done: status of the terminal's keys (check values only, never key material)")
     demo.terminal("status")
 

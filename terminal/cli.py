@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
-from protocol.amounts import parse_amount
+from protocol.amounts import format_amount, parse_amount
 from protocol.errors import ProtocolError
 from protocol.injection import InjectionError
 from protocol.mask import mask_pan
@@ -30,8 +30,10 @@ from terminal.ceremony import CeremonyError, Component
 from terminal.channel import Wire
 from terminal.fsops import exclusive
 from terminal.keystore import KeystoreError
+from terminal.pending import PendingError
 from terminal.session import Purchase, Result
 from terminal.store import (
+    BATCH_MAX,
     MAX_WK_LIFETIME,
     MID_SIZE,
     STAN_MAX,
@@ -106,6 +108,13 @@ def whole(low: int, high: int) -> Callable[[str], int]:
         return int(text)
 
     return number
+
+
+def mmdd(text: str) -> str:
+    if not (len(text) == 4 and ASCII_DIGITS.fullmatch(text) and 1 <= int(text[:2]) <= 12
+            and 1 <= int(text[2:]) <= 31):
+        raise ValueError(f"must be a date as MMDD, not {text!a}")
+    return text
 
 
 def digits(text: str) -> str:
@@ -195,14 +204,46 @@ def build_parser() -> argparse.ArgumentParser:
     command("signoff", "tell the host to discard this terminal's working keys (0820)")
     command("echo", "check the line (0820 echo test)")
 
+    def card(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pan", type=_checked(digits), required=True)
+        p.add_argument("--expiry", type=_checked(digits), required=True, metavar="YYMM")
+        p.add_argument("--pin", type=_checked(digits), nargs="?", const=PIN_PROMPT, default=None,
+                       metavar="NNNN",
+                       help="the PIN; without a value, asked at a hidden prompt")
+        p.add_argument("--pin-prompt", action="store_true", help="ask for the PIN, hidden")
+
+    def original(p: argparse.ArgumentParser, amount_help: str) -> None:
+        p.add_argument("--batch", type=_checked(whole(1, BATCH_MAX)), metavar="N",
+                       help="the original's batch (default: found in the ledger)")
+        p.add_argument("--amount", type=_checked(parse_amount), metavar="A", help=amount_help)
+
     p = command("purchase", "a keyed-card purchase (0200)")
     p.add_argument("--amount", required=True, help="e.g. 12.34")
-    p.add_argument("--pan", type=_checked(digits), required=True)
-    p.add_argument("--expiry", type=_checked(digits), required=True, metavar="YYMM")
-    p.add_argument("--pin", type=_checked(digits), nargs="?", const=PIN_PROMPT, default=None,
-                   metavar="NNNN",
-                   help="the PIN; without a value, asked at a hidden prompt")
-    p.add_argument("--pin-prompt", action="store_true", help="ask for the PIN, hidden")
+    card(p)
+
+    p = command("inquiry", "a balance inquiry (0200, processing code 310000)")
+    card(p)
+
+    p = command("void", "cancel a purchase of this terminal (0200, processing code 200000)")
+    p.add_argument("--stan", type=_checked(whole(1, STAN_MAX)), metavar="N")
+    p.add_argument("--rrn", type=_checked(digits), metavar="RRN",
+                   help="the original's retrieval reference number (field 37), instead of --stan")
+    original(p, "the amount to void (default: the original's, from the ledger)")
+    card(p)
+
+    p = command("refund", "give back part or all of an earlier purchase (0220)")
+    p.add_argument("--stan", type=_checked(whole(1, STAN_MAX)), required=True, metavar="N")
+    p.add_argument("--batch", type=_checked(whole(1, BATCH_MAX)), metavar="N",
+                   help="the original's batch (default: found in the ledger)")
+    p.add_argument("--amount", type=_checked(parse_amount), required=True, metavar="A")
+    p.add_argument("--date", type=_checked(mmdd), metavar="MMDD",
+                   help="the original's date, for an original the ledger does not know")
+    card(p)
+
+    command("reverse", "send the pending reversal now (0400)")
+    command("settle", "settle the batch (0500); after an unbalanced answer, upload it (0320)")
+    p = command("batch", "the ledger by batch: what this terminal believes happened")
+    p.add_argument("--batch", type=_checked(whole(1, BATCH_MAX)), metavar="N")
 
     command("status", "keys (presence, generation, age, check value), counters, last exchange")
     command("diagnose", "explain the last key error 14 and how to fix it")
@@ -307,24 +348,101 @@ def _pin(args: argparse.Namespace) -> str | None:
     return pin
 
 
+def _run(args: argparse.Namespace, terminal: cmd.Terminal,
+         attempt: Callable[[], cmd.Steps]) -> cmd.Steps:
+    return cmd.with_auto_signon(terminal, attempt) if args.auto_signon else attempt()
+
+
+def _emit_steps(out: Output, terminal: cmd.Terminal, steps: cmd.Steps, card: Purchase | None,
+                **extra: Any) -> int:
+    data = render.steps_data(steps)
+    data.update(extra)
+    if card is not None:
+        data["pan"] = mask_pan(card.pan)
+    lines = render.steps_lines(steps, card, terminal.config.tid, terminal.config.mid,
+                               terminal.clock())
+    out.emit(data, lines)
+    return _exit_for(steps.final)
+
+
+def _card(args: argparse.Namespace, amount: int) -> Purchase:
+    """The card as presented, checked before the terminal is touched."""
+    return Purchase(amount, args.pan, args.expiry, _pin(args))
+
+
 def do_purchase(args: argparse.Namespace, out: Output) -> int:
     try:  # the whole order is checked before the terminal is touched
-        order = Purchase(parse_amount(args.amount), args.pan, args.expiry, _pin(args))
+        order = _card(args, parse_amount(args.amount))
     except ValueError as exc:
         return out.fail(EXIT_USAGE, "usage", str(exc))
     terminal = _terminal(args)
-    if args.auto_signon:
-        steps = cmd.purchase_with_auto_signon(terminal, order)
-    else:
-        steps = cmd.Steps((cmd.purchase(terminal, order),))
+    steps = _run(args, terminal, lambda: cmd.purchase(terminal, order))
+    return _emit_steps(out, terminal, steps, order, amount=args.amount)
+
+
+def do_inquiry(args: argparse.Namespace, out: Output) -> int:
+    try:
+        card = _card(args, 0)
+    except ValueError as exc:
+        return out.fail(EXIT_USAGE, "usage", str(exc))
+    terminal = _terminal(args)
+    return _emit_steps(out, terminal, _run(args, terminal, lambda: cmd.inquiry(terminal, card)),
+                       card)
+
+
+def do_void(args: argparse.Namespace, out: Output) -> int:
+    try:
+        card = _card(args, 0)
+    except ValueError as exc:
+        return out.fail(EXIT_USAGE, "usage", str(exc))
+    if args.stan is None and args.rrn is None:
+        return out.fail(EXIT_USAGE, "usage", "name the purchase to void with --stan or --rrn")
+    terminal = _terminal(args)
+    named = cmd.Named(stan=args.stan, rrn=args.rrn, batch=args.batch, amount=args.amount)
+    original = cmd.find_original(terminal, named)
+    amount = args.amount or original.amount
+    shown = Purchase(amount, card.pan, card.expiry, card.pin)
+    steps = _run(args, terminal, lambda: cmd.void(terminal, card, named))
+    return _emit_steps(out, terminal, steps, shown, amount=format_amount(amount),
+                       original={"batch": original.batch, "stan": original.stan})
+
+
+def do_refund(args: argparse.Namespace, out: Output) -> int:
+    try:
+        card = _card(args, args.amount)
+    except ValueError as exc:
+        return out.fail(EXIT_USAGE, "usage", str(exc))
+    terminal = _terminal(args)
+    named = cmd.Named(stan=args.stan, batch=args.batch, date=args.date)
+    steps = _run(args, terminal, lambda: cmd.refund(terminal, card, named, args.amount))
+    return _emit_steps(out, terminal, steps, card, amount=format_amount(args.amount))
+
+
+def do_reverse(args: argparse.Namespace, out: Output) -> int:
+    terminal = _terminal(args)
+    steps = _run(args, terminal, lambda: cmd.reverse(terminal))
     final = steps.final
-    data = render.result_data(final)
-    data.update(amount=args.amount, pan=mask_pan(order.pan),
-                steps=[render.result_data(r) for r in steps.results])
-    lines = render.steps_lines(steps, order, terminal.config.tid, terminal.config.mid,
-                               terminal.clock())
-    out.emit(data, lines)
-    return _exit_for(final)
+    code = EXIT_OK if final.outcome in ("approved", "declined", "nothing") else EXIT_NO
+    _emit_steps(out, terminal, steps, None)
+    return code
+
+
+def do_settle(args: argparse.Namespace, out: Output) -> int:
+    terminal = _terminal(args)
+    if args.auto_signon:
+        done = cmd.settle(terminal)
+        if cmd.stopped_by_key_error(done.steps) and cmd.signon(terminal).outcome == "ok":
+            done = cmd.settle(terminal)
+    else:
+        done = cmd.settle(terminal)
+    out.emit(render.settlement_data(done), render.settlement_lines(done))
+    return EXIT_OK if done.new_batch is not None else EXIT_NO
+
+
+def do_batch(args: argparse.Namespace, out: Output) -> int:
+    view = cmd.batch_view(_terminal(args), args.batch)
+    out.emit(render.batch_data(view), render.batch_lines(view))
+    return EXIT_OK
 
 
 def do_status(args: argparse.Namespace, out: Output) -> int:
@@ -355,6 +473,12 @@ COMMANDS = {
     "signoff": do_network,
     "echo": do_network,
     "purchase": do_purchase,
+    "inquiry": do_inquiry,
+    "void": do_void,
+    "refund": do_refund,
+    "reverse": do_reverse,
+    "settle": do_settle,
+    "batch": do_batch,
     "status": do_status,
     "diagnose": do_diagnose,
     "counters": do_counters,
@@ -379,7 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return out.fail(EXIT_HOST, "unreachable", str(exc))
     except ProtocolError as exc:  # before ValueError, which it subclasses
         return out.fail(EXIT_HOST, "bad_response", f"the host's answer is unusable: {exc}")
-    except (StateError, CeremonyError, InjectionError, KeystoreError, ValueError, TimeoutError) as exc:
+    except (StateError, CeremonyError, InjectionError, KeystoreError, PendingError, ValueError,
+            TimeoutError) as exc:
         return out.fail(EXIT_USAGE, type(exc).__name__, str(exc))
     except KeyboardInterrupt:
         return out.fail(130, "interrupted", "interrupted")

@@ -8,9 +8,11 @@ tries them. Adding a cause is adding a row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from protocol.amounts import format_amount
 from terminal.keystore import KeyStatus
 from terminal.store import Record
 
@@ -37,6 +39,23 @@ CHECK_LINE = "check the line (cabling, modem, network) and retry the sign-on"
 HARDWARE = "if the keystore fails again: hardware service, then keys re-injected"
 SOFTWARE = "update the terminal's software if it cannot use the host's key scheme"
 AUTO = "to avoid it: `--auto-signon`, or sign on before the keys' lifetime runs out"
+PENDING_AFTER_SIGNON = (
+    "the pending reversal goes out after the sign-on, before the next transaction "
+    "(`pos-terminal reverse` sends it at once); until then every financial transaction "
+    "waits for it, which is why the 14 seems to stick"
+)
+PENDING_AFTER_CEREMONY = (
+    "the pending reversal waits for working keys: it goes out after the new key ceremony "
+    "and the sign-on, before the next transaction"
+)
+
+
+def pending_text(summary: Mapping[str, Any]) -> str:
+    """A pending reversal as one line of evidence (the card masked)."""
+    return (f"a reversal is pending: {summary['kind']} STAN {summary['stan']:06d} of batch "
+            f"{summary['batch']:06d}, {format_amount(summary['amount'])}, card {summary['pan']}, "
+            f"reason {summary['reason']} ({summary['reason_text']}), tried {summary['tries']} "
+            "time(s)")
 
 
 @dataclass(frozen=True)
@@ -196,9 +215,11 @@ def age_text(seconds: float) -> str:
 
 
 def diagnose(
-    records: Sequence[Record], keys: Sequence[KeyStatus], now: float
+    records: Sequence[Record], keys: Sequence[KeyStatus], now: float, pending: str | None = None
 ) -> Diagnosis | NotAKeyError | None:
-    """Explain the last 14 in the journal, or say there was none."""
+    """Explain the last 14 in the journal, or say there was none. With a reversal pending,
+    say that it goes out after the fix: a merchant sees the 14 stick because every
+    transaction waits for that reversal."""
     index = last_key_error(records)
     if index is None:
         return None
@@ -211,6 +232,11 @@ def diagnose(
     source = record.source or "host"
     rule = match_rule(code, key, source, text)
     cause, cause_meaning = CAUSES[code]
+    fixes = rule.fixes if rule else (SIGN_ON,)
+    facts = evidence(index, records, keys, now)
+    if pending is not None:
+        fixes = (*fixes, PENDING_AFTER_CEREMONY if CEREMONY in fixes[:1] else PENDING_AFTER_SIGNON)
+        facts = (*facts, pending)
     return Diagnosis(
         error=f"{record.rc or '14'} {record.reason}",
         source=source,
@@ -221,6 +247,6 @@ def diagnose(
         cause=cause,
         cause_meaning=cause_meaning,
         reasons=rule.reasons if rule else (),
-        fixes=rule.fixes if rule else (SIGN_ON,),
-        evidence=evidence(index, records, keys, now),
+        fixes=fixes,
+        evidence=facts,
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from protocol import codes, fields, macing
+from protocol import codes, fields, macing, requests
 from protocol.codec import Codec, codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.errors import CryptoError
@@ -25,18 +25,18 @@ from protocol.errors import ProtocolError
 from protocol.message import Message
 from protocol.spec import Dialect
 from terminal.keystore import KeySet, StoredKey
+from terminal.pending import NO_ANSWER, PendingReversal
 from terminal.store import Config
 
 Clock = Callable[[], float]
-Kind = Literal["signon", "signoff", "echo", "purchase"]
+Kind = Literal["signon", "signoff", "echo", "purchase", "inquiry", "void", "refund", "reversal",
+               "settle", "upload"]
 Source = Literal["host", "terminal"]
 
-RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210"}
-PIN_CAPTURE_CODE = "12"
+RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210", "0220": "0230", "0400": "0410",
+                "0500": "0510", "0320": "0330"}
 CURRENCY = "156"
-POS_CONDITION = "00"
-ENTRY_KEYED = "012"
-ENTRY_KEYED_PIN = "011"
+MACED_KINDS = frozenset({"purchase", "inquiry", "void", "refund", "reversal", "settle", "upload"})
 
 
 class TerminalKeyError(Exception):
@@ -85,9 +85,21 @@ class Result:
         return self.outcome == "key_error"
 
 
+def check_card(pan: str, expiry: str, pin: str | None) -> None:
+    """Refuse a mistyped card before a STAN is spent on it."""
+    if not (12 <= len(pan) <= 19 and pan.isdigit()):
+        raise ValueError("the card number must be 12 to 19 digits")
+    if not (len(expiry) == 4 and expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
+        raise ValueError("the expiry must be YYMM")
+    if pin is not None and not (4 <= len(pin) <= 12 and pin.isdigit()):
+        raise ValueError("a PIN is 4 to 12 digits")
+
+
 @dataclass(frozen=True)
 class Purchase:
-    """A keyed-card purchase; the PIN is held only as long as it takes to build the request."""
+    """A keyed-card purchase; the PIN is held only as long as it takes to build the request.
+    A card with `amount` 0 is what an inquiry, a void or a refund presents (they take their
+    amount elsewhere, or none)."""
 
     amount: int
     pan: str
@@ -95,16 +107,26 @@ class Purchase:
     pin: str | None = None
 
     def __post_init__(self) -> None:
-        """Refuse a mistyped card before a STAN is spent on it."""
-        if not (12 <= len(self.pan) <= 19 and self.pan.isdigit()):
-            raise ValueError("the card number must be 12 to 19 digits")
-        if not (len(self.expiry) == 4 and self.expiry.isdigit() and 1 <= int(self.expiry[2:]) <= 12):
-            raise ValueError("the expiry must be YYMM")
-        if self.pin is not None and not (4 <= len(self.pin) <= 12 and self.pin.isdigit()):
-            raise ValueError("a PIN is 4 to 12 digits")
+        check_card(self.pan, self.expiry, self.pin)
 
     def __repr__(self) -> str:
         return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'})"
+
+
+@dataclass(frozen=True)
+class Original:
+    """The transaction a void or a refund names, as the terminal's ledger has it."""
+
+    batch: int
+    stan: int
+    amount: int
+    rrn: str = ""
+    auth: str = ""
+    date: str = ""
+
+    def reference(self) -> requests.Reference:
+        return requests.Reference(f"{self.batch:06d}", f"{self.stan:06d}", self.rrn, self.auth,
+                                  self.date)
 
 
 class Session:
@@ -165,27 +187,77 @@ class Session:
             )
         return mak
 
+    def _station(self, batch: int) -> requests.Station:
+        return requests.Station(self.config.tid, self.config.mid, f"{batch:06d}", CURRENCY)
+
+    def _card(self, card: Purchase) -> requests.CardEntry:
+        """The card as keyed; with a PIN, its block under the PIK and field 53 of the key set."""
+        if card.pin is None:
+            return requests.CardEntry(card.pan, card.expiry)
+        block = encrypt_pin_block(self.keys.keys["PIK"].key, card.pin, card.pan, fmt=0)
+        control = fields.key_set(self.keys.key_set or self.config.key_set).security_control
+        return requests.CardEntry(card.pan, card.expiry, pin_block=block, security_control=control)
+
+    def _signed(self, kind: Kind, msg: Message, stan: int, need_pik: bool = False) -> Request:
+        """The MAK is checked before anything else is built, so a key error uses no STAN."""
+        mak = self.check_working_keys(need_pik)
+        return Request(kind, msg, macing.sign(self.codec, msg, mak.key), stan)
+
     def purchase(self, stan: int, batch: int, purchase: Purchase) -> Request:
-        mak = self.check_working_keys(need_pik=purchase.pin is not None)
-        msg = self._base("0200", stan, batch, fields.TYPE_PURCHASE, fields.NMIC_NONE)
-        msg.fields.update({
-            2: purchase.pan,
-            3: "000000",
-            4: f"{purchase.amount:012d}",
-            14: purchase.expiry,
-            22: ENTRY_KEYED,
-            25: POS_CONDITION,
-            49: CURRENCY,
-        })
-        if purchase.pin is not None:
-            pik = self.keys.keys["PIK"].key
-            msg.fields[22] = ENTRY_KEYED_PIN
-            msg.fields[26] = PIN_CAPTURE_CODE
-            msg.fields[52] = encrypt_pin_block(pik, purchase.pin, purchase.pan, fmt=0)
-            msg.fields[53] = fields.key_set(self.keys.key_set or self.config.key_set)\
-                .security_control
-        encoded = macing.sign(self.codec, msg, mak.key)
-        return Request("purchase", msg, encoded, stan)
+        self.check_working_keys(need_pik=purchase.pin is not None)
+        msg = requests.purchase(self._station(batch), f"{stan:06d}", self._card(purchase),
+                                purchase.amount)
+        return self._signed("purchase", msg, stan)
+
+    def inquiry(self, stan: int, batch: int, card: Purchase) -> Request:
+        """A balance inquiry carries no field 4 (§7)."""
+        self.check_working_keys(need_pik=card.pin is not None)
+        msg = requests.balance_inquiry(self._station(batch), f"{stan:06d}", self._card(card))
+        return self._signed("inquiry", msg, stan)
+
+    def void(self, stan: int, batch: int, card: Purchase, original: Original) -> Request:
+        """Field 61 names the original (batch, STAN); 4, 37 and 38 are the original's."""
+        self.check_working_keys(need_pik=card.pin is not None)
+        msg = requests.void(self._station(batch), f"{stan:06d}", self._card(card),
+                            original.amount, original.reference())
+        return self._signed("void", msg, stan)
+
+    def refund(self, stan: int, batch: int, card: Purchase, original: Original,
+               amount: int) -> Request:
+        """Field 61 names the original by batch, STAN and the MMDD of its 0210 (§7)."""
+        self.check_working_keys(need_pik=card.pin is not None)
+        msg = requests.refund(self._station(batch), f"{stan:06d}", self._card(card), amount,
+                              original.reference())
+        return self._signed("refund", msg, stan)
+
+    def pending_for(self, request: Request, at: float) -> PendingReversal:
+        """The record written before a purchase or a void leaves: the reversal as it would go
+        now, with reason 98 (no answer in time), which is what a power cut before the answer
+        amounts to. It never holds the PIN block: a reversal carries none."""
+        template = requests.reversal(request.message, NO_ANSWER)
+        kept = {n: template.text(n) for n in template.fields if n != 39}
+        batch = int(fields.Field60.parse(template.text(60)).batch)
+        return PendingReversal(request.kind, request.stan, batch, int(template.text(4) or 0),
+                               kept, at=at)
+
+    def reversal(self, pending: PendingReversal) -> Request:
+        """0400 with the original's STAN and fields and 39 the reason, MACed with the MAK of
+        now (a sign-on since the original changes it; the host matches by TID, batch and
+        STAN, not by bytes)."""
+        msg = Message("0400", {**pending.fields, 39: pending.reason})
+        return self._signed("reversal", msg, pending.stan)
+
+    def settlement(self, stan: int, batch: int, totals: fields.Half) -> Request:
+        self.check_working_keys(need_pik=False)
+        msg = requests.settlement(self._station(batch), f"{stan:06d}", f"{self.config.operator} ",
+                                  fields.SettlementTotals(totals))
+        return self._signed("settle", msg, stan)
+
+    def upload(self, stan: int, batch: int, records: list[fields.UploadRecord],
+               last: bool) -> Request:
+        self.check_working_keys(need_pik=False)
+        msg = requests.batch_upload(self._station(batch), f"{stan:06d}", records, last)
+        return self._signed("upload", msg, stan)
 
     # --- responses --------------------------------------------------------------------------
 
@@ -228,8 +300,8 @@ class Session:
             return Result(request.kind, "key_error", rc, reason, "host", response)
         if request.kind == "signon":
             return self._signon_result(request, response, rc)
-        if request.kind == "purchase":
-            return self._purchase_result(data, response, rc)
+        if request.kind in MACED_KINDS:
+            return self._maced_result(request.kind, data, response, rc)
         if request.kind == "signoff" and rc == codes.APPROVED:
             return Result(request.kind, "ok", rc, response=response,
                           keyset=self.keys.without_working())
@@ -283,17 +355,19 @@ class Session:
                                              generation, now)
         return accepted
 
-    def _purchase_result(self, data: bytes, response: Message, rc: str) -> Result:
-        if rc in codes.MACED_RESPONSE_CODES:
+    def _maced_result(self, kind: Kind, data: bytes, response: Message, rc: str) -> Result:
+        """An answer that carries a MAC, or whose code says it must (§3, §7), is believed only
+        once the MAC verifies; an unMACed refusal (30, 12, 03) is reported as it is."""
+        if rc in codes.MACED_RESPONSE_CODES or 64 in response:
             mak = self.keys.keys.get("MAK")
             if 64 not in response:
-                return Result("purchase", "key_error", codes.KEY_ERROR,
+                return Result(kind, "key_error", codes.KEY_ERROR,
                               KeyErrorReason("K3", "MAK", "no response MAC"), "terminal",
                               response, detail=f"the host answered {rc} without a MAC")
             if mak is None or not macing.verify(self.codec, data, mak.key):
-                return Result("purchase", "key_error", codes.KEY_ERROR,
+                return Result(kind, "key_error", codes.KEY_ERROR,
                               KeyErrorReason("K3", "MAK", "response MAC bad"), "terminal",
                               response, detail=f"the host's {rc} fails MAC verification")
-            return Result("purchase", "approved" if rc == codes.APPROVED else "declined", rc,
+            return Result(kind, "approved" if rc == codes.APPROVED else "declined", rc,
                           response=response)
-        return Result("purchase", "refused", rc, response=response)
+        return Result(kind, "refused", rc, response=response)

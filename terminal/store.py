@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from protocol.fields import Half
+from protocol.requests import JournalEntry, batch_totals
 from terminal.fsops import atomic_replace
 
 DEFAULT_ROOT = Path(".posemu/terminal")
@@ -60,6 +62,14 @@ class Layout:
     @property
     def journal(self) -> Path:
         return self.folder / "journal.jsonl"
+
+    @property
+    def ledger(self) -> Path:
+        return self.folder / "ledger.json"
+
+    @property
+    def pending(self) -> Path:
+        return self.folder / "pending.json"
 
 
 TID_SIZE = 8
@@ -420,3 +430,117 @@ def recover_counters(layout: Layout, stan: int | None) -> Counters:
         raise StateError(f"--stan must be from {used + 1} to {STAN_MAX}: this terminal has used "
                          f"STAN {used:06d} already")
     return Counters(stan - 1, batch)
+
+
+# --- the ledger: what settlement totals come from ---------------------------------------------
+
+LEDGER_FORMAT = 1
+LEDGER_BATCHES_KEPT = 10
+ENTRY_KINDS = ("purchase", "void", "refund")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One financial transaction of a batch as the terminal believes it happened.
+
+    `state` is approved, voided (an approved purchase later voided: still a debit of its
+    batch), pending (sent, answer unknown: a reversal is pending)
+    or reversed (its reversal was answered: counted nowhere). `card` is masked; the card
+    number a batch upload reports is kept only sealed under the storage key (`sealed_card`).
+    """
+
+    batch: int
+    stan: int
+    kind: str
+    amount: int
+    state: str
+    at: float
+    card: str = ""
+    rrn: str = ""
+    auth: str = ""
+    date: str = ""
+    original: tuple[int, int] | None = None
+    sealed_card: str = ""
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["original"] = list(self.original) if self.original else None
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Entry:
+        original = doc.get("original")
+        entry = cls(**{**doc, "original": tuple(original) if original else None})
+        if not (_stan(entry.stan) and type(entry.batch) is int and type(entry.amount) is int
+                and entry.amount >= 0 and entry.kind in ENTRY_KINDS
+                and entry.state in ENTRY_STATES):
+            raise ValueError("an entry of the wrong shape")
+        return entry
+
+
+ENTRY_STATES = ("approved", "voided", "pending", "reversed")
+
+
+@dataclass(frozen=True)
+class Ledger:
+    entries: tuple[Entry, ...] = ()
+
+    def batch(self, number: int) -> tuple[Entry, ...]:
+        return tuple(e for e in self.entries if e.batch == number)
+
+    def batches(self) -> list[int]:
+        return sorted({e.batch for e in self.entries})
+
+    def find(self, *, stan: int | None = None, rrn: str | None = None,
+             batch: int | None = None) -> Entry | None:
+        """The latest purchase with that STAN (in `batch` when given) or that RRN."""
+        for entry in reversed(self.entries):
+            if entry.kind != "purchase" or (batch is not None and entry.batch != batch):
+                continue
+            if (stan is not None and entry.stan == stan) or (rrn is not None and entry.rrn == rrn):
+                return entry
+        return None
+
+    def totals(self, number: int) -> Half:
+        """Field 48's domestic half (`protocol.requests.batch_totals`, PROTOCOL.md §7): a
+        voided purchase is still a debit; a pending one is not (yet) approved."""
+        return batch_totals(
+            JournalEntry(e.kind, e.amount, approved=e.state in ("approved", "voided", "reversed"),
+                         reversed=e.state == "reversed")
+            for e in self.batch(number)).domestic
+
+    def put(self, entry: Entry) -> Ledger:
+        """`entry` replaces the one of the same batch and STAN, or joins the end; batches older
+        than the last LEDGER_BATCHES_KEPT are dropped (they were settled long ago)."""
+        kept = [e for e in self.entries if (e.batch, e.stan) != (entry.batch, entry.stan)]
+        kept.append(entry)
+        recent = sorted({e.batch for e in kept})[-LEDGER_BATCHES_KEPT:]
+        return Ledger(tuple(e for e in kept if e.batch in recent))
+
+
+def read_ledger(layout: Layout) -> Ledger:
+    """A damaged ledger is a StateError, never a partial one: settlement totals from half a
+    ledger would be a lie the host then has to reconcile."""
+    try:
+        data = layout.ledger.read_bytes()
+    except FileNotFoundError:
+        return Ledger()
+    except OSError as exc:
+        raise StateError(f"{layout.ledger} is unreadable ({exc.strerror})") from None
+    try:
+        doc = json.loads(data)
+        if doc["format"] != LEDGER_FORMAT:
+            raise ValueError("unknown format")
+        return Ledger(tuple(Entry.from_doc(e) for e in doc["entries"]))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise StateError(f"{layout.ledger} is damaged ({type(exc).__name__}): the batch totals "
+                         "cannot be trusted; compare with `pos-host batch show`") from None
+
+
+def save_ledger(layout: Layout, ledger: Ledger) -> None:
+    doc = {"format": LEDGER_FORMAT, "entries": [e.to_doc() for e in ledger.entries]}
+    atomic_replace(layout.ledger, json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n")
+
+
+def update_ledger(layout: Layout, entry: Entry) -> None:
+    save_ledger(layout, read_ledger(layout).put(entry))

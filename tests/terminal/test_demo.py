@@ -53,6 +53,13 @@ def test_demo_shows_each_14_with_its_diagnosis_and_recovery(tmp_path: Path) -> N
         assert positions == sorted(positions), f"section {number} out of order"
         assert "real-world reasons" in text
     assert "keeps its old keys" in sections["8."]
+    lost = sections["9."]
+    positions = [lost.index("its reversal is pending"), lost.index("pending reversal: purchase"),
+                 lost.index("reversal: OK"), lost.rindex("APPROVED")]
+    assert positions == sorted(positions), "section 9. out of order"
+    balances = [float(b) for b in re.findall(r"balance: ([0-9.]+)", lost)]
+    assert len(balances) == 3 and balances[1] == pytest.approx(balances[0] - 12.34)
+    assert balances[2] == pytest.approx(balances[0] - 12.34), "the reversal lost or took money"
     printed = [line for line in out.splitlines() if not line.startswith("$ ")]
     assert not [line for line in printed if "6212345678901234" in line], "a PAN in clear"
     assert not processes_mentioning(str(tmp_path)), "the demo left processes running"

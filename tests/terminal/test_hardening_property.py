@@ -31,7 +31,8 @@ from tests.terminal.processes import pos_terminal, snapshot
 ODD = ["", " ", "nan", "inf", "-inf", "-1", "0", "1e400", "１２", "١٢٣٤", "../x1", "..", ".",
        "a/b", "T\u00c9", "tcp://127.0.0.1:0", "tcp://h:99999", "http://h:1", "tcp://[::]:1",
        "0x10", "12.345", "9" * 40, "\u202e", "\x7f", "{}", "--json"]
-FILES = ("journal.jsonl", "counters.json", "keystore.json", "storage.key", "terminal.json")
+FILES = ("journal.jsonl", "counters.json", "keystore.json", "storage.key", "terminal.json",
+         "ledger.json", "pending.json")
 
 
 def odd_text() -> st.SearchStrategy[str]:
@@ -66,6 +67,9 @@ def options(host_url: str, folder: str) -> dict[str, st.SearchStrategy[str]]:
         "--kcv": st.one_of(st.just("000000"), odd_text()),
         "--file": odd_text(),
         "--stan": st.one_of(st.sampled_from(["1", "5000"]), odd_text()),
+        "--rrn": st.one_of(st.just("000000000001"), odd_text()),
+        "--batch": st.one_of(st.sampled_from(["1", "2"]), odd_text()),
+        "--date": st.one_of(st.just("1201"), odd_text()),
     }
 
 
@@ -79,8 +83,16 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "status": (),
     "diagnose": (),
     "counters": ("--stan",),
+    "inquiry": ("--pan", "--expiry", "--pin"),
+    "void": ("--stan", "--rrn", "--batch", "--amount", "--pin"),
+    "refund": ("--stan", "--batch", "--date", "--amount", "--pin"),
+    "reverse": (),
+    "settle": (),
+    "batch": ("--batch",),
 }
-REQUIRED = {"purchase": ("--amount", "--pan", "--expiry"), "init": ("--merchant",)}
+CARD = ("--pan", "--expiry")
+REQUIRED = {"purchase": ("--amount", *CARD), "init": ("--merchant",), "inquiry": CARD,
+            "void": ("--stan", *CARD), "refund": ("--stan", "--amount", *CARD)}
 COMMON = ("--host", "--timeout", "--connect-timeout", "--tid", "--dialect", "--data")
 
 

@@ -32,6 +32,7 @@ from host.clock import Clock
 from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
 from host.keydb import KeyDb
 from host.logs import MessageLog
+from host.rules import Effect, RuleBook
 from host.state import Card, Change, Prior, Purchased, Terminal
 from protocol.errors import FramingError
 from protocol.framing import FrameReader, Framing, Tpdu, length_prefixed
@@ -52,6 +53,7 @@ class Pending(NamedTuple):
     reply: Reply
     tpdu: Tpdu | None
     header: bytes
+    effect: Effect | None = None  # a rule's way of delivering it (host.rules)
 
 
 CACHE_LIMIT = 10_000
@@ -100,6 +102,7 @@ class HostCore:
         self._buffered: list[Change] = []  # this batch's purchases, written at commit
         self._recent: dict[tuple[str, str, str], Purchased] = {}  # ... by terminal, batch, STAN
         self._pending: list[Pending] = []
+        self.rules: RuleBook | None = None  # `serve --rules`: answers and faults as data
         self.messages = 0  # handled, and
         self.commits = 0  # transactions committed: messages / commits is the mean group commit
 
@@ -153,6 +156,8 @@ class HostCore:
             return CLOSE
         if not self._pending:  # the first message of a batch
             self._refresh()
+            if self.rules is not None:
+                self.rules.reload_if_changed()
         now = self.clock()
         try:
             outcome = self._handle(unframed.message, self, now)
@@ -160,6 +165,9 @@ class HostCore:
             # The pipeline answers a decoded request's failure with 96 itself; this is a bug
             # before the request decoded: it costs that connection, not the host.
             outcome = Outcome(None, note=f"{type(exc).__name__} before decoding", close=True)
+        effect = None
+        if self.rules is not None:
+            outcome, effect = self.rules.apply(outcome, self, now)
         if outcome.changes:
             outcome = self._apply(outcome, now)
         self._log(outcome, conn, started)
@@ -168,7 +176,7 @@ class HostCore:
             return CLOSE
         if outcome.response is None:
             return IGNORED
-        self._pending.append(Pending(outcome, reply, unframed.tpdu, unframed.header))
+        self._pending.append(Pending(outcome, reply, unframed.tpdu, unframed.header, effect))
         return ANSWER
 
     def close_later(self, reply: Reply) -> None:
@@ -189,6 +197,8 @@ class HostCore:
             self._buffered.clear()
             self._recent.clear()
         pending, self._pending = self._pending, []
+        if self.rules is not None:
+            self.rules.save()
         self.log.flush()  # before the answers: whoever reads an answer finds its log line
         framing = self.framing
         for p in pending:
@@ -196,7 +206,11 @@ class HostCore:
                 p.reply(None)
             else:
                 tpdu = p.tpdu.reply() if p.tpdu else None
-                p.reply(framing.payload(p.outcome.response, tpdu, p.header))
+                answer = framing.payload(p.outcome.response, tpdu, p.header)
+                if p.effect is None:
+                    p.reply(answer)
+                else:
+                    deliver(p.effect, answer, p.reply)
 
     def handle_payload(self, payload: bytes, conn: str = "direct") -> bytes | None:
         """One request payload in (TPDU and header included, no length), its answer out.
@@ -285,6 +299,30 @@ class HostCore:
                              note=outcome.note, elapsed_us=(time.perf_counter() - started) * 1e6)
 
 
+class Cut(bytes):
+    """A frame cut short: its length prefix and part of its payload, sent raw, then the line
+    closed (a rule's `cut`)."""
+
+
+def deliver(effect: Effect, answer: bytes, reply: Reply) -> None:
+    """A rule's delivery: late (on the event loop, when there is one), not at all, twice, cut
+    short, or the connection closed instead of answered."""
+    if effect.kind == "drop":
+        return
+    if effect.kind == "close":
+        reply(None)
+    elif effect.kind == "cut":
+        reply(Cut(length_prefixed(answer)[:2 + len(answer) // 2]))
+    elif effect.kind == "twice":
+        reply(answer)
+        reply(answer)
+    else:  # delay
+        try:
+            asyncio.get_running_loop().call_later(effect.seconds, reply, answer)
+        except RuntimeError:  # no loop (handle_payload): nothing to wait on
+            reply(answer)
+
+
 # --- TCP -----------------------------------------------------------------------------------------
 
 
@@ -353,6 +391,9 @@ class HostConnection(asyncio.Protocol):
         if self.transport is None:
             return
         if payload is None:
+            self.close()
+        elif type(payload) is Cut:
+            self.transport.write(payload)
             self.close()
         else:
             self.transport.write(length_prefixed(payload))

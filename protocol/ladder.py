@@ -129,8 +129,10 @@ def text(rungs: Iterable[Rung]) -> str:
         if rung.direction == TO_HOST:
             rows.append(f" |-- {label} ".ljust(WIDTH, "-") + "->|")
         elif rung.direction == TO_TERMINAL:
-            body = f"<-- {label} " if not rung.lost else f"  x {label} (lost) "
-            rows.append(" |" + body.ljust(WIDTH, "-" if not rung.lost else " ") + " |")
+            if rung.lost:
+                rows.append(f" |   x {label} (lost) ".ljust(WIDTH) + "  |")
+            else:
+                rows.append(f" |<-- {label} ".ljust(WIDTH, "-") + "--|")
         else:
             where = {"terminal": " * ", "host": "   " + " " * (WIDTH // 2) + "* "}.get(
                 rung.side or "", " ~ ")

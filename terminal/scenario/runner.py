@@ -157,9 +157,9 @@ class Run:
 
     def start_host(self) -> None:
         extra = list(self.scenario.host_args)
-        if self.scenario.rules:
-            self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
-        extra += ["--rules", str(self.rules_path)] if self.rules_path.exists() else []
+        # Always served, empty or not: a `rules` step then programs the running host.
+        self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
+        extra += ["--rules", str(self.rules_path)]
         self.server = subprocess.Popen(
             [*program("pos-host", "host.cli"), "--data", str(self.host_data), "serve", "--tcp",
              "127.0.0.1:0", "--log", str(self.log_path), *extra],

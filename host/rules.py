@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -513,6 +514,7 @@ class RuleBook:
     path: Path
     hits_path: Path | None = None
     log: Callable[..., None] = lambda **entry: None
+    clock: Callable[[], float] = time.time
     rules: RuleSet = field(init=False)
     stamp: tuple[float, int] | None = field(init=False, default=None)
     dirty: bool = field(init=False, default=False)
@@ -547,10 +549,11 @@ class RuleBook:
         try:
             rules = load_rules(self.path)
         except RulesError as exc:
-            self.log(event="rules refused", error=str(exc), kept=len(self.rules.rules))
+            self.log(ts=self.clock(), event="rules refused", error=str(exc),
+                     kept=len(self.rules.rules))
             return False
         self.rules = RuleSet(rules, self.rules.hits())
-        self.log(event="rules reloaded", rules=len(rules))
+        self.log(ts=self.clock(), event="rules reloaded", rules=len(rules))
         return True
 
     def apply(self, outcome: Outcome, host: RulesHost, now: float) -> tuple[Outcome, Effect | None]:

@@ -134,8 +134,8 @@ def text(rungs: Iterable[Rung]) -> str:
             else:
                 rows.append(f" |<-- {label} ".ljust(WIDTH, "-") + "--|")
         else:
-            where = {"terminal": " * ", "host": "   " + " " * (WIDTH // 2) + "* "}.get(
-                rung.side or "", " ~ ")
+            where = {"terminal": " * ", "host": " " * (WIDTH // 2 + 3) + "* "}.get(
+                rung.side or "", " " * (WIDTH // 4) + "~ ")
             rows.append(f"{where}{label}")
     return "\n".join(rows)
 

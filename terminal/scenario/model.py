@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 CATALOGUE = Path(__file__).with_name("catalogue")
-KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock")
+KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock", "line")
 FAULTS = ("flip", "truncate", "delete")
+LINES = ("flip", "cut", "clean")
 CRASH_STEPS = ("write", "fsync", "rename", "dirsync")
 STEP_KEYS = (*KINDS, "label", "expect", "expect_contains", "exit", "crash_at", "file", "offset",
              "bit", "remedy")
@@ -69,6 +70,8 @@ def _step(where: str, data: object) -> Step:
         value = (value,) if isinstance(value, str) else _strings(f"{where}.{kind}", value)
     elif kind == "fault" and value not in FAULTS:
         raise ScenarioError(f"{where}.fault: one of {', '.join(FAULTS)}")
+    elif kind == "line" and value not in LINES:
+        raise ScenarioError(f"{where}.line: one of {', '.join(LINES)}")
     elif kind in ("rules", "clock") and not isinstance(value, str):
         raise ScenarioError(f"{where}.{kind}: a string")
     crash = data.get("crash_at")

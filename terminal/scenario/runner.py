@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol import ladder
+from protocol.transport.noisy import Damage, flip_bit, noisy_line
 from terminal.fsops import CRASH_ENV
 from terminal.scenario.model import Scenario, Step
 
@@ -126,6 +127,8 @@ class Run:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("POSEMU_HOST_DATA", "POSEMU_TERMINAL_DATA", CRASH_ENV, CLOCK_ENV)}
         self.host_url = ""
+        self.line_url: str | None = None  # a noisy relay in front of the host, while one is on
+        self.line = ExitStack()
         self.server: subprocess.Popen[bytes] | None = None
         self.marks: list[ladder.Rung] = []
         self.clock = 0.0
@@ -149,8 +152,8 @@ class Run:
         if self.clock:
             env[CLOCK_ENV] = str(self.clock)
         code, out, err = self._run([*program("pos-terminal", "terminal.cli"), "--data",
-                                    str(self.terminal_data), "--host", self.host_url, "--json",
-                                    *args], env)
+                                    str(self.terminal_data), "--host",
+                                    self.line_url or self.host_url, "--json", *args], env)
         if code == -signal.SIGKILL:
             return code, {"killed": True, "crash_at": crash_at}
         return code, _json(out) if out.strip() else {"error": err.strip()[-300:]}
@@ -188,6 +191,7 @@ class Run:
         try:
             yield
         finally:
+            self.line.close()
             self.stop_host()
 
     # --- setup and steps ---------------------------------------------------------------------
@@ -246,6 +250,8 @@ class Run:
             self.rules_path.write_text(step.value, encoding="utf-8")
             self.mark(ladder.HOST, "rules file changed")
             code, output = 0, {"rules": str(self.rules_path)}
+        elif step.kind == "line":
+            code, output = 0, self.set_line(step)
         elif step.kind == "clock":
             self.clock = clock_offset(step.value)
             self.mark(ladder.TERMINAL, f"terminal clock moved {step.value}")
@@ -277,6 +283,21 @@ class Run:
             path.write_bytes(bytes(damaged))
         self.mark(ladder.TERMINAL, f"fault: {step.value} {name} at {offset}")
         return {"fault": step.value, "file": name, "offset": offset, "size": len(data)}
+
+    def set_line(self, step: Step) -> dict[str, Any]:
+        """A TCP relay between terminal and host that damages every answer (`flip` a bit
+        counted from the end, `cut` to half), or the clean line back (`clean`)."""
+        self.line.close()
+        self.line_url = None
+        if step.value == "clean":
+            self.mark(ladder.LINE, "line clean again")
+            return {"line": "clean"}
+        offset = int(step.options.get("offset", 2))
+        damage: Damage = (flip_bit(offset, int(step.options.get("bit", 0x10)))
+                          if step.value == "flip" else lambda payload: payload[:len(payload) // 2])
+        self.line_url = self.line.enter_context(noisy_line(self.host_url, damage))
+        self.mark(ladder.LINE, f"line noisy: {step.value} every answer")
+        return {"line": step.value}
 
     def ceremony(self) -> tuple[int, Any]:
         """A new key ceremony: the host issues a TMK to an injection file, the terminal loads

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TextIO
 import serial
 
 from host import admin
-from host.clock import system_clock, system_rng
+from host.clock import CLOCK_OFFSET_ENV, serving_clock, system_clock, system_rng
 from host.datadir import DataError, init_data, open_data, resolve
 from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
 from host.keydb import KeyDb, KeyDbError
@@ -316,7 +316,11 @@ def cmd_serve(args: argparse.Namespace, db: KeyDb) -> int:
                            args.key_sets)
     stream = _open_log(args.log)
     log = MessageLog(stream, dialect, args.trace)
-    core = HostCore(db, config, system_clock, log, Framing(dialect))
+    try:
+        clock = serving_clock(os.environ)
+    except ValueError:
+        raise admin.UsageError(f"${CLOCK_OFFSET_ENV} must be a number of seconds") from None
+    core = HostCore(db, config, clock, log, Framing(dialect))
     if args.rules:
         core.rules = RuleBook(Path(args.rules), resolve(args.data) / HITS_FILE, log.event)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOGUE = Path(__file__).with_name("catalogue")
-KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock", "line")
+KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock", "host_clock", "line")
 FAULTS = ("flip", "truncate", "delete")
 LINES = ("flip", "cut", "clean")
 CRASH_STEPS = ("write", "fsync", "rename", "dirsync")
@@ -72,7 +72,7 @@ def _step(where: str, data: object) -> Step:
         raise ScenarioError(f"{where}.fault: one of {', '.join(FAULTS)}")
     elif kind == "line" and value not in LINES:
         raise ScenarioError(f"{where}.line: one of {', '.join(LINES)}")
-    elif kind in ("rules", "clock") and not isinstance(value, str):
+    elif kind in ("rules", "clock", "host_clock") and not isinstance(value, str):
         raise ScenarioError(f"{where}.{kind}: a string")
     crash = data.get("crash_at")
     if crash is not None and (kind != "terminal" or crash not in CRASH_STEPS):

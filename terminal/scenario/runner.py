@@ -36,6 +36,7 @@ SHORTCUTS = {
 COMMAND_TIMEOUT = 30.0
 START_TIMEOUT = 15.0
 CLOCK_ENV = "POSEMU_TERMINAL_CLOCK_OFFSET"
+HOST_CLOCK_ENV = "POSEMU_HOST_CLOCK_OFFSET"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -125,13 +126,15 @@ class Run:
         self.log_path = workdir / "host.log"
         self.rules_path = workdir / "rules.toml"
         self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("POSEMU_HOST_DATA", "POSEMU_TERMINAL_DATA", CRASH_ENV, CLOCK_ENV)}
+                    if k not in ("POSEMU_HOST_DATA", "POSEMU_TERMINAL_DATA", CRASH_ENV, CLOCK_ENV,
+                                  HOST_CLOCK_ENV)}
         self.host_url = ""
         self.line_url: str | None = None  # a noisy relay in front of the host, while one is on
         self.line = ExitStack()
         self.server: subprocess.Popen[bytes] | None = None
         self.marks: list[ladder.Rung] = []
         self.clock = 0.0
+        self.host_clock = 0.0
 
     # --- processes ---------------------------------------------------------------------------
 
@@ -161,12 +164,14 @@ class Run:
     def start_host(self) -> None:
         extra = list(self.scenario.host_args)
         # Always served, empty or not: a `rules` step then programs the running host.
-        self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
+        if not self.rules_path.exists():
+            self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
         extra += ["--rules", str(self.rules_path)]
+        env = dict(self.env, **({HOST_CLOCK_ENV: str(self.host_clock)} if self.host_clock else {}))
         self.server = subprocess.Popen(
             [*program("pos-host", "host.cli"), "--data", str(self.host_data), "serve", "--tcp",
              "127.0.0.1:0", "--log", str(self.log_path), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         line = _first_line(self.server, START_TIMEOUT)
         if not line.startswith("listening tcp "):
             raise RuntimeError(f"pos-host serve did not start: {line!r}")
@@ -256,6 +261,8 @@ class Run:
             self.clock = clock_offset(step.value)
             self.mark(ladder.TERMINAL, f"terminal clock moved {step.value}")
             code, output = 0, {"clock_offset": self.clock}
+        elif step.kind == "host_clock":
+            code, output = 0, self.move_host_clock(step.value)
         found = differences(step, output, code)
         if step.exit is None and code not in (0, 1) and not step.crash_at:
             found.insert(0, f"exit {code}")
@@ -283,6 +290,17 @@ class Run:
             path.write_bytes(bytes(damaged))
         self.mark(ladder.TERMINAL, f"fault: {step.value} {name} at {offset}")
         return {"fault": step.value, "file": name, "offset": offset, "size": len(data)}
+
+    def move_host_clock(self, text: str) -> dict[str, Any]:
+        """The host restarted with its clock moved (a serving host reads its clock at start);
+        a noisy line in front of it goes, as its port changes."""
+        self.line.close()
+        self.line_url = None
+        self.stop_host()
+        self.host_clock = clock_offset(text)
+        self.start_host()
+        self.mark(ladder.HOST, f"host clock moved {text} (host restarted)")
+        return {"host_clock_offset": self.host_clock, "host": self.host_url}
 
     def set_line(self, step: Step) -> dict[str, Any]:
         """A TCP relay between terminal and host that damages every answer (`flip` a bit

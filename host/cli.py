@@ -14,6 +14,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -21,7 +22,7 @@ import serial
 
 from host import admin
 from host.backup import BackupError
-from host.clock import system_clock, system_rng
+from host.clock import CLOCK_OFFSET_ENV, serving_clock, system_clock, system_rng
 from host.connections import (
     FD_HEADROOM,
     FRAME_TIMEOUT,
@@ -35,7 +36,9 @@ from host.keydb import SYNC_MODES, KeyDb, KeyDbError
 from host.lmk import LmkError, check_value
 from host.logs import MessageLog
 from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
+from host.rules import HITS_FILE, RuleBook, RulesError, describe, load_rules
 from host.server import HostCore, SerialPorts, serve_until_signalled
+from protocol import ladder
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
 from protocol.crypto import CryptoError
@@ -445,7 +448,13 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
                            args.key_sets)
     stream = _open_log(args.log)
     log = MessageLog(stream, dialect, args.trace)
-    core = HostCore(db, config, system_clock, log, Framing(dialect))
+    try:
+        clock = serving_clock(os.environ)
+    except ValueError:
+        raise admin.UsageError(f"${CLOCK_OFFSET_ENV} must be a number of seconds") from None
+    core = HostCore(db, config, clock, log, Framing(dialect))
+    if args.rules:
+        core.rules = RuleBook(Path(args.rules), resolve(args.data) / HITS_FILE, log.event)
 
     def announce(line: str) -> None:
         print(json.dumps({"listening": line}) if args.json else line, flush=True)
@@ -464,6 +473,44 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     finally:
         if stream is not sys.stderr:
             stream.close()
+    return EXIT_OK
+
+
+def cmd_rules_show(args: argparse.Namespace) -> int:
+    """The rules of a rules file with the hits a serving host counted (saved in the data
+    folder); the file named by --rules, else the one the host last served."""
+    saved_path = resolve(args.data) / HITS_FILE
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    path = args.rules or saved.get("file")
+    if not path:
+        raise admin.UsageError(f"no rules served from {resolve(args.data)} yet: give --rules FILE")
+    hits = saved.get("hits", {}) if saved.get("file") in (None, str(path)) else {}
+    rows = describe(load_rules(Path(path)), hits)
+    emit(args, {"file": str(path), "rules": rows},
+         lambda r: f"rules of {r['file']}\n" + _table(
+             [dict(row, match=json.dumps(row["match"])) for row in r["rules"]],
+             ["name", "hits", "action", "match"]))
+    return EXIT_OK
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    """A terminal's exchange drawn from the host's --log file (text, or SVG with --svg)."""
+    entries = []
+    with open(args.log, encoding="utf-8") as stream:
+        for line in stream:
+            if line.startswith("{"):
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    continue
+    rungs = ladder.from_host_log(entries, args.tid, args.since, args.until)
+    if args.svg:
+        Path(args.svg).write_text(ladder.svg(rungs, f"terminal {args.tid}"), encoding="utf-8")
+    emit(args, {"tid": args.tid, "rungs": [asdict(r) for r in rungs]},
+         lambda r: ladder.text(rungs))
     return EXIT_OK
 
 
@@ -631,6 +678,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="full (default): every answer that moves money leaves after its "
                             "commit is fsynced; normal: a power cut may lose the last ones "
                             "(throw-away load tests only)")
+    serve.add_argument("--rules", metavar="FILE",
+                       help="a TOML/JSON rules file programming answers and faults "
+                            "(docs/scenarios.md); reloaded when it changes")
+
+    rules = commands.add_parser("rules", help="the rules file of `serve --rules`").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    show = command(rules, "show", cmd_rules_show, "each rule with its hits so far")
+    show.add_argument("--rules", metavar="FILE", help="default: the file the host last served")
+
+    draw = command(commands, "ladder", cmd_ladder,
+                   "a terminal's exchange as a ladder diagram, from a `serve --log` file")
+    draw.add_argument("--log", required=True, metavar="FILE")
+    draw.add_argument("--tid", required=True)
+    draw.add_argument("--since", type=float, metavar="EPOCH", help="from this time (log ts)")
+    draw.add_argument("--until", type=float, metavar="EPOCH", help="up to this time (log ts)")
+    draw.add_argument("--svg", metavar="FILE", help="also write the ladder as SVG")
 
     bridge = command(commands, "bridge", cmd_bridge,
                      "relay a serial device to a TCP host until SIGINT/SIGTERM")
@@ -645,8 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ERRORS = (admin.UsageError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error, OSError,
-          TokenError, BackupError)
+ERRORS = (admin.UsageError, RulesError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error,
+          OSError, TokenError, BackupError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple, TypeVar
@@ -35,6 +35,7 @@ from host.connections import Limits, Listener, Registry, default_max_connections
 from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
 from host.keydb import KeyDb
 from host.logs import MessageLog, RateLimited
+from host.rules import Effect, RuleBook
 from host.state import (
     Answered,
     BatchState,
@@ -68,6 +69,7 @@ class Pending(NamedTuple):
     reply: Reply
     tpdu: Tpdu | None
     header: bytes
+    effect: Effect | None = None  # a rule's way of delivering it (host.rules)
 
 
 CACHE_LIMIT = 10_000
@@ -119,6 +121,7 @@ class HostCore:
         self._recent: dict[tuple[str, str, str, str], Answered] = {}  # ... by terminal, batch,
         # STAN and MTI
         self._pending: list[Pending] = []
+        self.rules: RuleBook | None = None  # `serve --rules`: answers and faults as data
         self.messages = 0  # handled, and
         self.commits = 0  # transactions committed: messages / commits is the mean group commit
 
@@ -194,6 +197,8 @@ class HostCore:
             return CLOSE
         if not self._pending:  # the first message of a batch
             self._refresh()
+            if self.rules is not None:
+                self.rules.reload_if_changed()
         now = self.clock()
         try:
             outcome = self._handle(unframed.message, self, now)
@@ -201,6 +206,9 @@ class HostCore:
             # The pipeline answers a decoded request's failure with 96 itself; this is a bug
             # before the request decoded: it costs that connection, not the host.
             outcome = Outcome(None, note=f"{type(exc).__name__} before decoding", close=True)
+        effect = None
+        if self.rules is not None:
+            outcome, effect = self.rules.apply(outcome, self, now)
         if outcome.changes:
             outcome = self._apply(outcome, now)
         self._log(outcome, conn, started)
@@ -209,7 +217,7 @@ class HostCore:
             return CLOSE
         if outcome.response is None:
             return IGNORED
-        self._pending.append(Pending(outcome, reply, unframed.tpdu, unframed.header))
+        self._pending.append(Pending(outcome, reply, unframed.tpdu, unframed.header, effect))
         return ANSWER
 
     def close_later(self, reply: Reply) -> None:
@@ -230,6 +238,8 @@ class HostCore:
             self._buffered.clear()
             self._recent.clear()
         pending, self._pending = self._pending, []
+        if self.rules is not None:
+            self.rules.save()
         self.log.flush()  # before the answers: whoever reads an answer finds its log line
         framing = self.framing
         for p in pending:
@@ -237,7 +247,11 @@ class HostCore:
                 p.reply(None)
             else:
                 tpdu = p.tpdu.reply() if p.tpdu else None
-                p.reply(framing.payload(p.outcome.response, tpdu, p.header))
+                answer = framing.payload(p.outcome.response, tpdu, p.header)
+                if p.effect is None:
+                    p.reply(answer)
+                else:
+                    deliver(p.effect, answer, p.reply)
 
     def handle_payload(self, payload: bytes, conn: str = "direct") -> bytes | None:
         """One request payload in (TPDU and header included, no length), its answer out.
@@ -328,6 +342,31 @@ class HostCore:
             self.log.message(ts=self.clock(), conn=conn, request=outcome.request,
                              reply=outcome.reply, rc=outcome.rc, reason=outcome.reason,
                              note=outcome.note, elapsed_us=(time.perf_counter() - started) * 1e6)
+
+
+class Cut(bytes):
+    """A frame cut short: its length prefix and part of its payload, sent raw, then the line
+    closed (a rule's `cut`)."""
+
+
+def deliver(effect: Effect, answer: bytes, reply: Reply) -> None:
+    """A rule's delivery: late (on the event loop, when there is one), not at all, twice, cut
+    short, or the connection closed instead of answered."""
+    if effect.kind == "drop":
+        return
+    if effect.kind == "close":
+        reply(None)
+    elif effect.kind == "cut":
+        reply(Cut(length_prefixed(answer)[:2 + len(answer) // 2]))
+    elif effect.kind == "twice":
+        reply(answer)
+        with contextlib.suppress(InvalidStateError):  # a serial port's reply takes one answer
+            reply(answer)
+    else:  # delay
+        try:
+            asyncio.get_running_loop().call_later(effect.seconds, reply, answer)
+        except RuntimeError:  # no loop (handle_payload): nothing to wait on
+            reply(answer)
 
 
 # --- TCP -----------------------------------------------------------------------------------------
@@ -427,6 +466,9 @@ class HostConnection(asyncio.BufferedProtocol):
         if self.transport is None:
             return
         if payload is None:
+            self.finish()
+        elif type(payload) is Cut:
+            self.transport.write(payload)
             self.finish()
         else:
             self.transport.write(length_prefixed(payload))

@@ -250,3 +250,14 @@ def diagnose(
         fixes=fixes,
         evidence=facts,
     )
+
+
+def advice(code: str, key: str, text: str, source: str) -> dict[str, object]:
+    """What a result's --json carries beside its reason: the cause and the fixes in the support
+    desk's order, as data (the text says "a new key ceremony is needed"; so does this)."""
+    rule = match_rule(code, key, source, text)
+    cause, meaning = CAUSES.get(code, ("unknown", ""))
+    fixes = rule.fixes if rule else (SIGN_ON,)
+    return {"cause": cause, "cause_meaning": meaning, "reasons": list(rule.reasons if rule else ()),
+            "fixes": list(fixes), "sign_on_fixes": code in ("K1", "K2") and key != "TMK",
+            "needs_ceremony": fixes[0] == CEREMONY}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ REAL_OPS = FsOps(
 )
 
 
+CRASH_ENV = "POSEMU_CRASH_AT"
+"""`FILE:STEP` (e.g. `keystore.json:rename`): the process kills itself (SIGKILL, as a power cut
+would stop it) just before that step of that file's replace: `write`, `fsync`, `rename` or
+`dirsync`. How a scenario cuts the power during a key write from outside the process."""
+
+
+def crash_point(path: Path, step: str) -> None:
+    if os.environ.get(CRASH_ENV) == f"{path.name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def temp_path(path: Path) -> Path:
     """One fixed temporary name per file: a leftover from a crash is simply overwritten."""
     return path.with_name(path.name + ".tmp")
@@ -65,12 +77,16 @@ def atomic_replace(path: Path, data: bytes, ops: FsOps = REAL_OPS) -> None:
     fd = ops.open_file(str(tmp))
     try:
         view = memoryview(data)
+        crash_point(path, "write")
         while view:
             view = view[ops.write(fd, view) :]
+        crash_point(path, "fsync")
         ops.fsync(fd)
     finally:
         ops.close(fd)
+    crash_point(path, "rename")
     ops.rename(str(tmp), str(path))
+    crash_point(path, "dirsync")
     dir_fd = ops.open_dir(str(path.parent))
     try:
         ops.fsync(dir_fd)

@@ -15,7 +15,7 @@ from protocol.amounts import format_amount
 from protocol.codes import describe_code
 from protocol.mask import mask_pan
 from terminal.commands import BatchView, Settlement, Status, Steps
-from terminal.diagnose import Diagnosis, NotAKeyError, age_text
+from terminal.diagnose import Diagnosis, NotAKeyError, advice, age_text
 from terminal.keystore import StoredKey
 from terminal.pending import PendingReversal
 from terminal.session import Purchase, Result
@@ -35,6 +35,8 @@ def result_data(result: Result) -> dict[str, Any]:
         data["key"] = result.reason.key
         data["cause"] = result.reason.kind
         data["found_by"] = result.source
+        data["diagnosis"] = advice(result.reason.code, result.reason.key, result.reason.text,
+                                   result.source or "host")
     if result.detail:
         data["detail"] = result.detail
     if result.response is not None:

@@ -1,0 +1,142 @@
+"""A scenario as data: a TOML file of steps, each one thing a person would do at a terminal, at
+the host's console or to the hardware, with what it must show. Loading checks the whole file
+first, so a typo is one clear line naming the step and the key, before anything starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CATALOGUE = Path(__file__).with_name("catalogue")
+KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock", "host_clock", "line")
+FAULTS = ("flip", "truncate", "delete")
+LINES = ("flip", "cut", "clean")
+CRASH_STEPS = ("write", "fsync", "rename", "dirsync")
+STEP_KEYS = (*KINDS, "label", "expect", "expect_contains", "exit", "crash_at", "file", "offset",
+             "bit", "remedy")
+TOP_KEYS = ("name", "cause", "reason", "summary", "host", "step")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot run: which file, which step, which key, and why."""
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    value: Any
+    label: str
+    expect: dict[str, Any] = field(default_factory=dict)
+    expect_contains: dict[str, str] = field(default_factory=dict)
+    exit: int | None = None
+    crash_at: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    remedy: bool = False
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    cause: str
+    reason: str
+    summary: str
+    path: Path
+    steps: tuple[Step, ...]
+    host_args: tuple[str, ...] = ()
+    rules: str = ""
+
+
+def _strings(where: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ScenarioError(f"{where}: a list of strings")
+    return tuple(value)
+
+
+def _step(where: str, data: object) -> Step:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: a table")
+    unknown = sorted(set(data) - set(STEP_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(STEP_KEYS)})")
+    kinds = [k for k in KINDS if k in data]
+    if len(kinds) != 1:
+        raise ScenarioError(f"{where}: exactly one of {', '.join(KINDS)}")
+    kind = kinds[0]
+    value = data[kind]
+    if kind in ("terminal", "host"):
+        value = (value,) if isinstance(value, str) else _strings(f"{where}.{kind}", value)
+    elif kind == "fault" and value not in FAULTS:
+        raise ScenarioError(f"{where}.fault: one of {', '.join(FAULTS)}")
+    elif kind == "line" and value not in LINES:
+        raise ScenarioError(f"{where}.line: one of {', '.join(LINES)}")
+    elif kind in ("rules", "clock", "host_clock") and not isinstance(value, str):
+        raise ScenarioError(f"{where}.{kind}: a string")
+    crash = data.get("crash_at")
+    if crash is not None and (kind != "terminal" or crash not in CRASH_STEPS):
+        raise ScenarioError(f"{where}.crash_at: on a terminal step, one of {', '.join(CRASH_STEPS)}")
+    for key in ("expect", "expect_contains"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ScenarioError(f"{where}.{key}: a table of path = value")
+    if not all(isinstance(v, str) for v in data.get("expect_contains", {}).values()):
+        raise ScenarioError(f"{where}.expect_contains: strings only")
+    exit_code = data.get("exit")
+    if exit_code is not None and not isinstance(exit_code, int):
+        raise ScenarioError(f"{where}.exit: a whole number")
+    label = data.get("label") or " ".join(str(v) for v in ((value,) if isinstance(value, str)
+                                                              else value))
+    options = {k: data[k] for k in ("file", "offset", "bit") if k in data}
+    return Step(kind, value, str(label), dict(data.get("expect", {})),
+                dict(data.get("expect_contains", {})), exit_code, crash, options,
+                bool(data.get("remedy", False)))
+
+
+def parse(data: dict[str, Any], path: Path) -> Scenario:
+    where = str(path)
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise ScenarioError(f"{where}: {unknown[0]}: unknown key (known: {', '.join(TOP_KEYS)})")
+    for key in ("name", "cause"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ScenarioError(f"{where}: {key}: a non-empty string")
+    host = data.get("host", {})
+    if not isinstance(host, dict) or set(host) - {"args", "rules"}:
+        raise ScenarioError(f"{where}: host: a table of args (list) and rules (TOML text)")
+    steps = data.get("step", [])
+    if not isinstance(steps, list) or not steps:
+        raise ScenarioError(f"{where}: step: at least one [[step]]")
+    return Scenario(
+        name=data["name"], cause=data["cause"], reason=str(data.get("reason", "")),
+        summary=str(data.get("summary", "")), path=path,
+        steps=tuple(_step(f"{where}: step[{i}]", s) for i, s in enumerate(steps, 1)),
+        host_args=_strings(f"{where}: host.args", host.get("args", [])),
+        rules=str(host.get("rules", "")),
+    )
+
+
+def load(path: Path) -> Scenario:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    return parse(data, path)
+
+
+def catalogue() -> list[Scenario]:
+    """The built-in scenarios, in ERROR14.md's order (their file names are numbered)."""
+    return [load(p) for p in sorted(CATALOGUE.glob("*.toml"))]
+
+
+def find(name_or_path: str) -> Scenario:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return load(path)
+    for scenario in catalogue():
+        if scenario.name == name_or_path:
+            return scenario
+    names = ", ".join(s.name for s in catalogue())
+    raise ScenarioError(f"no scenario named {name_or_path!r} (built in: {names})")

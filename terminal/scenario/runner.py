@@ -1,0 +1,389 @@
+"""Running a scenario as a user would: `pos-host` and `pos-terminal` as processes, a host on a
+free port of 127.0.0.1, faults done to the files and processes from outside.
+
+The runner never imports the host (ARCHITECTURE.md): it reads the host's command output and its
+`--log` file, and the terminal's `--json` output and `--trace` lines, like any operator. Every
+process has a timeout; the host is stopped (SIGTERM, then SIGKILL) whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import ladder
+from protocol.transport.noisy import Damage, flip_bit, noisy_line
+from terminal.fsops import CRASH_ENV
+from terminal.scenario.model import Scenario, Step
+
+TID, MID = "SCEN0001", "SCENMERCHANT001"
+PAN, EXPIRY, PIN, BALANCE = "6212345678901234", "2812", "1234", "100.00"
+SHORTCUTS = {
+    "purchase": ("purchase", "--amount", "12.34", "--pan", "{pan}", "--expiry", "{expiry}",
+                 "--pin", "{pin}"),
+}
+COMMAND_TIMEOUT = 30.0
+START_TIMEOUT = 15.0
+CLOCK_ENV = "POSEMU_TERMINAL_CLOCK_OFFSET"
+HOST_CLOCK_ENV = "POSEMU_HOST_CLOCK_OFFSET"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def program(name: str, module: str) -> list[str]:
+    """The installed command beside this interpreter, else the same CLI through -m."""
+    installed = shutil.which(name, path=str(Path(sys.executable).parent))
+    return [installed] if installed else [sys.executable, "-m", module]
+
+
+@dataclass
+class StepResult:
+    index: int
+    label: str
+    kind: str
+    passed: bool
+    differences: list[str]
+    output: Any = None
+    exit: int | None = None
+    remedy: bool = False
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    steps: list[StepResult] = field(default_factory=list)
+    seconds: float = 0.0
+    rungs: list[ladder.Rung] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(s.passed for s in self.steps)
+
+
+def lookup(data: Any, path: str) -> Any:
+    """`diagnosis.fixes.0` in a JSON document; a KeyError names the first part not there."""
+    for part in path.split("."):
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict) and part in data:
+            data = data[part]
+        else:
+            raise KeyError(part)
+    return data
+
+
+def differences(step: Step, output: Any, exit_code: int | None) -> list[str]:
+    """What differs from the step's expectations, one line each (empty: passed)."""
+    found: list[str] = []
+    if step.exit is not None and exit_code != step.exit:
+        found.append(f"exit: expected {step.exit}, got {exit_code}")
+    for path, wanted in step.expect.items():
+        try:
+            got = lookup(output, path)
+        except KeyError:
+            found.append(f"{path}: expected {wanted!r}, not there")
+            continue
+        if got != wanted:
+            found.append(f"{path}: expected {wanted!r}, got {got!r}")
+    for path, part in step.expect_contains.items():
+        try:
+            got = lookup(output, path)
+        except KeyError:
+            found.append(f"{path}: expected something containing {part!r}, not there")
+            continue
+        if part.lower() not in json.dumps(got).lower():
+            found.append(f"{path}: expected something containing {part!r}, got {got!r}")
+    return found
+
+
+def clock_offset(text: str) -> float:
+    """`+25h`, `-10m`, `90s`, `0` -> seconds."""
+    body = text.strip().lstrip("+")
+    unit = body[-1] if body and body[-1] in _UNITS else "s"
+    number = body[:-1] if body and body[-1] in _UNITS else body
+    return float(number) * _UNITS[unit]
+
+
+class Run:
+    """One scenario's processes and folders."""
+
+    def __init__(self, scenario: Scenario, workdir: Path) -> None:
+        self.scenario = scenario
+        self.work = workdir
+        self.host_data = workdir / "host"
+        self.terminal_data = workdir / "terminal"
+        self.log_path = workdir / "host.log"
+        self.rules_path = workdir / "rules.toml"
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("POSEMU_HOST_DATA", "POSEMU_TERMINAL_DATA", CRASH_ENV, CLOCK_ENV,
+                                  HOST_CLOCK_ENV)}
+        self.host_url = ""
+        self.line_url: str | None = None  # a noisy relay in front of the host, while one is on
+        self.line = ExitStack()
+        self.server: subprocess.Popen[bytes] | None = None
+        self.marks: list[ladder.Rung] = []
+        self.clock = 0.0
+        self.host_clock = 0.0
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def _run(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env or self.env,
+                              timeout=COMMAND_TIMEOUT, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+    def host(self, *args: str) -> tuple[int, Any]:
+        code, out, err = self._run([*program("pos-host", "host.cli"), "--data",
+                                    str(self.host_data), "--json", *args])
+        return code, _json(out) if out.strip() else {"error": err.strip()}
+
+    def terminal(self, args: tuple[str, ...], crash_at: str | None = None) -> tuple[int, Any]:
+        env = dict(self.env)
+        if crash_at:
+            env[CRASH_ENV] = f"keystore.json:{crash_at}"
+        if self.clock:
+            env[CLOCK_ENV] = str(self.clock)
+        code, out, err = self._run([*program("pos-terminal", "terminal.cli"), "--data",
+                                    str(self.terminal_data), "--host",
+                                    self.line_url or self.host_url, "--json", *args], env)
+        if code == -signal.SIGKILL:
+            return code, {"killed": True, "crash_at": crash_at}
+        return code, _json(out) if out.strip() else {"error": err.strip()[-300:]}
+
+    def start_host(self) -> None:
+        extra = list(self.scenario.host_args)
+        # Always served, empty or not: a `rules` step then programs the running host.
+        if not self.rules_path.exists():
+            self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
+        extra += ["--rules", str(self.rules_path)]
+        env = dict(self.env, **({HOST_CLOCK_ENV: str(self.host_clock)} if self.host_clock else {}))
+        self.server = subprocess.Popen(
+            [*program("pos-host", "host.cli"), "--data", str(self.host_data), "serve", "--tcp",
+             "127.0.0.1:0", "--log", str(self.log_path), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        line = _first_line(self.server, START_TIMEOUT)
+        if not line.startswith("listening tcp "):
+            raise RuntimeError(f"pos-host serve did not start: {line!r}")
+        self.host_url = f"tcp://{line.split()[-1]}"
+
+    def stop_host(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
+        if server.stdout:
+            server.stdout.close()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.line.close()
+            self.stop_host()
+
+    # --- setup and steps ---------------------------------------------------------------------
+
+    def setup(self) -> list[StepResult]:
+        """Host, terminal provisioned through a key ceremony, a card, signed on: where every
+        catalogue scenario starts, shown as steps like the rest."""
+        injection = self.work / "tmk.inject"
+        results = []
+        for label, action in (
+            ("pos-host init", lambda: self.host("init")),
+            (f"pos-host terminal add {TID}", lambda: self.host(
+                "terminal", "add", TID, "--merchant", MID, "--out", str(injection))),
+            ("pos-host card add", lambda: self.host(
+                "card", "add", PAN, "--expiry", EXPIRY, "--pin", PIN, "--balance", BALANCE)),
+        ):
+            code, output = action()
+            results.append(StepResult(len(results) + 1, f"setup: {label}", "host", code == 0,
+                                      [] if code == 0 else [f"exit {code}: {output}"]))
+        if not all(r.passed for r in results):
+            return results
+        self.start_host()
+        for args in (("init", TID, "--merchant", MID), ("load-tmk", "--file", str(injection)),
+                     ("signon",)):
+            code, output = self.terminal(args)
+            if args[0] == "load-tmk":
+                injection.unlink(missing_ok=True)  # as the operator must, once loaded
+            results.append(StepResult(len(results) + 1, "setup: pos-terminal " + " ".join(
+                a for a in args if not a.startswith("/")), "terminal", code == 0,
+                [] if code == 0 else [f"exit {code}: {output}"], output, code))
+        return results
+
+    def expand(self, args: tuple[str, ...]) -> tuple[str, ...]:
+        if len(args) == 1 and args[0] in SHORTCUTS:
+            args = SHORTCUTS[args[0]]
+        values = {"tid": TID, "pan": PAN, "expiry": EXPIRY, "pin": PIN, "mid": MID}
+        return tuple(a.format(**values) for a in args)
+
+    def step(self, index: int, step: Step) -> StepResult:
+        code: int | None = None
+        output: Any = None
+        if step.kind == "terminal":
+            code, output = self.terminal(self.expand(step.value), step.crash_at)
+            if step.crash_at:
+                self.mark(ladder.TERMINAL, f"power cut: SIGKILL before the keystore {step.crash_at}")
+            if isinstance(output, dict) and output.get("found_by") == "terminal":
+                self.mark(ladder.TERMINAL, f"terminal finds {output.get('rc')} {output.get('reason')}")
+        elif step.kind == "host":
+            code, output = self.host(*self.expand(step.value))
+        elif step.kind == "fault":
+            output = self.fault(step)
+            code = 0
+        elif step.kind == "ceremony":
+            code, output = self.ceremony()
+        elif step.kind == "rules":
+            self.rules_path.write_text(step.value, encoding="utf-8")
+            self.mark(ladder.HOST, "rules file changed")
+            code, output = 0, {"rules": str(self.rules_path)}
+        elif step.kind == "line":
+            code, output = 0, self.set_line(step)
+        elif step.kind == "clock":
+            self.clock = clock_offset(step.value)
+            self.mark(ladder.TERMINAL, f"terminal clock moved {step.value}")
+            code, output = 0, {"clock_offset": self.clock}
+        elif step.kind == "host_clock":
+            code, output = 0, self.move_host_clock(step.value)
+        found = differences(step, output, code)
+        if step.exit is None and code not in (0, 1) and not step.crash_at:
+            found.insert(0, f"exit {code}")
+        return StepResult(index, step.label, step.kind, not found, found, output, code, step.remedy)
+
+    def mark(self, side: str, text: str) -> None:
+        self.marks.append(ladder.mark(side, text, time.time()))
+
+    def fault(self, step: Step) -> dict[str, Any]:
+        """Damage to a terminal file, done as a hex editor or a failing chip would."""
+        name = str(step.options.get("file", "keystore.json"))
+        path = self.terminal_data / name
+        data = path.read_bytes() if path.exists() else b""
+        offset = int(step.options.get("offset", len(data) // 2))
+        if step.value == "delete":
+            path.unlink(missing_ok=True)
+        elif step.value == "truncate":
+            path.write_bytes(data[:offset])
+        else:
+            bit = int(step.options.get("bit", 0x04))
+            if not 0 <= offset < len(data):
+                raise ValueError(f"offset {offset} is outside {name} ({len(data)} bytes)")
+            damaged = bytearray(data)
+            damaged[offset] ^= bit
+            path.write_bytes(bytes(damaged))
+        self.mark(ladder.TERMINAL, f"fault: {step.value} {name} at {offset}")
+        return {"fault": step.value, "file": name, "offset": offset, "size": len(data)}
+
+    def move_host_clock(self, text: str) -> dict[str, Any]:
+        """The host restarted with its clock moved (a serving host reads its clock at start);
+        a noisy line in front of it goes, as its port changes."""
+        self.line.close()
+        self.line_url = None
+        self.stop_host()
+        self.host_clock = clock_offset(text)
+        self.start_host()
+        self.mark(ladder.HOST, f"host clock moved {text} (host restarted)")
+        return {"host_clock_offset": self.host_clock, "host": self.host_url}
+
+    def set_line(self, step: Step) -> dict[str, Any]:
+        """A TCP relay between terminal and host that damages every answer (`flip` a bit
+        counted from the end, `cut` to half), or the clean line back (`clean`)."""
+        self.line.close()
+        self.line_url = None
+        if step.value == "clean":
+            self.mark(ladder.LINE, "line clean again")
+            return {"line": "clean"}
+        offset = int(step.options.get("offset", 2))
+        damage: Damage = (flip_bit(offset, int(step.options.get("bit", 0x10)))
+                          if step.value == "flip" else lambda payload: payload[:len(payload) // 2])
+        self.line_url = self.line.enter_context(noisy_line(self.host_url, damage))
+        self.mark(ladder.LINE, f"line noisy: {step.value} every answer")
+        return {"line": step.value}
+
+    def ceremony(self) -> tuple[int, Any]:
+        """A new key ceremony: the host issues a TMK to an injection file, the terminal loads
+        it, the file is deleted (docs/host.md)."""
+        injection = self.work / "rekey.inject"
+        code, output = self.host("terminal", "rekey", TID, "--out", str(injection))
+        if code != 0:
+            return code, output
+        try:
+            code, loaded = self.terminal(("load-tmk", "--file", str(injection)))
+        finally:
+            injection.unlink(missing_ok=True)
+        self.mark(ladder.TERMINAL, "key ceremony: new TMK loaded")
+        return code, {"host": {k: v for k, v in output.items() if k != "components"},
+                      "terminal": loaded}
+
+    def rungs(self) -> list[ladder.Rung]:
+        entries = []
+        if self.log_path.exists():
+            for line in self.log_path.read_text(encoding="utf-8").splitlines():
+                if line.startswith("{"):
+                    try:
+                        entries.append(json.loads(line))
+                    except ValueError:
+                        continue
+        return ladder.by_time(ladder.from_host_log(entries, TID), self.marks)
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"error": "not JSON", "text": text.strip()[-300:]}
+
+
+def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buffer:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return buffer.decode(errors="replace")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def run(scenario: Scenario, workdir: Path) -> ScenarioResult:
+    """Setup, then every step in order (a step that fails does not stop the ones after it:
+    the report shows everything that differed)."""
+    started = time.monotonic()
+    result = ScenarioResult(scenario)
+    state = Run(scenario, workdir)
+    with state.serving():
+        try:
+            result.steps = state.setup()
+            if all(s.passed for s in result.steps):
+                first = len(result.steps) + 1
+                result.steps += [state.step(first + i, step) for i, step in enumerate(scenario.steps)]
+        except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+    result.rungs = state.rungs()
+    result.seconds = time.monotonic() - started
+    return result

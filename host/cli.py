@@ -445,7 +445,7 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     dialect: Dialect = args.dialect
     codec = codec_for(dialect)
     config = HandlerConfig(codec, db.vault, system_rng, args.key_error_code, args.key_lifetime,
-                           args.key_sets)
+                           args.key_sets, renew_before=args.renew_before)
     stream = _open_log(args.log)
     log = MessageLog(stream, dialect, args.trace)
     try:
@@ -663,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "answered 14 K3 WK key set unsupported")
     serve.add_argument("--key-lifetime", type=duration, default=DEFAULT_KEY_LIFETIME,
                        help="working-key lifetime (e.g. 24h)")
+    serve.add_argument("--renew-before", type=duration, default=0.0, metavar="DURATION",
+                       help="answers under working keys expiring within this (e.g. 2h) tell the "
+                            "terminal to sign on after the transaction (default: never)")
     serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")
     serve.add_argument("--log", help="append the JSON log here instead of stderr")
     serve.add_argument("--max-connections", type=_count, metavar="N",

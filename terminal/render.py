@@ -149,6 +149,8 @@ def steps_data(steps: Steps) -> dict[str, Any]:
     """The final result at the top, as before, and every step under `steps`."""
     data = result_data(steps.final)
     data["steps"] = [result_data(r) for r in steps.results]
+    if steps.renewal:
+        data["renewal"] = [result_data(r) for r in steps.renewal]
     balance = balance_of(steps.final)
     if balance is not None:
         data["balance"] = format_amount(balance)

@@ -1,0 +1,90 @@
+"""Renewal before expiry (`serve --renew-before`), with real processes: a terminal kept busy
+across its working keys' lifetime signs on by itself when the host asks and never meets
+`K2 WK expired`; without the policy the same day ends in that K2 (the test can fail)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host.clock import CLOCK_OFFSET_ENV as HOST_OFFSET
+from protocol import codes
+from terminal.commands import CLOCK_OFFSET_ENV as TERMINAL_OFFSET
+from tests.support import RunningHost, add_card, init_host, provision_terminal, start_host
+from tests.terminal.conftest import EXPIRY, MERCHANT, PAN, PIN
+from tests.terminal.processes import pos_terminal
+
+LIFETIME = 3600  # working keys live an hour, at the host and at the terminal
+TID = "T0000016"
+
+
+@contextmanager
+def host_at(data: Path, offset: int, monkeypatch: pytest.MonkeyPatch, *serve: str
+            ) -> Iterator[RunningHost]:
+    """The host serving `offset` seconds into the day (its clock moved, as a scenario does)."""
+    monkeypatch.setenv(HOST_OFFSET, str(offset))
+    host = start_host(data, "--key-lifetime", f"{LIFETIME}s", *serve)
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def terminal(folder: Path, host: RunningHost, offset: int, *argv: str) -> dict[str, Any]:
+    run = pos_terminal(*argv, "--data", str(folder), "--host", f"tcp://{host.endpoint}",
+                       "--timeout", "5", "--json", env={TERMINAL_OFFSET: str(offset)})
+    return {"code": run.code, **json.loads(run.out)}
+
+
+def busy_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *serve: str) -> list[dict[str, Any]]:
+    """Provision, sign on at 0, then one purchase every 10 minutes for two key lifetimes."""
+    data = init_host(tmp_path / "host")
+    add_card(data, PAN, expiry=EXPIRY, pin=PIN, balance="1000.00")
+    ceremony = provision_terminal(data, TID, MERCHANT)
+    folder = tmp_path / "terminal"
+    parts = [a for p in ceremony["components"] for a in ("--component", p["component"],
+                                                         "--kcv", p["kcv"])]
+    answers = []
+    with host_at(data, 0, monkeypatch, *serve) as host:
+        assert terminal(folder, host, 0, "init", TID, "--merchant", MERCHANT,
+                        "--wk-lifetime", str(LIFETIME))["code"] == 0
+        assert terminal(folder, host, 0, "load-tmk", *parts,
+                        "--tmk-kcv", ceremony["tmk_kcv"])["code"] == 0
+        assert terminal(folder, host, 0, "signon")["code"] == 0
+    for minute in range(10, 2 * LIFETIME // 60 + 1, 10):  # bounded: 12 purchases
+        offset = minute * 60
+        with host_at(data, offset, monkeypatch, *serve) as host:
+            answers.append(terminal(folder, host, offset, "purchase", "--amount", "1.00",
+                                    "--pan", PAN, "--expiry", EXPIRY))
+    return answers
+
+
+def test_a_busy_terminal_renews_first_and_never_meets_k2(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = busy_day(tmp_path, monkeypatch, "--renew-before", "15m")
+    assert [a["code"] for a in answers] == [0] * len(answers), answers
+    assert all("reason" not in a for a in answers)
+    renewed = [i for i, a in enumerate(answers) if "renewal" in a]
+    # keys made at 0 are in the window from 45 min on; the renewal at 50 min lasts to 110 min,
+    # whose window opens at 95 min: two renewals in two hours, each one sign-on that worked
+    assert [(i + 1) * 10 for i in renewed] == [50, 100], answers
+    assert all(a["renewal"][0]["command"] == "signon" and a["renewal"][0]["outcome"] == "ok"
+               for a in answers if "renewal" in a)
+
+
+def test_without_the_policy_the_same_day_meets_k2(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = busy_day(tmp_path, monkeypatch)
+    reasons = {a.get("reason") for a in answers}
+    assert reasons & {"K2 WK expired", "K2 WK lifetime over"}, answers
+    assert all("renewal" not in a for a in answers)
+
+
+def test_the_indication_is_a_field_44_text_no_key_error_parser_takes() -> None:
+    assert codes.KeyErrorReason.parse(codes.RENEWAL_DUE) is None
+    assert len(codes.RENEWAL_DUE) <= codes.FIELD44_MAX

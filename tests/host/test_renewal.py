@@ -4,7 +4,6 @@ across its working keys' lifetime signs on by itself when the host asks and neve
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +13,9 @@ import pytest
 
 from host.clock import CLOCK_OFFSET_ENV as HOST_OFFSET
 from protocol import codes
-from terminal.commands import CLOCK_OFFSET_ENV as TERMINAL_OFFSET
-from tests.support import RunningHost, add_card, init_host, provision_terminal, start_host
-from tests.terminal.conftest import EXPIRY, MERCHANT, PAN, PIN
-from tests.terminal.processes import pos_terminal
+from tests.host.support_keys import purchase, set_up
+from tests.support import RunningHost, add_card, init_host, start_host
+from tests.terminal.conftest import EXPIRY, PAN, PIN
 
 LIFETIME = 3600  # working keys live an hour, at the host and at the terminal
 TID = "T0000016"
@@ -35,32 +33,18 @@ def host_at(data: Path, offset: int, monkeypatch: pytest.MonkeyPatch, *serve: st
         host.stop()
 
 
-def terminal(folder: Path, host: RunningHost, offset: int, *argv: str) -> dict[str, Any]:
-    run = pos_terminal(*argv, "--data", str(folder), "--host", f"tcp://{host.endpoint}",
-                       "--timeout", "5", "--json", env={TERMINAL_OFFSET: str(offset)})
-    return {"code": run.code, **json.loads(run.out)}
-
-
 def busy_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *serve: str) -> list[dict[str, Any]]:
     """Provision, sign on at 0, then one purchase every 10 minutes for two key lifetimes."""
     data = init_host(tmp_path / "host")
     add_card(data, PAN, expiry=EXPIRY, pin=PIN, balance="1000.00")
-    ceremony = provision_terminal(data, TID, MERCHANT)
     folder = tmp_path / "terminal"
-    parts = [a for p in ceremony["components"] for a in ("--component", p["component"],
-                                                         "--kcv", p["kcv"])]
-    answers = []
     with host_at(data, 0, monkeypatch, *serve) as host:
-        assert terminal(folder, host, 0, "init", TID, "--merchant", MERCHANT,
-                        "--wk-lifetime", str(LIFETIME))["code"] == 0
-        assert terminal(folder, host, 0, "load-tmk", *parts,
-                        "--tmk-kcv", ceremony["tmk_kcv"])["code"] == 0
-        assert terminal(folder, host, 0, "signon")["code"] == 0
+        set_up(data, host, TID, folder, "--wk-lifetime", str(LIFETIME))
+    answers = []
     for minute in range(10, 2 * LIFETIME // 60 + 1, 10):  # bounded: 12 purchases
         offset = minute * 60
         with host_at(data, offset, monkeypatch, *serve) as host:
-            answers.append(terminal(folder, host, offset, "purchase", "--amount", "1.00",
-                                    "--pan", PAN, "--expiry", EXPIRY))
+            answers.append(purchase(folder, host, offset))
     return answers
 
 

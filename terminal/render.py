@@ -142,6 +142,9 @@ def steps_lines(steps: Steps, order: Purchase | None, tid: str, mid: str,
         lines.extend(receipt(final, order, tid, mid, now))
     else:
         lines.extend(result_lines(final))
+    for renewal in steps.renewal:
+        lines.append("  the host asked for a sign-on: the working keys are about to expire")
+        lines.extend(result_lines(renewal))
     return lines
 
 

@@ -14,6 +14,7 @@ import pytest
 from host.clock import CLOCK_OFFSET_ENV as HOST_OFFSET
 from protocol import codes
 from tests.host.support_keys import purchase, set_up
+from tests.host.test_handlers import CARD, NOW, mac_ok, make_world
 from tests.support import RunningHost, add_card, init_host, start_host
 from tests.terminal.conftest import EXPIRY, PAN, PIN
 
@@ -72,3 +73,27 @@ def test_without_the_policy_the_same_day_meets_k2(tmp_path: Path,
 def test_the_indication_is_a_field_44_text_no_key_error_parser_takes() -> None:
     assert codes.KeyErrorReason.parse(codes.RENEWAL_DUE) is None
     assert len(codes.RENEWAL_DUE) <= codes.FIELD44_MAX
+
+
+# --- the host's decision, pure (tests.host.test_handlers' world) ----------------------------
+
+
+@pytest.mark.parametrize("dialect", ["iso87", "cup"])
+def test_the_indication_rides_under_the_response_mac(dialect: str) -> None:
+    world = make_world(dialect, renew_before=3600.0)  # keys made 60 s ago, living an hour
+    response = world.handle(world.client.purchase(CARD, 100)).response
+    assert response is not None
+    reply = world.config.codec.decode(response)
+    assert reply[39] == "00" and reply.text(44) == codes.RENEWAL_DUE
+    assert mac_ok(world, response)
+    forged = response.replace(codes.RENEWAL_DUE.encode(), b"P3 WK sign oN")
+    assert forged != response and not mac_ok(world, forged), "field 44 is MACed"
+
+
+def test_no_indication_outside_the_window_nor_in_a_key_error() -> None:
+    assert 44 not in make_world().reply(make_world().client.purchase(CARD, 100)).fields
+    outside = make_world(renew_before=60.0)
+    assert 44 not in outside.reply(outside.client.purchase(CARD, 100)).fields
+    stale = make_world(renew_before=3600.0)
+    stale.now = NOW + 7200
+    assert stale.reply(stale.client.purchase(CARD, 100)).text(44) == "K2 WK expired"

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from host import backup, datadir, hsm
+from host import backup, datadir, hsm, report
 from host import lmk as lmk_mod
 from host.clock import Rng
 from host.keydb import KeyDb, KeyDbError, KeyRow
@@ -188,6 +188,45 @@ def tamper_keys(db: KeyDb, tid: str, rng: Rng) -> dict[str, Any]:
         raise KeyDbError(f"terminal {tid} has no active working keys to tamper with")
     generation = db.replace_mak(tid, hsm.new_key_like(keys.current.mak, rng))
     return {"tid": tid, "generation": generation, "expect": "K3 MAK mismatch"}
+
+
+# --- planned renewal and key health (docs/host.md, Key schedule and health) ---------------------
+
+
+def key_schedule(db: KeyDb, now: float, within: float) -> list[dict[str, Any]]:
+    return report.schedule(db.fleet_key_rows(), now, within)
+
+
+def rotate_all(db: KeyDb, now: float, older_than: float, grace: float) -> list[dict[str, Any]]:
+    """A planned bulk rotation: every terminal whose working keys are at least `older_than`
+    old has them made due within `grace` (their lifetime cut to end then). A host serving with
+    `--renew-before` at least `grace` then asks each one, in its next answer, to sign on, so
+    the new keys come the way a terminal expects (unlike `keys rotate TID`, the fault that
+    makes a generation it is never told about). One entry per terminal, the skipped ones too."""
+    done = []
+    for tid, rows in db.fleet_key_rows().items():
+        _, wk = report.current_keys(rows)
+        entry: dict[str, Any] = {"tid": tid}
+        if wk is None:
+            entry.update(action="skipped", why="no working keys")
+        elif now - wk.created < older_than:
+            entry.update(action="skipped", why="younger than --older-than",
+                         age_s=round(now - wk.created, 1))
+        elif wk.created + wk.lifetime <= now + grace:
+            entry.update(action="skipped", why="already due", generation=wk.generation,
+                         expires=round(wk.created + wk.lifetime, 1))
+        else:
+            db.expire_working(tid, now + grace)
+            entry.update(action="due", generation=wk.generation, age_s=round(now - wk.created, 1),
+                         expires=round(now + grace, 1))
+        done.append(entry)
+    return done
+
+
+def key_report(db: KeyDb, log_lines: list[str], now: float, since: float,
+               within: float) -> dict[str, Any]:
+    return report.key_report(db.fleet_key_rows(), report.read_events(log_lines), now, since,
+                             within)
 
 
 # --- cards ---------------------------------------------------------------------------------------

@@ -322,8 +322,52 @@ def cmd_keys_expire(args: argparse.Namespace, db: KeyDb) -> int:
 
 @_with_db
 def cmd_keys_rotate(args: argparse.Namespace, db: KeyDb) -> int:
+    if args.all:
+        if args.tid is not None or args.older_than is None:
+            raise admin.UsageError("keys rotate --all takes --older-than DURATION and no TID")
+        rotated = admin.rotate_all(db, system_clock(), args.older_than, args.grace)
+        emit(args, rotated, lambda rows: "\n".join(_said(r) for r in rows) or "(no terminals)")
+        return EXIT_OK
+    if args.tid is None or args.older_than is not None:
+        raise admin.UsageError("keys rotate takes a TID (or --all --older-than DURATION)")
     result = admin.rotate_keys(db, args.tid, system_clock(), args.key_lifetime, system_rng)
     emit(args, result, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_keys_schedule(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, admin.key_schedule(db, system_clock(), args.within), lambda rows: _table(
+        rows, ["tid", "keys", "generation", "age_s", "expires_in_s", "expired"]))
+    return EXIT_OK
+
+
+def _report_text(result: dict[str, Any]) -> str:
+    rows = [{"tid": t["tid"],
+             "tmk_expires_in_s": (t["tmk"] or {}).get("expires_in_s", "-"),
+             "wk_expires_in_s": (t["working_keys"] or {}).get("expires_in_s", "-"),
+             "last_sign_on": t["last_sign_on"] or "-", "14s": t["key_errors"],
+             "blocked": f"{t['blocked_sales']} / {t['blocked_amount']}",
+             "to_approval_s": "-" if t["first_14_to_approval_s"] is None
+             else t["first_14_to_approval_s"],
+             "at_risk": "; ".join(t["at_risk"]) or "-"} for t in result["terminals"]]
+    fleet = result["fleet"]
+    causes = ", ".join(f"{c['reason']} x{c['count']}" for c in fleet["most_frequent_causes"])
+    return "\n".join([
+        _table(rows, list(rows[0]) if rows else ["tid"]),
+        f"fleet: {fleet['terminals']} terminals, {len(fleet['at_risk'])} at risk "
+        f"({', '.join(fleet['at_risk']) or 'none'}); {fleet['key_errors']} key errors blocked "
+        f"{fleet['blocked_sales']} sales ({fleet['blocked_amount']})",
+        f"most frequent causes: {causes or 'none'}"])
+
+
+@_with_db
+def cmd_report_keys(args: argparse.Namespace, db: KeyDb) -> int:
+    lines: list[str] = []
+    if args.log:
+        with open(args.log, encoding="utf-8", errors="replace") as log:
+            lines = log.readlines()
+    emit(args, admin.key_report(db, lines, system_clock(), args.since, args.within), _report_text)
     return EXIT_OK
 
 
@@ -445,7 +489,7 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     dialect: Dialect = args.dialect
     codec = codec_for(dialect)
     config = HandlerConfig(codec, db.vault, system_rng, args.key_error_code, args.key_lifetime,
-                           args.key_sets)
+                           args.key_sets, renew_before=args.renew_before)
     stream = _open_log(args.log)
     log = MessageLog(stream, dialect, args.trace)
     try:
@@ -621,9 +665,20 @@ def build_parser() -> argparse.ArgumentParser:
     command(keys, "expire", cmd_keys_expire,
             "make the working keys stale now (K2)").add_argument("tid")
     rotate = command(keys, "rotate", cmd_keys_rotate,
-                     "a new working-key generation the terminal is not told about (K2)")
-    rotate.add_argument("tid")
+                     "a new working-key generation the terminal is not told about (K2); with "
+                     "--all --older-than, a planned rotation the terminals are told about")
+    rotate.add_argument("tid", nargs="?")
     rotate.add_argument("--key-lifetime", type=duration, default=DEFAULT_KEY_LIFETIME)
+    rotate.add_argument("--all", action="store_true",
+                        help="every terminal whose working keys are --older-than this")
+    rotate.add_argument("--older-than", type=duration, metavar="DURATION")
+    rotate.add_argument("--grace", type=duration, default=2 * 3600.0, metavar="DURATION",
+                        help="with --all: the keys expire this long from now (default 2h; "
+                             "serve with --renew-before at least this)")
+    schedule = command(keys, "schedule", cmd_keys_schedule,
+                       "which terminals' working keys and TMKs expire when")
+    schedule.add_argument("--within", type=duration, default=24 * 3600.0, metavar="DURATION",
+                          help="expiring within this (default 24h), or expired")
     revoke = command(keys, "revoke", cmd_keys_revoke, "revoke the working keys (K1 WK) "
                                                       "or, with --tmk, the TMK (K1 TMK)")
     revoke.add_argument("tid")
@@ -663,6 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "answered 14 K3 WK key set unsupported")
     serve.add_argument("--key-lifetime", type=duration, default=DEFAULT_KEY_LIFETIME,
                        help="working-key lifetime (e.g. 24h)")
+    serve.add_argument("--renew-before", type=duration, default=0.0, metavar="DURATION",
+                       help="answers under working keys expiring within this (e.g. 2h) tell the "
+                            "terminal to sign on after the transaction (default: never)")
     serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")
     serve.add_argument("--log", help="append the JSON log here instead of stderr")
     serve.add_argument("--max-connections", type=_count, metavar="N",
@@ -686,6 +744,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION")
     show = command(rules, "show", cmd_rules_show, "each rule with its hits so far")
     show.add_argument("--rules", metavar="FILE", help="default: the file the host last served")
+
+    report = commands.add_parser("report", help="reports over the keys and the log"
+                                 ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    health = command(report, "keys", cmd_report_keys,
+                     "key health: ages, expiries, sign-ons, 14s and the sales they blocked")
+    health.add_argument("--log", metavar="FILE", help="a `serve --log` file: where the 14s are")
+    health.add_argument("--since", type=duration, default=24 * 3600.0, metavar="DURATION",
+                        help="log lines from this long ago (default 24h)")
+    health.add_argument("--within", type=duration, default=24 * 3600.0, metavar="DURATION",
+                        help="keys expiring within this put a terminal at risk (default 24h)")
 
     draw = command(commands, "ladder", cmd_ladder,
                    "a terminal's exchange as a ladder diagram, from a `serve --log` file")

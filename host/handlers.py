@@ -127,6 +127,9 @@ class HandlerConfig:
     """The key sets this host issues: fewer makes ERROR14's "software too old" cause happen."""
     security: SecurityModule | None = None
     """None: a `SoftwareSecurityModule` under the vault's LMK."""
+    renew_before: float = 0.0
+    """`serve --renew-before`: a MACed answer under working keys this close to their expiry
+    asks the terminal to sign on after it (0: never), so keys in daily use never go stale."""
     pipeline: Pipeline = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +247,12 @@ def check_lifetimes(working: WorkingSet[KeyHandle], tmk: HeldKey[KeyHandle], now
     if tmk.expired(now):
         return key_error("K2", "TMK", "expired")
     return None
+
+
+def renewal_due(working: WorkingSet[KeyHandle], now: float, renew_before: float) -> bool:
+    """The working keys expire within `renew_before` seconds: time to sign on (not a refusal;
+    the answer that says so is the transaction's own)."""
+    return renew_before > 0 and now >= working.created + working.lifetime - renew_before
 
 
 def check_processing_code(processing_code: FieldValue, served: Collection[FieldValue]
@@ -429,6 +438,7 @@ class Pipeline:
         self.key_error_code = config.key_error_code
         self.key_lifetime = config.key_lifetime
         self.key_sets = config.key_sets
+        self.renew_before = config.renew_before
         self.served: dict[str, Callable[[Message, bytes, Field60, HostView, float], Outcome]] = {
             "0200": self.financial, "0220": self.financial, "0400": self.reversal,
             "0500": self.settlement, "0320": self.batch_upload,
@@ -831,6 +841,8 @@ class Pipeline:
             out.update(extra)
         reply = Message(response_mti(mti), out)
         if working is not None and (verdict.rc in codes.MACED_RESPONSE_CODES or verdict.maced):
+            if renewal_due(working, now, self.renew_before) and reason is None:
+                out[44] = codes.RENEWAL_DUE  # before field 64: under the response MAC
             out[64] = PLACEHOLDER
             encoded = self.codec.encode(reply)
             offset = mac_offset(self.codec, encoded)

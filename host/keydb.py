@@ -454,6 +454,16 @@ class KeyDb:
         )
         return [KeyRow(*r) for r in rows]
 
+    def fleet_key_rows(self) -> dict[str, list[KeyRow]]:
+        """Every terminal's keys as `key_rows` lists them, in one query (schedules, reports)."""
+        fleet: dict[str, list[KeyRow]] = {t.tid: [] for t in self.terminals()}
+        rows = self.conn.execute(
+            "SELECT tid, usage, generation, key_set, kcv, created, lifetime, state FROM keys "
+            "ORDER BY tid, usage = 'TMK' DESC, generation DESC, usage")
+        for tid, *row in rows:
+            fleet.setdefault(tid, []).append(KeyRow(*row))
+        return fleet
+
     def load_terminal(self, tid: str) -> TerminalKeys | None:
         """The terminal's key state with its keys unwrapped from their TR-31 blocks."""
         row = self.conn.execute("SELECT merchant, number FROM terminals WHERE tid=?",

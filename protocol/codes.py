@@ -57,6 +57,10 @@ KEY_NAMES: Final[dict[str, str]] = {
     "WK": "working keys",
 }
 FIELD44_MAX: Final = 25
+RENEWAL_DUE: Final = "P3 WK sign on"
+"""Field 44 of a MACed answer whose working keys are about to expire: sign on after this
+transaction. "P3" is CUP's processing requirement 3 (re-sign-on), carried under the MAC
+(docs/protocol.md, Renewal before expiry)."""
 _REASON = re.compile(r"^(K[123]) (TMK|PIK|MAK|TDK|WK)(?: (.*))?$")
 
 

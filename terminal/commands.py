@@ -442,6 +442,9 @@ class Steps:
     --auto-signon a sign-on and the retry."""
 
     results: tuple[Result, ...]
+    renewal: tuple[Result, ...] = ()
+    """The sign-on the host asked for after the transaction (its keys about to expire): not a
+    step of the transaction, so `final` stays the transaction's own answer."""
 
     @property
     def final(self) -> Result:
@@ -493,7 +496,18 @@ def financial(terminal: Terminal, kind: Kind, build: Build) -> Steps:
     still = terminal.pending.load()
     if still is not None:
         return Steps((*before, blocked(kind, still)))
-    return Steps((*before, run_exchange(terminal, kind, build)))
+    result = run_exchange(terminal, kind, build)
+    renewal = (renew(terminal),) if result.renewal_due else ()
+    return Steps((*before, result), renewal)
+
+
+def renew(terminal: Terminal) -> Result:
+    """The sign-on a host asked for: a line that fails now fails the renewal, never the
+    transaction already answered (the keys are still valid; the next answer asks again)."""
+    try:
+        return signon(terminal)
+    except (TransportError, ProtocolError) as exc:
+        return Result("signon", "unreachable", detail=str(exc))
 
 
 def reverse(terminal: Terminal) -> Steps:

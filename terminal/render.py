@@ -142,6 +142,9 @@ def steps_lines(steps: Steps, order: Purchase | None, tid: str, mid: str,
         lines.extend(receipt(final, order, tid, mid, now))
     else:
         lines.extend(result_lines(final))
+    for renewal in steps.renewal:
+        lines.append("  the host asked for a sign-on: the working keys are about to expire")
+        lines.extend(result_lines(renewal))
     return lines
 
 
@@ -149,6 +152,8 @@ def steps_data(steps: Steps) -> dict[str, Any]:
     """The final result at the top, as before, and every step under `steps`."""
     data = result_data(steps.final)
     data["steps"] = [result_data(r) for r in steps.results]
+    if steps.renewal:
+        data["renewal"] = [result_data(r) for r in steps.renewal]
     balance = balance_of(steps.final)
     if balance is not None:
         data["balance"] = format_amount(balance)

@@ -84,6 +84,13 @@ class Result:
     def is_key_error(self) -> bool:
         return self.outcome == "key_error"
 
+    @property
+    def renewal_due(self) -> bool:
+        """The host asked, under a MAC that verified, for a sign-on after this transaction
+        (its working keys are about to expire): only a believed approval or decline counts."""
+        return (self.outcome in ("approved", "declined") and self.response is not None
+                and self.response.text(44) == codes.RENEWAL_DUE)
+
 
 def check_card(pan: str, expiry: str, pin: str | None) -> None:
     """Refuse a mistyped card before a STAN is spent on it."""

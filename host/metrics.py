@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -99,6 +99,7 @@ class PrometheusMetrics:
         self._connections = Gauge("posemu_host_connections", "TCP connections open", registry=r)
         self._children: dict[tuple[str, str], Counter] = {}
         r.register(KeyAges(db_path, clock))
+        ProcessCollector(registry=r)  # RSS, CPU, descriptors
 
     def message(self, mti: str | None, rc: str | None, reason: str | None, seconds: float) -> None:
         mti_label = NONE if mti is None else mti if mti in self._mtis else OTHER

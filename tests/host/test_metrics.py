@@ -75,6 +75,9 @@ def test_a_serving_host_counts_what_it_answers_and_top_shows_it(tmp_path: Path) 
         assert view["mtis"] == {"0200": 3, "0800": 1}
         assert view["soonest"][0]["tid"] == TID and view["soonest"][0]["expires_in_s"] <= 0
         assert view["connections"] == 0 and view["latency_ms"]["p99"] is not None
+        text = subprocess.run([*host_command(), "top", "--metrics", address, "--once"],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "K        K2 WK: 1" in text and f"  {TID}  in -" in text
     finally:
         host.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -13,12 +14,14 @@ import sqlite3
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import serial
+from prometheus_client import start_http_server
 
 from host import admin
 from host.backup import BackupError
@@ -35,9 +38,11 @@ from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
 from host.keydb import SYNC_MODES, KeyDb, KeyDbError
 from host.lmk import LmkError, check_value
 from host.logs import MessageLog
+from host.metrics import PrometheusMetrics
 from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
 from host.rules import HITS_FILE, RuleBook, RulesError, describe, load_rules
 from host.server import HostCore, SerialPorts, serve_until_signalled
+from host.top import TopError, metrics_url, render, scrape, summarize
 from protocol import ladder
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
@@ -499,9 +504,19 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     core = HostCore(db, config, clock, log, Framing(dialect))
     if args.rules:
         core.rules = RuleBook(Path(args.rules), resolve(args.data) / HITS_FILE, log.event)
+    later: list[str] = []  # the metrics address, after the first listening line (tests read it)
+    exporter = None
+    if args.metrics:
+        metrics = PrometheusMetrics(config.pipeline.served, clock, db.path, args.key_error_code)
+        exporter, _ = start_http_server(args.metrics[1], args.metrics[0], metrics.registry)
+        core.metrics = metrics
+        bound = exporter.server_address
+        later.append(f"listening metrics {bound[0]}:{bound[1]}")
 
     def announce(line: str) -> None:
-        print(json.dumps({"listening": line}) if args.json else line, flush=True)
+        for text in (line, *later):
+            print(json.dumps({"listening": text}) if args.json else text, flush=True)
+        later.clear()
 
     def trace_line(text: str) -> None:
         stream.write(text + "\n")
@@ -515,8 +530,29 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     try:
         asyncio.run(serve_until_signalled(core, args.tcp, serial, announce, limits))
     finally:
+        if exporter is not None:
+            exporter.shutdown()
         if stream is not sys.stderr:
             stream.close()
+    return EXIT_OK
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """A running host's `--metrics` endpoint, read every --interval seconds and shown as one
+    screen; rates are over the time between two reads (`--once`: two reads, one view)."""
+    url = metrics_url(args.metrics)
+    previous = scrape(url, args.timeout)
+    for shown in itertools.count(1):
+        time.sleep(args.interval)
+        current = scrape(url, args.timeout)
+        view = summarize(previous, current)
+        if args.json:
+            print(json.dumps(view), flush=True)
+        else:
+            print(("" if args.once else "\x1b[H\x1b[2J") + render(view), flush=True)
+        if args.once or (args.count and shown >= args.count):
+            break
+        previous = current
     return EXIT_OK
 
 
@@ -739,6 +775,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rules", metavar="FILE",
                        help="a TOML/JSON rules file programming answers and faults "
                             "(docs/scenarios.md); reloaded when it changes")
+    serve.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
+                       help="serve Prometheus metrics here (docs/host.md; port 0: any free port, "
+                            "the second line printed says which)")
+
+    top = command(commands, "top", cmd_top,
+                  "a live view of a running host from its --metrics endpoint")
+    top.add_argument("--metrics", required=True, metavar="HOST:PORT|URL",
+                     help="the address given to `serve --metrics`")
+    top.add_argument("--interval", type=_timeout, default=2.0, help="seconds between reads")
+    top.add_argument("--once", action="store_true", help="one view (two reads) and exit")
+    top.add_argument("--count", type=_count, help="stop after N views")
+    top.add_argument("--timeout", type=_timeout, default=5.0, help="per read")
 
     rules = commands.add_parser("rules", help="the rules file of `serve --rules`").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -777,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ERRORS = (admin.UsageError, RulesError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error,
-          OSError, TokenError, BackupError)
+          OSError, TokenError, BackupError, TopError)
 
 
 def main(argv: list[str] | None = None) -> int:

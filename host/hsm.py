@@ -19,7 +19,16 @@ from typing import NamedTuple, Protocol
 
 from host.clock import Rng
 from host.lmk import Lmk
-from host.state import ACTIVE, HeldKey, KeyHandle, StoredWorkingSet, Terminal, TerminalKeys, WorkingSet
+from host.state import (
+    ACTIVE,
+    RETIRED,
+    HeldKey,
+    KeyHandle,
+    StoredWorkingSet,
+    Terminal,
+    TerminalKeys,
+    WorkingSet,
+)
 from protocol.crypto import (
     CryptoError,
     Key,
@@ -153,6 +162,11 @@ class SecurityModule(Protocol):
         """The same state with every key replaced by its handle."""
         ...
 
+    def admit_issued(self, terminal: Terminal, working: StoredWorkingSet, keep: int) -> Terminal:
+        """The terminal's state once a sign-on's `working` is stored, without reopening the
+        database: the new set active, the one active before retired, the newest `keep`."""
+        ...
+
     def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
         """New working keys (the MAK as long as the dialect's MAC needs), wrapped under `tmk`."""
@@ -232,11 +246,29 @@ class SoftwareSecurityModule:
             for w in keys.working
         )
         for index in self._owned.get(owner, set()) - held:
-            gone = self._handles.pop(index)
-            del self._keys[gone.id]
-            self._macs.pop(gone.id, None)
+            self._release(index)
         self._owned[owner] = held
         return replace(keys, tmk=tmk_held, working=working)  # type: ignore[arg-type]
+
+    def admit_issued(self, terminal: Terminal, working: StoredWorkingSet, keep: int) -> Terminal:
+        owner = terminal.tid
+        held = self._owned.setdefault(owner, set())
+        gen = working.generation
+        new = WorkingSet(gen, working.key_set, working.state, working.created, working.lifetime,
+                         self._hold(owner, working.pik, "PIK", gen, held),
+                         self._hold(owner, working.mak, "MAK", gen, held),
+                         None if working.tdk is None else self._hold(owner, working.tdk, "TDK", gen, held))
+        sets = (new, *(replace(w, state=RETIRED) if w.state == ACTIVE else w for w in terminal.working))
+        gone = {w.generation for w in sets[keep:]}
+        for index in [i for i in held if i[2] != "TMK" and i[3] in gone]:
+            held.discard(index)
+            self._release(index)
+        return replace(terminal, working=sets[:keep])
+
+    def _release(self, index: tuple[str, bytes, str, int]) -> None:
+        gone = self._handles.pop(index)
+        del self._keys[gone.id]
+        self._macs.pop(gone.id, None)
 
     def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
                           lifetime: float) -> IssuedSet:

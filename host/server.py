@@ -33,8 +33,9 @@ from typing import NamedTuple, TypeVar
 from host.clock import Clock
 from host.connections import Limits, Listener, Registry, default_max_connections
 from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
-from host.keydb import KeyDb
+from host.keydb import GENERATIONS_CHECKED, KeyDb
 from host.logs import MessageLog, RateLimited
+from host.metrics import NULL_METRICS, HostMetrics
 from host.rules import Effect, RuleBook
 from host.state import (
     Answered,
@@ -73,11 +74,21 @@ class Pending(NamedTuple):
 
 
 CACHE_LIMIT = 10_000
-"""Entries per in-memory cache: past it the cache starts again, so unauthenticated traffic
-(made-up terminal ids, batches) cannot grow the host's memory without bound."""
+"""Entries per in-memory cache: past it the oldest go, so unauthenticated traffic (made-up
+terminal ids, batches) cannot grow the host's memory without bound."""
+EVICTED = CACHE_LIMIT // 10
+"""Entries dropped at once when a cache is full, oldest first: a fleet larger than the cache
+loses a tenth of it, not all of it (every terminal reloading at once), and the scan for the
+oldest is paid once per `EVICTED` insertions."""
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def _make_room(cache: dict[K, V]) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        for key in list(itertools.islice(cache, EVICTED)):  # a dict keeps insertion order
+            del cache[key]
 
 
 def _cached(cache: dict[K, V], key: K, load: Callable[[K], V | None]) -> V | None:
@@ -88,8 +99,7 @@ def _cached(cache: dict[K, V], key: K, load: Callable[[K], V | None]) -> V | Non
         pass
     value = load(key)
     if value is not None:
-        if len(cache) >= CACHE_LIMIT:
-            cache.clear()
+        _make_room(cache)
         cache[key] = value
     return value
 
@@ -110,6 +120,8 @@ class HostCore:
         self._handle = config.pipeline.handle  # bound once: the path of every message
         self._malfunction = config.pipeline.malfunction
         self._admit = config.security.admit
+        self._admit_issued = config.security.admit_issued
+        self.metrics: HostMetrics = NULL_METRICS  # `serve --metrics`: host.metrics
         self._terminals: dict[str, Terminal] = {}  # key handles only: the module holds the keys
         self._cards: dict[str, Card] = {}
         # The highest STAN remembered per (terminal, batch), whatever the MTI: one integer
@@ -149,8 +161,7 @@ class HostCore:
             return Prior(record.request_ref, record.response)
         last = self._last_stans.get((tid, batch))
         if last is None:
-            if len(self._last_stans) >= CACHE_LIMIT:
-                self._last_stans.clear()
+            _make_room(self._last_stans)
             last = self._last_stans[tid, batch] = self.db.last_stan(terminal.number, batch)
         if int(stan) > last:
             return None
@@ -232,6 +243,7 @@ class HostCore:
                 self.db.apply(self._buffered)
                 self.db.conn.execute("COMMIT")
                 self.commits += 1
+                self.metrics.commit(len(self._pending))
             except sqlite3.Error as exc:
                 self._abort_batch(type(exc).__name__, self.clock())
             self._in_transaction = False
@@ -308,9 +320,21 @@ class HostCore:
             except sqlite3.Error as exc:
                 self._abort_batch(type(exc).__name__, now)
                 return self._malfunction(outcome.request, now, f"{type(exc).__name__} in apply")
-            if isinstance(change, (IssueWorkingKeys, RevokeWorkingKeys)):
+            if isinstance(change, IssueWorkingKeys):
+                self._issued(change)
+            elif isinstance(change, RevokeWorkingKeys):
                 self._terminals.pop(change.tid, None)
         return outcome
+
+    def _issued(self, change: IssueWorkingKeys) -> None:
+        """The cached terminal takes the keys its sign-on issued, as the database now holds
+        them: its next purchase reads no row and unwraps nothing (dropping the entry made
+        every terminal's first purchase after a sign-on do both). A rollback forgets it."""
+        self.metrics.signon(change.working.key_set, True)
+        cached = self._terminals.get(change.tid)
+        if cached is not None:
+            self._terminals[change.tid] = self._admit_issued(cached, change.working,
+                                                             GENERATIONS_CHECKED)
 
     def _begin(self) -> None:
         if not self._in_transaction:
@@ -334,14 +358,18 @@ class HostCore:
         ]
 
     def _log(self, outcome: Outcome | None, conn: str, started: float, note: str = "") -> None:
+        elapsed = time.perf_counter() - started
         if outcome is None:
+            self.metrics.message(None, None, None, elapsed)
             self.log.message(ts=self.clock(), conn=conn, request=None, reply=None, rc=None,
-                             reason=None, note=note,
-                             elapsed_us=(time.perf_counter() - started) * 1e6)
+                             reason=None, note=note, elapsed_us=elapsed * 1e6)
         else:
-            self.log.message(ts=self.clock(), conn=conn, request=outcome.request,
+            request = outcome.request
+            self.metrics.message(None if request is None else request.mti, outcome.rc,
+                                 outcome.reason, elapsed)
+            self.log.message(ts=self.clock(), conn=conn, request=request,
                              reply=outcome.reply, rc=outcome.rc, reason=outcome.reason,
-                             note=outcome.note, elapsed_us=(time.perf_counter() - started) * 1e6)
+                             note=outcome.note, elapsed_us=elapsed * 1e6)
 
 
 class Cut(bytes):
@@ -594,6 +622,8 @@ async def serve_until_signalled(
     batcher = Batcher(core, loop)
     limits = limits or Limits(default_max_connections())
     listener = await start_tcp(core, batcher, *tcp, limits) if tcp else None
+    if listener is not None:
+        core.metrics.watch_connections(listener.registry.__len__)
     if listener is not None:
         bound_host, bound_port = listener.address
         core.log.event(event="listening", tcp=f"{bound_host}:{bound_port}")

@@ -7,6 +7,9 @@ frames) and by pos-fleet's own runner (sans-IO sessions build and judge every me
 answer matched by STAN into an HdrHistogram), interleaved.
 
     fleet_vs_raw_echo = fleet rate / raw client rate      goal >= 0.5
+    (the median over the rounds of each adjacent raw/fleet pair), and beside it the CPU per
+    exchange of each client (fleet_vs_raw_cpu = raw µs / fleet µs), which a busy machine
+    does not skew.
 
 (b) Scale: T terminals provisioned at a real `pos-host serve` process, a sign-on storm, then
 open loop at R purchases a second (real MACs and PIN blocks) for S seconds: sign-ons per second,
@@ -28,6 +31,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -134,11 +138,17 @@ def raw_main(port: int, connections: int, seconds: float, control: Connection) -
             client.running = False
             assert client.transport is not None
             client.transport.close()
-        return rate
+        return rate, counts[0]
     control.send(asyncio.run(drive()))
 
 
-def raw_rate(port: int, connections: int, seconds: float) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def raw_rate(port: int, connections: int, seconds: float) -> tuple[float, int]:
+    """The raw client's rate in the window, and every exchange it made (warm-up included)."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=raw_main, args=(port, connections, seconds, child), daemon=True)
@@ -146,7 +156,8 @@ def raw_rate(port: int, connections: int, seconds: float) -> float:
     try:
         if not parent.poll(seconds + 60):
             raise RuntimeError("the raw client sent no result")
-        return float(parent.recv())
+        rate, exchanges = parent.recv()
+        return float(rate), int(exchanges)
     finally:
         process.join(10)
 
@@ -156,7 +167,7 @@ def fake_identities(count: int) -> list[Identity]:
     return [Identity(f"E{i:07d}", MID, Key("TDES", "TMK", os.urandom(16))) for i in range(count)]
 
 
-def fleet_echo_rate(port: int, connections: int, seconds: float) -> float:
+def fleet_echo_rate(port: int, connections: int, seconds: float) -> tuple[float, int]:
     load = Load("127.0.0.1", port, "iso87", "003", fake_identities(connections), [],
                 parse_mix("echo=100"), seconds, 1, concurrency=connections, signon=False)
     outcomes, _ = run_workers(load, 1)
@@ -164,7 +175,7 @@ def fleet_echo_rate(port: int, connections: int, seconds: float) -> float:
     if stats.mismatched or stats.lost:
         raise RuntimeError(f"fleet against the mirror: {stats.mismatched} mismatched, "
                            f"{stats.lost} lost")
-    return stats.answered / max(seconds, outcomes[0].elapsed)
+    return stats.answered / max(seconds, outcomes[0].elapsed), stats.answered
 
 
 def cost(connections: int, seconds: float, rounds: int) -> dict[str, Any]:
@@ -176,16 +187,33 @@ def cost(connections: int, seconds: float, rounds: int) -> dict[str, Any]:
         if not parent.poll(30):
             raise RuntimeError("the mirror server did not start")
         port = parent.recv()
-        raw = fleet = 0.0
+        pairs = []
         for _ in range(rounds):  # interleaved: a load spike hits both alike
-            raw = max(raw, raw_rate(port, connections, seconds))
-            fleet = max(fleet, fleet_echo_rate(port, connections, seconds))
+            pairs.append((measured(raw_rate, port, connections, seconds),
+                          measured(fleet_echo_rate, port, connections, seconds)))
     finally:
         if mirror.pid is not None:
             os.kill(mirror.pid, signal.SIGTERM)
         mirror.join(10)
-    return {"echo_connections": connections, "raw_echo_rate": round(raw, 1),
-            "fleet_echo_rate": round(fleet, 1), "fleet_vs_raw_echo": round(fleet / raw, 3)}
+    ratios = sorted(fleet[0] / raw[0] for raw, fleet in pairs)
+    raw_cpu = min(raw[1] for raw, _ in pairs)
+    fleet_cpu = min(fleet[1] for _, fleet in pairs)
+    return {"echo_connections": connections,
+            "raw_echo_rate": round(max(raw[0] for raw, _ in pairs), 1),
+            "fleet_echo_rate": round(max(fleet[0] for _, fleet in pairs), 1),
+            "fleet_vs_raw_echo": round(ratios[len(ratios) // 2], 3),
+            "fleet_vs_raw_echo_rounds": [round(r, 3) for r in ratios],
+            "raw_cpu_us": round(raw_cpu, 1), "fleet_cpu_us": round(fleet_cpu, 1),
+            "fleet_vs_raw_cpu": round(raw_cpu / fleet_cpu, 3)}
+
+
+def measured(client: Callable[[int, int, float], tuple[float, int]], port: int, connections: int,
+             seconds: float) -> tuple[float, float]:
+    """(rate, CPU µs per exchange) of one client run in its own process: the CPU figure holds
+    on a machine shared with other work, where the rate is what the scheduler left over."""
+    before = children_cpu()
+    rate, exchanges = client(port, connections, seconds)
+    return rate, (children_cpu() - before) / max(1, exchanges) * 1e6
 
 
 # --- at scale, against pos-host -------------------------------------------------------------------
@@ -262,7 +290,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--echo-connections", type=int, default=100)
     parser.add_argument("--echo-seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--terminals", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=10.0)

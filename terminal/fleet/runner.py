@@ -53,7 +53,7 @@ class Load:
     signon_parallel: int = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     request: Request
     due: float

@@ -86,6 +86,20 @@ def test_stats_from_workers_add_up_exactly() -> None:
     assert merged.by_kind["echo"].get_total_count() == 2
 
 
+def test_a_second_read_while_it_fills_keeps_every_answer() -> None:
+    """Answers are counted first and go into the histogram when it is read: one read between
+    answers (the live line reads every second) must lose none and count none twice."""
+    stats = Stats()
+    stats.answer("echo", 0.002, 0.1, "00", None)
+    stats.answer("echo", 0.002, 0.2, "00", None)
+    assert stats.seconds[0].latency().get_total_count() == 2
+    stats.answer("echo", 0.005, 0.3, "00", None)
+    histogram = stats.by_kind["echo"]
+    assert histogram.get_total_count() == 3
+    assert histogram.get_max_value() == pytest.approx(5000, rel=1e-3)
+    assert histogram.get_value_at_percentile(50) == pytest.approx(2000, rel=1e-3)
+
+
 def test_report_percentiles_come_from_the_histogram() -> None:
     report = build_report(_stats(), Stats(), mode="open", terminals=2, workers=1, duration=2.0,
                           elapsed=2.0, signon_seconds=0.1, target=2.0, storm=False)

@@ -29,7 +29,7 @@ from terminal.keystore import KeySet, StoredKey
 from terminal.session import Request, Session
 from terminal.store import Config
 
-PIPELINE = 8
+PIPELINE = 16
 """Message-layer cases sent in one write, at most (answers come back in order)."""
 CLOSE_SETTLE = 0.2
 """Seconds a target that closed on us is given to finish exiting, if it is exiting, before

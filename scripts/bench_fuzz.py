@@ -40,7 +40,7 @@ from protocol.injection import read_injection_file  # noqa: E402
 from protocol.transport.tcp import Endpoint  # noqa: E402
 from terminal.fuzz import engine  # noqa: E402
 from terminal.fuzz.engine import Context  # noqa: E402
-from terminal.fuzz.runner import Keys, Run, Settings  # noqa: E402
+from terminal.fuzz.runner import PIPELINE, Keys, Run, Settings  # noqa: E402
 from terminal.fuzz.serial import SerialTarget  # noqa: E402
 from terminal.fuzz.tcp import TcpTarget  # noqa: E402
 
@@ -49,14 +49,15 @@ SERIAL_LINK = ",inter_byte_timeout=0.1,ack_timeout=0.5"
 
 
 class Mirror(Echo):
-    """bench_host's echo server, answering each request with itself under its response MTI."""
+    """bench_host's echo server, answering each request with itself under its response MTI.
+    Like any host of the contract it answers requests only (an even third MTI digit): an
+    answer to a response would sit unread and be taken for the next request's."""
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         for payload in self.reader.feed(data):
-            if len(payload) >= 4 and payload[2:3].isdigit():
-                payload = payload[:2] + bytes([payload[2] | 1]) + payload[3:]
-            self.transport.write(length_prefixed(payload))
+            if len(payload) >= 4 and payload[2:3] in (b"0", b"2", b"4", b"6", b"8"):
+                self.transport.write(length_prefixed(payload[:2] + bytes([payload[2] | 1]) + payload[3:]))
 
 
 def mirror_main(control: Connection) -> None:
@@ -80,8 +81,8 @@ def fuzz_run(target: Any, ctx: Context, layers: tuple[str, ...], keys: Keys | No
     return run
 
 
-CHUNK = 10
-"""Cases (and raw round trips) per timed call."""
+CHUNK = 2 * PIPELINE
+"""Cases (and raw round trips) per timed call: whole pipelined writes, as a long run sends them."""
 
 
 def chunks(run: Run) -> Any:

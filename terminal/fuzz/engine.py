@@ -7,14 +7,16 @@ replay can rebuild any step from its bytes alone.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol import requests
 from protocol import strategies as ps
 from protocol.codec import Codec, codec_for
 from protocol.errors import ProtocolError
-from protocol.fields import NMIC_ECHO, NMIC_SIGN_OFF, Field60
+from protocol.fields import NMIC_ECHO, NMIC_SIGN_OFF, TYPE_PURCHASE, Field60, SettlementTotals, UploadRecord
 from protocol.framing import MAX_FRAME, Framing, Tpdu, length_prefixed
 from protocol.link import ACK, DLE, ETX, NAK, STX, LinkOptions, encode_frame
 from protocol.macing import PLACEHOLDER
@@ -24,8 +26,13 @@ from terminal.fuzz.probe import Probe, Step
 
 LAYERS = ("frame", "message", "session", "link")
 REQUEST_DIGITS = "02468"  # an MTI's third digit: a request (or advice, notification), to answer
-CONTRACT_MTIS = ("0800", "0820", "0200")
-UNSERVED_MTIS = ("0100", "0220", "0320", "0400", "0500", "0600", "0620")
+SESSION_MTIS = ("0800", "0820", "0200")
+"""§3's requests: sign-on, echo and sign-off, purchase. The frame layer wraps these only (its
+mutations are in the framing: any sound message will do)."""
+DAY_MTIS = ("0220", "0320", "0400", "0500")
+"""§7's: refund, batch upload, reversal, settlement."""
+CONTRACT_MTIS = SESSION_MTIS + DAY_MTIS
+UNSERVED_MTIS = ("0100", "0600", "0620")
 RESPONSE_MTIS = ("0810", "0210")
 SESSION_FIELDS = (2, 3, 4, 14, 22, 25, 35, 49, 52, 53, 60)
 """Fields of a purchase the session layer mutates under a valid MAC (as tests/host/test_fuzz.py)."""
@@ -119,8 +126,9 @@ def field60(type_code: str, batch: str, nmic: str) -> str:
 
 
 def template(mti: str, ctx: Context) -> dict[int, FieldValue]:
-    """A valid request of `mti` as the contract's §3 table has it (unserved MTIs get a purchase's
-    fields); fields the dialect does not define are left out."""
+    """A valid request of `mti` as the contract's §3 and §7 tables have it, built by
+    protocol.requests where it has a builder (unserved MTIs get a purchase's fields); fields
+    the dialect does not define are left out."""
     key = (mti, id(ctx.dialect), ctx.tid, ctx.mid, ctx.batch, ctx.pan, ctx.expiry)
     hit = _TEMPLATES.get(key)
     if hit is None or hit[0] is not ctx.dialect:
@@ -136,6 +144,26 @@ def template(mti: str, ctx: Context) -> dict[int, FieldValue]:
 _TEMPLATES: dict[tuple, tuple[Dialect, dict[int, FieldValue]]] = {}
 """Templates by MTI and context (less the STAN): built once, copied per probe."""
 
+AMOUNT = 100
+ORIGINAL_STAN = "000000"
+ORIGINAL_DATE = "1201"
+
+
+def _request(mti: str, ctx: Context) -> Message:
+    """The contract's request of `mti` (a purchase for an MTI it does not serve), unsigned."""
+    station = requests.Station(ctx.tid, ctx.mid, ctx.batch)
+    card = requests.CardEntry(pan=ctx.pan, expiry=ctx.expiry)
+    purchase = requests.purchase(station, ORIGINAL_STAN, card, AMOUNT)
+    original = requests.Reference(ctx.batch, ORIGINAL_STAN, date=ORIGINAL_DATE)
+    builders: dict[str, Callable[[], Message]] = {
+        "0220": lambda: requests.refund(station, ORIGINAL_STAN, card, AMOUNT, original),
+        "0320": lambda: requests.batch_upload(station, ORIGINAL_STAN, [UploadRecord(
+            TYPE_PURCHASE, ORIGINAL_STAN, ctx.pan, AMOUNT)], last=True),
+        "0400": lambda: requests.reversal(purchase, requests.REVERSAL_NO_ANSWER),
+        "0500": lambda: requests.settlement(station, ORIGINAL_STAN, "01 ", SettlementTotals()),
+    }
+    return builders[mti]() if mti in builders else purchase
+
 
 def _template(mti: str, ctx: Context) -> dict[int, FieldValue]:
     base: dict[int, FieldValue] = {11: "000000", 41: ctx.tid, 42: ctx.mid}
@@ -144,8 +172,7 @@ def _template(mti: str, ctx: Context) -> dict[int, FieldValue]:
     elif mti in ("0820", "0830"):
         base[60] = field60("00", ctx.batch, NMIC_ECHO)
     else:
-        base.update({2: ctx.pan, 3: "000000", 4: "000000000100", 14: ctx.expiry, 22: "012",
-                     25: "00", 49: "156", 60: field60("22", ctx.batch, "000"), 64: PLACEHOLDER})
+        base.update({**_request(mti, ctx).fields, 64: PLACEHOLDER})
     return {n: v for n, v in sorted(base.items()) if n in ctx.dialect.fields}
 
 
@@ -237,10 +264,14 @@ def empty_secondary(ctx: Context, message: bytes, rng: random.Random) -> bytes:
 
 # --- layers --------------------------------------------------------------------------------------
 
+MTI_MIX = (SESSION_MTIS, DAY_MTIS, UNSERVED_MTIS, RESPONSE_MTIS)
+MTI_WEIGHTS = (0.55, 0.75, 0.95)
+"""Where a roll of the RNG falls picks the group of MTI_MIX: §3's requests most, then §7's,
+then unserved ones (to be answered 12), now and then a response (to be ignored)."""
+
+
 def message_probe(rng: random.Random, ctx: Context) -> Probe:
-    roll = rng.random()
-    mti = (rng.choice(CONTRACT_MTIS) if roll < 0.7 else rng.choice(UNSERVED_MTIS) if roll < 0.95
-           else rng.choice(RESPONSE_MTIS))
+    mti = rng.choice(MTI_MIX[bisect.bisect(MTI_WEIGHTS, rng.random())])
     fields = template(mti, ctx)
     numbers = [n for n in fields if n != 64]
     kinds = ("valid", "boundary", "random_value", "wrong_charset", "overlong_field", "empty_field",
@@ -289,7 +320,7 @@ def message_probe(rng: random.Random, ctx: Context) -> Probe:
 def frame_probe(rng: random.Random, ctx: Context) -> Probe:
     """TCP framing: length prefixes wrong, zero, 65,535, cut, doubled; TPDU and header mangled;
     frames split across writes and several in one write."""
-    message = encode(ctx, rng.choice(CONTRACT_MTIS), template(rng.choice(CONTRACT_MTIS), ctx))
+    message = encode(ctx, rng.choice(SESSION_MTIS), template(rng.choice(SESSION_MTIS), ctx))
     payload = payload_of(ctx, message)
     frame = length_prefixed(payload)
     kinds = ["zero_length", "max_length", "short_length", "long_length", "cut", "doubled",
@@ -324,7 +355,7 @@ def frame_probe(rng: random.Random, ctx: Context) -> Probe:
     if kind == "several":
         count = rng.randint(2, 4)
         others = [payload_of(ctx, encode(ctx, mti, template(mti, ctx)))
-                  for mti in rng.choices(CONTRACT_MTIS, k=count - 1)]
+                  for mti in rng.choices(SESSION_MTIS, k=count - 1)]
         frames = [payload, *others]
         return Probe("frame", kind, "length",
                      (Step(raw=(b"".join(map(length_prefixed, frames)),),

@@ -28,8 +28,8 @@ ORACLES: dict[str, str] = {
     "link": "a link reaction other than §5's (no NAK for a bad frame, a frame delivered twice)",
 }
 ECHO_FIELDS = (11, 41, 42)
-MACED_MTIS = frozenset({"0200"})
-"""Requests whose approvals and declines carry a MAC (§3, and §7's once the host serves them)."""
+MACED_MTIS = frozenset({"0200", "0220", "0320", "0400", "0500"})
+"""Requests whose approvals and declines carry a MAC (§3 and §7)."""
 LATENCY_FACTOR = 20.0
 LATENCY_FLOOR = 0.5
 """An answer is an outlier past FACTOR x the median and FLOOR seconds: a busy machine's pauses

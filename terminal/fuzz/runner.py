@@ -7,6 +7,7 @@ layer caused them), the target's latency median, and the findings seen so far.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -28,6 +29,8 @@ from terminal.keystore import KeySet, StoredKey
 from terminal.session import Request, Session
 from terminal.store import Config
 
+PIPELINE = 16
+"""Message-layer cases sent in one write, at most (answers come back in order)."""
 CLOSE_SETTLE = 0.2
 """Seconds a target that closed on us is given to finish exiting, if it is exiting, before
 the fuzzer knocks again to tell a crash from a close."""
@@ -175,6 +178,11 @@ class Run:
                     break
         except TargetDown as exc:
             return Verdict("crash", str(exc), _first(probe))
+        return self.conclude(probe, seen)
+
+    def conclude(self, probe: Probe, seen: list[Observation]) -> Verdict | None:
+        """Judge what a probe brought back; after a close, a hang or a fresh-connection step,
+        knock again to tell a crash from a close."""
         verdict = judge(self.ctx, probe, seen, self.latencies.median())
         if verdict is None:
             for observation in seen:
@@ -183,12 +191,14 @@ class Run:
                 step.fresh for step in probe.steps):
             if verdict is not None:
                 time.sleep(CLOSE_SETTLE)
-            probe_payload = engine.payload_of(self.ctx, engine.encode(
-                self.ctx, "0820", engine.template("0820", self.ctx)))
-            if not self.target.alive(probe_payload):
+            if not self.target.alive(self._alive_payload):
                 return Verdict("crash", "the target stopped answering after this probe",
                                verdict.request if verdict else _first(probe))
         return verdict
+
+    @property
+    def _alive_payload(self) -> bytes:
+        return engine.payload_of(self.ctx, engine.encode(self.ctx, "0820", engine.template("0820", self.ctx)))
 
     def trips(self, oracle: str) -> Callable[[Probe], bool]:
         def again(probe: Probe) -> bool:
@@ -222,28 +232,76 @@ class Run:
         ctx = Context(c.dialect, c.tid, c.mid, c.batch, case % 999_999 + 1, c.pan, c.expiry)
         return ctx, engine.generate(layers[case % len(layers)], self.settings.seed, case, ctx)
 
-    def _ahead(self, into: list[tuple[Context, Probe]], case: int) -> None:
-        into.append(self.probe(case))
-
     def run_cases(self, first: int, count: int, deadline: float = float("inf")) -> None:
-        """Cases first .. first+count-1, or until `deadline`. The next case's probe is built
-        while this one's answer travels (it depends on the seed and case number only), so
-        the fuzzer's own work overlaps the target's."""
-        upcoming = self.probe(first)
-        for case in range(first, first + count):
-            if self.clock() >= deadline:
-                break
-            ctx, probe = upcoming
-            ahead: list[tuple[Context, Probe]] = []
-            last = case + 1 >= first + count
-            verdict = self.execute(probe, None if last else partial(self._ahead, ahead, case + 1))
-            self.cases += 1
-            if verdict is not None:
-                self.record(ctx, verdict, probe, case)
-            if self.status:
-                self.status(self)
-            if not last:
-                upcoming = ahead[0] if ahead else self.probe(case + 1)
+        """Cases first .. first+count-1, or until `deadline`. Probes depend on the seed and
+        case number only, so they are built ahead: the next ones while this one's answers
+        travel, overlapping the fuzzer's own work with the target's; and runs of message-layer
+        cases go out pipelined (see `_pipelined`)."""
+        end = first + count
+        queue: deque[tuple[int, Context, Probe]] = deque()
+        built = [first]  # the next case to build
+
+        def fill(upto: int) -> None:
+            while len(queue) < upto and built[0] < end:
+                queue.append((built[0], *self.probe(built[0])))
+                built[0] += 1
+
+        case = first
+        pipelines = self.keys is None and getattr(self.target, "pipelines", False)
+        while case < end and self.clock() < deadline:
+            fill(1)
+            batch = 1
+            if pipelines:
+                fill(PIPELINE)
+                while batch < len(queue) and pipelinable(queue[batch - 1][2]) and pipelinable(
+                        queue[batch][2]):
+                    batch += 1
+            taken = [queue.popleft() for _ in range(batch)]
+            meanwhile = partial(fill, PIPELINE if pipelines else 1)
+            if batch == 1:
+                number, ctx, probe = taken[0]
+                self._one(number, ctx, probe, self.execute(probe, meanwhile))
+                case = number + 1
+            else:
+                done = self._pipelined(taken, meanwhile)
+                case = taken[done - 1][0] + 1
+                if done < batch:  # the rest go again, in order, on a fresh connection
+                    queue.extendleft(reversed(taken[done:]))
+
+    def _one(self, case: int, ctx: Context, probe: Probe, verdict: Verdict | None) -> None:
+        self.cases += 1
+        if verdict is not None:
+            self.record(ctx, verdict, probe, case)
+        if self.status:
+            self.status(self)
+
+    def _pipelined(self, taken: list[tuple[int, Context, Probe]], meanwhile: Callable[[], object]) -> int:
+        """Several single-message cases in one write, their answers matched in order (the
+        contract answers a connection's requests in order). Each case is judged from its own
+        answer exactly as if it had gone alone, up to the first that trips an oracle or goes
+        unanswered: that one is judged and recorded, and the cases after it are handed back to
+        run again on a fresh connection (what the target did with them is not looked at).
+        Returns how many cases were judged."""
+        payloads = tuple(probe.steps[0].payloads[0] for _, _, probe in taken)
+        try:
+            seen = self.target.run(Step(payloads=payloads, answered=payloads), payloads,
+                                   len(payloads), meanwhile)
+        except TargetDown as exc:
+            case, ctx, probe = taken[0]
+            self._one(case, ctx, probe, Verdict("crash", str(exc), _first(probe)))
+            return 1
+        for i, (case, ctx, probe) in enumerate(taken):
+            answered = i < len(seen.answers)
+            mine = Observation(answers=seen.answers[i:i + 1], latencies=seen.latencies[i:i + 1],
+                               sent=payloads[i:i + 1])
+            if not answered:
+                mine.closed, mine.timed_out, mine.bad_frame = seen.closed, seen.timed_out, seen.bad_frame
+            verdict = self.conclude(probe, [mine])
+            self._one(case, ctx, probe, verdict)
+            if not answered:
+                self.target.reset()
+                return i + 1
+        return len(taken)
 
     def record(self, ctx: Context, verdict: Verdict, probe: Probe, case: int) -> None:
         for key in ((verdict.oracle, probe.layer, probe.place),
@@ -292,6 +350,17 @@ class Run:
             "unconfirmed": self.unconfirmed,
             "findings": [f.summary() for f in self.findings.values()],
         }
+
+
+def pipelinable(probe: Probe) -> bool:
+    """One message that must be answered, on the connection as it is: nothing about it
+    depends on timing, keys or a fresh stream, so it can share a write with its neighbours."""
+    if probe.layer != "message" or len(probe.steps) != 1:
+        return False
+    step = probe.steps[0]
+    return (len(step.payloads) == 1 and step.answered == step.payloads and not step.raw
+            and not step.sign and not step.fresh and not step.quiet and not step.link
+            and not step.pause)
 
 
 def place_of(ctx: Context, request: bytes, place: str) -> str:

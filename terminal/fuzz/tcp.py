@@ -18,6 +18,9 @@ class TargetDown(ConnectionError):
 
 
 class TcpTarget:
+    pipelines = True
+    """A stream answers a connection's requests in order: the runner may send several at once."""
+
     def __init__(self, endpoint: Endpoint, timeout: float, connect_timeout: float = 3.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout

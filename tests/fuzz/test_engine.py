@@ -68,3 +68,29 @@ def test_the_shrinker_keeps_what_trips_and_cuts_the_rest() -> None:
     assert 0 < attempts <= 200
     _, bounded = shrink(ISO, probe, trips, attempts=3, seconds=10)
     assert bounded == 3
+
+
+def test_the_message_layer_sends_a_valid_request_of_every_mti_the_contract_names() -> None:
+    """§3's and §7's requests, the unserved ones (to be answered 12) and a response or two:
+    each "valid" probe is a message the codec decodes back to its template."""
+    for ctx in (ISO, CUP):
+        sent: set[str] = set()
+        for case in range(600):
+            probe = engine.generate("message", 0, case, ctx)
+            if probe.kind != "valid":
+                continue
+            message = ctx.codec.decode(ctx.framing.unframe(probe.steps[0].payloads[0]).message)
+            assert message.fields == engine.template(message.mti, ctx)
+            sent.add(message.mti)
+        assert sent >= {*engine.CONTRACT_MTIS, *engine.UNSERVED_MTIS}
+    assert not set(engine.UNSERVED_MTIS) & set(engine.CONTRACT_MTIS)
+
+
+def test_the_day_templates_are_the_contract_builders_requests() -> None:
+    """§7's table: a refund names its original by 61 under 60.1 25; a reversal carries 39; a
+    settlement and a batch upload carry their totals or records in 48."""
+    refund, reversal = engine.template("0220", ISO), engine.template("0400", ISO)
+    assert refund[3] == "200000" and str(refund[60]).startswith("25") and 61 in refund
+    assert reversal[39] == "98" and reversal[22] == "010"
+    assert 48 in engine.template("0500", ISO) and 48 in engine.template("0320", ISO)
+    assert all(64 in engine.template(mti, ISO) for mti in engine.DAY_MTIS)

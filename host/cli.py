@@ -390,7 +390,10 @@ def cmd_keys_tamper(args: argparse.Namespace, db: KeyDb) -> int:
 
 @_with_db
 def cmd_card_add(args: argparse.Namespace, db: KeyDb) -> int:
-    result = admin.add_card(db, args.pan, args.expiry, args.pin, args.balance, args.currency)
+    pin = args.pin if args.pin_env is None else os.environ.get(args.pin_env)
+    if pin is None:
+        raise admin.UsageError(f"--pin-env {args.pin_env}: that variable is not set")
+    result = admin.add_card(db, args.pan, args.expiry, pin, args.balance, args.currency)
     emit(args, result, _said)
     return EXIT_OK
 
@@ -727,7 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = command(card, "add", cmd_card_add, "add a card")
     add.add_argument("pan")
     add.add_argument("--expiry", required=True, help="YYMM")
-    add.add_argument("--pin", required=True)
+    pin = add.add_mutually_exclusive_group(required=True)
+    pin.add_argument("--pin", help="the card's PIN (a test card's; --pin-env keeps it off argv)")
+    pin.add_argument("--pin-env", type=env_name, metavar="VAR",
+                     help="read the PIN from this environment variable, not the command line")
     add.add_argument("--balance", required=True, help="e.g. 100.00")
     add.add_argument("--currency", default="156")
     command(card, "list", cmd_card_list, "list cards (PANs masked)")

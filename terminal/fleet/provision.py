@@ -4,6 +4,7 @@ imports the host), or from another host's own injection files and card list."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -31,9 +32,14 @@ def pos_host_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "host.cli"]
 
 
-def run_pos_host(data: Path, *args: str) -> Any:
+PIN_ENV = "POSEMU_CARD_PIN"
+"""Where `provision` hands each test card's PIN to `pos-host card add --pin-env`."""
+
+
+def run_pos_host(data: Path, *args: str, env: dict[str, str] | None = None) -> Any:
     done = subprocess.run([*pos_host_command(), "--data", str(data), "--json", *args],
-                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False,
+                          env=None if env is None else {**os.environ, **env})
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         raise FleetError(f"pos-host {args[0]} {args[1]} failed: {lines[-1] if lines else done.returncode}")
@@ -74,9 +80,9 @@ def provision(data: Path, count: int, out: Path, prefix: str = "F", cards: int =
     for _ in range(cards):
         card = Card(luhn_complete(f"{CARD_BIN}{secrets.randbelow(10**9):09d}"), CARD_EXPIRY,
                     f"{secrets.randbelow(10**4):04d}")
-        # The host's own CLI takes the test card's PIN as an argument (a test issuer's card).
-        run_pos_host(data, "card", "add", card.pan, "--expiry", card.expiry, "--pin",
-                     str(card.pin), "--balance", CARD_BALANCE)
+        # The PIN goes through the environment: a secret never stands on a command line.
+        run_pos_host(data, "card", "add", card.pan, "--expiry", card.expiry, "--pin-env",
+                     PIN_ENV, "--balance", CARD_BALANCE, env={PIN_ENV: str(card.pin)})
         made.append(card)
     fleetdir.save_cards(out, made)
     return {"fleet": str(out), "terminals": count, "first": tids[0], "last": tids[-1],

@@ -139,3 +139,22 @@ def test_key_commands_need_working_keys(data: Path, capsys: pytest.CaptureFixtur
         code, out = run(capsys, data, "keys", action, "T0000001")
         assert code == 1 and "no active working keys" in out["error"]  # type: ignore[index]
     assert run(capsys, data, "keys", "revoke", "T0000002")[0] == 1
+
+
+def test_a_card_pin_can_come_from_the_environment_not_the_command_line(
+    data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = ("card", "add", "6212345678905678", "--expiry", "2812", "--pin-env", "TEST_CARD_PIN",
+            "--balance", "5.00")
+    code = main(["--data", str(data), "--json", *args])  # not set: refused, nothing added
+    assert code == 2 and "TEST_CARD_PIN" in capsys.readouterr().err
+    assert run(capsys, data, "card", "list")[1] == []
+    monkeypatch.setenv("TEST_CARD_PIN", "12")  # the variable's value is what is checked
+    assert run(capsys, data, *args)[0] == 2
+    monkeypatch.setenv("TEST_CARD_PIN", "4321")
+    code, card = run(capsys, data, *args)
+    assert code == 0 and card["pan"] == "621234******5678"
+    with pytest.raises(SystemExit) as usage:  # one or the other
+        run(capsys, data, "card", "add", "6212345678905679", "--expiry", "2812", "--pin", "1",
+            "--pin-env", "TEST_CARD_PIN", "--balance", "1")
+    assert usage.value.code == 2

@@ -7,7 +7,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -110,17 +109,26 @@ def test_rotation_killed_at_any_point_leaves_the_old_set_or_the_new(tmp_path: Pa
     db.close()
     seen: list[str] = [_keys_open(data)]
     outcomes = {"old": 0, "new": 0}
+    # Fixed kill points first, then (on a loaded machine, where all of them land before the
+    # commit) later ones, doubling, until one lands after it: bounded, a rotate that never
+    # commits still fails below.
     delays = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5]
-    for delay in delays:
+    later = [3.0, 6.0, 12.0, 24.0, 48.0]
+    while delays:
+        delay = delays.pop(0)
         process = subprocess.Popen([*host_command(), "--data", str(data), "lmk", "rotate"],
                                    env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+        try:
+            process.wait(delay)  # a rotate that finishes first is not waited for
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
         now = _keys_open(data)
         assert now == seen[-1] or now not in seen  # the previous set, or a brand-new one
         outcomes["old" if now == seen[-1] else "new"] += 1
         seen.append(now)
+        if not delays and not outcomes["new"] and later:
+            delays.append(later.pop(0))
     assert outcomes["old"] and outcomes["new"], outcomes  # kills landed both before and after
 
 

@@ -33,6 +33,7 @@ from host.connections import (
     Limits,
     default_max_connections,
 )
+from host.core import HostCore
 from host.datadir import DataError, folder_lock, init_data, init_token_data, open_data, resolve
 from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
 from host.keydb import SYNC_MODES, KeyDb, KeyDbError
@@ -41,7 +42,7 @@ from host.logs import MessageLog
 from host.metrics import PrometheusMetrics
 from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
 from host.rules import HITS_FILE, RuleBook, RulesError, describe, load_rules
-from host.server import HostCore, SerialPorts, serve_until_signalled
+from host.server import SerialPorts, serve_until_signalled
 from host.top import TopError, metrics_url, render, scrape, summarize
 from protocol import ladder
 from protocol.codec import codec_for

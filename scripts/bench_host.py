@@ -51,10 +51,10 @@ import iso8583
 
 from host import admin
 from host.clock import system_clock, system_rng
+from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.keydb import KeyDb
-from host.server import HostCore
 from protocol.codec import get_codec
 from protocol.crypto import Key
 from protocol.dialects import get_dialect

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from concurrent.futures import InvalidStateError
 from typing import NamedTuple, TypeVar
 
-from host.clock import Clock
 from host.handlers import MALFUNCTIONS, HandlerConfig, Outcome
 from host.keydb import GENERATIONS_CHECKED, KeyDb
 from host.logs import MessageLog
@@ -42,6 +41,7 @@ from host.state import (
     RevokeWorkingKeys,
     Terminal,
 )
+from protocol.clock import Clock
 from protocol.errors import FramingError
 from protocol.framing import Framing, Tpdu, length_prefixed
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
-from host.clock import Rng
 from host.lmk import Lmk
 from host.state import (
     ACTIVE,
@@ -29,6 +28,7 @@ from host.state import (
     TerminalKeys,
     WorkingSet,
 )
+from protocol.clock import Rng
 from protocol.crypto import (
     CryptoError,
     Key,

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host.clock import Rng
 from host.hsm import seal, unseal
 from host.lmk import Lmk, LmkError, Vault
 from host.state import (
@@ -45,6 +44,7 @@ from host.state import (
     UploadedRecord,
     WorkingSet,
 )
+from protocol.clock import Rng
 from protocol.crypto import CryptoError, Key
 
 TXN_COLUMNS = (

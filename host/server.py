@@ -25,7 +25,7 @@ from host.core import CLOSE, IGNORED, Cut, HostCore
 from host.logs import RateLimited
 from protocol.errors import FramingError
 from protocol.framing import FrameReader, length_prefixed
-from protocol.link import TraceOptions
+from protocol.trace import TraceOptions
 from protocol.transport.serial import SerialLinkError, start_serial_server
 
 LISTEN_BACKLOG = 4096

@@ -50,11 +50,11 @@ from typing import Any
 import iso8583
 
 from host import admin
-from host.clock import system_clock, system_rng
 from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.keydb import KeyDb
+from protocol.clock import system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.crypto import Key
 from protocol.dialects import get_dialect

@@ -9,11 +9,11 @@ same logic serves TCP, serial and tests, and tests need no network to reach ever
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from protocol import codes, fields, macing, requests
+from protocol.clock import Clock
 from protocol.codec import Codec, codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.errors import CryptoError
@@ -28,7 +28,6 @@ from terminal.keystore import KeySet, StoredKey
 from terminal.pending import NO_ANSWER, PendingReversal
 from terminal.store import Config
 
-Clock = Callable[[], float]
 Kind = Literal["signon", "signoff", "echo", "purchase", "inquiry", "void", "refund", "reversal",
                "settle", "upload"]
 Source = Literal["host", "terminal"]

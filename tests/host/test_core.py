@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from host import admin
-from host.clock import seeded_rng, system_clock, system_rng
 from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.keydb import KeyDb, KeyDbError, txn_ref
 from host.logs import MessageLog
+from protocol.clock import seeded_rng, system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing, Tpdu

@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from host import admin
-from host.clock import seeded_rng, system_clock, system_rng
 from host.core import CACHE_LIMIT, EVICTED, HostCore, _make_room
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.logs import MessageLog
 from host.metrics import PrometheusMetrics
+from protocol.clock import seeded_rng, system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing

@@ -131,9 +131,9 @@ class HostCore:
         return _cached(self._terminals, tid, self._load_terminal)
 
     def _load_terminal(self, tid: str) -> Terminal | None:
-        """Opened from the database and handed to the security module at once: the cache
-        keeps handles, never key material."""
-        keys = self.db.load_terminal(tid)
+        """Read sealed from the database and opened inside the security module: the cache keeps
+        handles, and no key material passes through the host's own code."""
+        keys = self.db.load_sealed(tid)
         return None if keys is None else self._admit(keys)
 
     def card(self, pan_ref: str) -> Card | None:

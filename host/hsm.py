@@ -15,14 +15,14 @@ import hmac
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from host.lmk import Lmk
 from host.state import (
     ACTIVE,
     RETIRED,
-    HeldKey,
     KeyHandle,
+    Sealed,
     StoredWorkingSet,
     Terminal,
     TerminalKeys,
@@ -136,6 +136,28 @@ def unseal(lmk: Lmk, usage: str, block: str) -> Key:
     return key
 
 
+A = TypeVar("A", Key, KeyHandle, Sealed)
+B = TypeVar("B", Key, KeyHandle, Sealed)
+
+
+def map_keys(keys: TerminalKeys[A], f: Callable[[A, str, int], B]) -> TerminalKeys[B]:
+    """The same key state with each key replaced by `f(key, usage, generation)`."""
+    tmk = keys.tmk
+    return replace(  # type: ignore[return-value]
+        keys,
+        tmk=None if tmk is None else replace(tmk, key=f(tmk.key, tmk.usage, tmk.generation)),
+        working=tuple(
+            replace(w, pik=f(w.pik, "PIK", w.generation), mak=f(w.mak, "MAK", w.generation),
+                    tdk=None if w.tdk is None else f(w.tdk, "TDK", w.generation))
+            for w in keys.working))
+
+
+def open_keys(lmk: Lmk, keys: TerminalKeys[Sealed]) -> TerminalKeys[Key]:
+    """A terminal's sealed key state in the clear: for the operator's tools (`keys rotate` and
+    `keys tamper` shape new keys on the old ones), never for serving (`SecurityModule.admit`)."""
+    return map_keys(keys, lambda block, usage, _: unseal(lmk, usage, block))
+
+
 # --- the security module --------------------------------------------------------------------
 
 PIN_FORMATS = (0,)
@@ -153,13 +175,14 @@ class IssuedSet(NamedTuple):
 class SecurityModule(Protocol):
     """Every operation on a clear key, by handle (a PKCS#11 backend plugs in here).
 
-    `admit` turns a terminal's key state just opened from the database into handles; its MAC
+    `admit` turns a terminal's key state read from the database into handles; its MAC
     contexts are bound then, so a MAC costs no per-call setup. A handle the module did not
     give raises `LookupError` (the host answers 96), never a wrong answer.
     """
 
-    def admit(self, keys: TerminalKeys[Key]) -> Terminal:
-        """The same state with every key replaced by its handle."""
+    def admit(self, keys: TerminalKeys[Sealed] | TerminalKeys[Key]) -> Terminal:
+        """The same state with every key replaced by its handle: sealed keys (as the database
+        holds them) are opened inside the module, keys just made are taken as they are."""
         ...
 
     def admit_issued(self, terminal: Terminal, working: StoredWorkingSet, keep: int) -> Terminal:
@@ -231,24 +254,19 @@ class SoftwareSecurityModule:
                     self._macs[handle.id] = dialect_mac_function(self._dialect.mac, key.material)
         return handle
 
-    def admit(self, keys: TerminalKeys[Key]) -> Terminal:
+    def admit(self, keys: TerminalKeys[Sealed] | TerminalKeys[Key]) -> Terminal:
         owner = keys.tid
         held: set[tuple[str, bytes, str, int]] = set()
-        tmk = keys.tmk
-        tmk_held = None if tmk is None else HeldKey(
-            tmk.usage, tmk.generation, self._hold(owner, tmk.key, "TMK", tmk.generation, held),
-            tmk.created, tmk.lifetime, tmk.state)
-        working = tuple(
-            WorkingSet(w.generation, w.key_set, w.state, w.created, w.lifetime,
-                       self._hold(owner, w.pik, "PIK", w.generation, held),
-                       self._hold(owner, w.mak, "MAK", w.generation, held),
-                       None if w.tdk is None else self._hold(owner, w.tdk, "TDK", w.generation, held))
-            for w in keys.working
-        )
+
+        def hold(key: Sealed | Key, usage: str, generation: int) -> KeyHandle:
+            clear = unseal(self._lmk, usage, key) if isinstance(key, str) else key
+            return self._hold(owner, clear, usage, generation, held)
+
+        admitted = map_keys(keys, hold)  # type: ignore[arg-type]
         for index in self._owned.get(owner, set()) - held:
             self._release(index)
         self._owned[owner] = held
-        return replace(keys, tmk=tmk_held, working=working)  # type: ignore[arg-type]
+        return admitted
 
     def admit_issued(self, terminal: Terminal, working: StoredWorkingSet, keep: int) -> Terminal:
         owner = terminal.tid

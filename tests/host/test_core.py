@@ -229,3 +229,16 @@ def test_txn_refs_are_one_to_one(a: tuple[int, int, int], b: tuple[int, int, int
     ref_b = txn_ref(b[0], f"{b[1]:06d}", f"{b[2]:06d}")
     assert (ref_a == ref_b) == (a == b)
     assert 0 < ref_a < 2**63  # an SQLite INTEGER
+
+
+def test_the_database_hands_keys_over_sealed_and_the_module_opens_them(site: Site) -> None:
+    """The serving path reads blocks, never clear keys: only the security module unseals."""
+    sealed = site.db.load_sealed("T0000001")
+    assert sealed is not None and sealed.tmk is not None and sealed.working
+    assert isinstance(sealed.tmk.key, str)
+    assert all(isinstance(key, str) for w in sealed.working for key in (w.pik, w.mak))
+    module = site.core.config.security
+    assert module is not None
+    opened = site.db.load_terminal("T0000001")
+    assert opened is not None
+    assert module.admit(sealed) == module.admit(opened) == site.core.terminal("T0000001")

@@ -41,7 +41,7 @@ from protocol.crypto import (
 )
 from protocol.crypto.ciphers import xor
 from protocol.crypto.mac import dialect_mac_function
-from protocol.fields import KCV_SIZE, KeySet, WrappedKey, build_key_set
+from protocol.fields import KCV_SIZE, KeySetLayout, WrappedKey, build_key_set
 from protocol.spec import Dialect
 
 TMK_LENGTH = 16
@@ -87,7 +87,7 @@ def split_components(tmk: Key, count: int, rng: Rng) -> list[Component]:
 # --- working keys --------------------------------------------------------------------------------
 
 def new_working_set(
-    key_set: KeySet, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
+    key_set: KeySetLayout, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
     tmk: Key | None = None,
 ) -> StoredWorkingSet:
     """The working keys of one sign-on; the MAK as long as the dialect's MAC needs. None equals
@@ -106,7 +106,7 @@ def new_key_like(key: Key, rng: Rng) -> Key:
     return generate_key(key.algorithm, key.length, key.usage, rng)
 
 
-def field62(tmk: Key, working: StoredWorkingSet, key_set: KeySet) -> bytes:
+def field62(tmk: Key, working: StoredWorkingSet, key_set: KeySetLayout) -> bytes:
     """Each working key under the TMK (TDES-ECB) with its 4-byte check value, in the set's order."""
     keys = {"PIK": working.pik, "MAK": working.mak, "TDK": working.tdk}
     wrapped = [
@@ -190,7 +190,7 @@ class SecurityModule(Protocol):
         database: the new set active, the one active before retired, the newest `keep`."""
         ...
 
-    def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
+    def issue_working_set(self, tmk: KeyHandle, key_set: KeySetLayout, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
         """New working keys (the MAK as long as the dialect's MAC needs), wrapped under `tmk`."""
         ...
@@ -288,7 +288,7 @@ class SoftwareSecurityModule:
         del self._keys[gone.id]
         self._macs.pop(gone.id, None)
 
-    def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
+    def issue_working_set(self, tmk: KeyHandle, key_set: KeySetLayout, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
         under = self._keys[tmk.id]
         stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng, under)

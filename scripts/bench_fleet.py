@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_host import CARD, MID, cpu_seconds, provision, start_pos_host
-from benchlib import Echo, served
+from benchlib import Echo, listening, served
 
 from protocol.codec import get_codec
 from protocol.crypto import Key
@@ -163,7 +163,7 @@ def fleet_echo_rate(port: int, connections: int, seconds: float) -> tuple[float,
 
 
 def cost(connections: int, seconds: float, rounds: int) -> dict[str, Any]:
-    with served(Mirror, "mirror server") as mirror:
+    with served(listening(Mirror), "mirror server") as mirror:
         pairs = []
         for _ in range(rounds):  # interleaved: a load spike hits both alike
             pairs.append((measured(raw_rate, mirror.port, connections, seconds),

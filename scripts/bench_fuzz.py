@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from bench_host import host_command  # noqa: E402
-from benchlib import Echo, rates, served  # noqa: E402
+from benchlib import Echo, listening, rates, served  # noqa: E402
 
 from protocol.dialects import get_dialect  # noqa: E402
 from protocol.framing import length_prefixed  # noqa: E402
@@ -81,7 +81,7 @@ def chunks(run: Run) -> Any:
 
 
 def fuzz_vs_echo(seconds: float) -> dict[str, float]:
-    with served(lambda: Mirror(b"")) as server:
+    with served(listening(lambda: Mirror(b""))) as server:
         port = server.port
         ctx = Context(get_dialect("iso87"))
         target = TcpTarget(Endpoint("127.0.0.1", port), timeout=5.0)

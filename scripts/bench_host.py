@@ -21,7 +21,13 @@ commit, the default) and `--sync normal` (no fsync) in alternating windows of th
 
     fsync_vs_nosync_tps  = fsync_tps / nosync_tps
 
-With --hsm, (f) sign-ons per second and purchases per second of the in-process handlers under
+(f) iso8583sim's mock host (an asyncio host that approves whatever decodes: no MAC, no PIN,
+no database) driven by the same load generator with the same requests, in the same run:
+
+    host_vs_iso8583sim_tps = host_tps / iso8583sim_tps                   goal >= 3
+    host_vs_iso8583sim_cpu = iso8583sim_cpu_us / host_cpu_us             goal >= 3
+
+With --hsm, (g) sign-ons per second and purchases per second of the in-process handlers under
 a file LMK and under an LMK in a SoftHSM2 token of the run's own, same terminals, same run.
 
 127.0.0.1 only; every wait is bounded.
@@ -43,13 +49,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import iso8583
-from benchlib import Echo, served
+from benchlib import Echo, listening, served
 
 from host import admin
 from host.core import HostCore
@@ -291,13 +297,16 @@ class Load:
     seconds: float
     tmks: dict[str, Key] | None = None
     echo_request_size: int = 0
+    signon_port: int | None = None
+    """Where the terminals sign on, when not at `port` (a mock host that issues no keys)."""
 
 
 def loadgen_main(load: Load, control: Connection) -> None:
     """Entry point of the load-generator process."""
     try:
         if load.tmks is not None:
-            frames, stans = build_requests(load.port, load.tmks, load.per_terminal)
+            frames, stans = build_requests(load.signon_port or load.port, load.tmks,
+                                           load.per_terminal)
         else:  # the echo server: any request of the right size will do, answers carry no STAN
             request = length_prefixed(bytes(load.echo_request_size))
             frames = [[request] * load.per_terminal for _ in range(load.terminals)]
@@ -541,6 +550,25 @@ def sync_cost(pristine: Path, tmp: Path, load: Load, rounds: int) -> dict[str, A
     return result
 
 
+def iso8583sim_window(pristine: Path, data: Path, load: Load) -> dict[str, Any] | None:
+    """iso8583sim's mock host (no crypto, no database: it approves whatever decodes, echoing
+    the STAN) driven by the same load generator with the same requests: the terminals sign on
+    at a pos-host of their own (keys for the MACs and PIN blocks), then purchase at the mock.
+    None when iso8583sim is not installed (it is in the `test` extra)."""
+    try:
+        from iso8583sim.net.host import MockHost
+    except ImportError:
+        return None
+    shutil.copytree(pristine, data)
+    host, port = start_pos_host(data, data.parent / "sim-signon.log")
+    try:
+        with served(lambda: MockHost().start("127.0.0.1", 0), "iso8583sim mock host") as sim:
+            return run_window(sim.pid, replace(load, port=sim.port, signon_port=port))
+    finally:
+        host.send_signal(signal.SIGTERM)
+        host.wait(30)
+
+
 def stream_length(handler_us: float, terminals: int, seconds: float) -> int:
     """Requests to build per terminal so that none runs out at `STREAM_HEADROOM` times the
     rate the handlers reach alone (`handler_us` of CPU per purchase, one thread)."""
@@ -574,9 +602,11 @@ def bench(terminals: int, seconds: float, sync_rounds: int) -> dict[str, Any]:
             Path(tmp) / "inproc", tmks, min(batch, terminals))
 
         answer = length_prefixed(bytes(response_size))
-        with served(lambda: Echo(answer)) as echo:
+        with served(listening(lambda: Echo(answer))) as echo:
             echoed = run_window(echo.pid, Load(echo.port, terminals, per_terminal, seconds,
                                                None, request_size))
+        simulated = iso8583sim_window(Path(tmp) / "pristine", Path(tmp) / "sim",
+                                      Load(0, terminals, per_terminal, seconds, tmks))
         synced = sync_cost(Path(tmp) / "pristine", Path(tmp),
                            Load(0, terminals, per_terminal, seconds, tmks), sync_rounds)
 
@@ -602,6 +632,14 @@ def bench(terminals: int, seconds: float, sync_rounds: int) -> dict[str, Any]:
         (result["echo_cpu_us"] + result["handler_cpu_us"]) / result["host_cpu_us"], 3)
     result["handler_vs_pyiso8583"] = round(result["pyiso8583_cpu_us"]
                                            / result["handler_cpu_us"], 3)
+    if simulated is not None:
+        result |= {
+            "iso8583sim_tps": round(simulated["tps"], 1),
+            "iso8583sim_cpu_us": round(simulated["cpu_us"], 1),
+            "iso8583sim_lost": simulated["lost"],
+            "host_vs_iso8583sim_tps": round(hosted["tps"] / simulated["tps"], 3),
+            "host_vs_iso8583sim_cpu": round(simulated["cpu_us"] / hosted["cpu_us"], 3),
+        }
     return result | synced
 
 

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -75,25 +75,33 @@ class Served:
     pid: int
 
 
-def _serve(factory: Callable[[], asyncio.Protocol], control: Connection) -> None:
+Start = Callable[[], Awaitable[asyncio.Server]]
+"""Starts a server on the running loop, listening on 127.0.0.1 at an ephemeral port."""
+
+
+def listening(factory: Callable[[], asyncio.Protocol]) -> Start:
+    """A server of `factory`'s protocol."""
+    return lambda: asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0, backlog=4096)
+
+
+def _serve(start: Start, control: Connection) -> None:
     async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, "127.0.0.1", 0, backlog=4096)
+        server = await start()
         control.send(server.sockets[0].getsockname()[1])
         stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         server.close()
     asyncio.run(serve())
 
 
 @contextlib.contextmanager
-def served(factory: Callable[[], asyncio.Protocol], name: str = "echo server") -> Iterator[Served]:
-    """`factory`'s protocol served on 127.0.0.1 (an ephemeral port) by a forked process, which
-    is stopped (SIGTERM, then joined) when the block ends; RuntimeError if it does not start."""
+def served(start: Start, name: str = "echo server") -> Iterator[Served]:
+    """The server `start` makes, run by a forked process, which is stopped (SIGTERM, then
+    joined) when the block ends; RuntimeError if it does not start."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=_serve, args=(factory, child), daemon=True)
+    process = ctx.Process(target=_serve, args=(start, child), daemon=True)
     process.start()
     try:
         if not parent.poll(START_SECONDS):

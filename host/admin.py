@@ -16,11 +16,11 @@ from typing import Any
 
 from host import backup, datadir, hsm, report
 from host import lmk as lmk_mod
-from host.clock import Rng
 from host.keydb import KeyDb, KeyDbError, KeyRow
 from host.pkcs11 import CONFIG_FILE, TokenConfig, TokenLmk, read_pin
 from host.state import ACTIVE, Card, WorkingSet
 from protocol.amounts import format_amount, parse_amount
+from protocol.clock import Rng
 from protocol.crypto import Key
 from protocol.injection import encode_injection
 from protocol.mask import mask_pan

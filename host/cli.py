@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from host import admin
 from host.backup import BackupError
-from host.clock import CLOCK_OFFSET_ENV, serving_clock, system_clock, system_rng
+from host.clock import CLOCK_OFFSET_ENV, serving_clock
 from host.connections import (
     FD_HEADROOM,
     FRAME_TIMEOUT,
@@ -33,6 +33,7 @@ from host.connections import (
     Limits,
     default_max_connections,
 )
+from host.core import HostCore
 from host.datadir import DataError, folder_lock, init_data, init_token_data, open_data, resolve
 from host.handlers import DEFAULT_KEY_LIFETIME, HandlerConfig
 from host.keydb import SYNC_MODES, KeyDb, KeyDbError
@@ -41,9 +42,10 @@ from host.logs import MessageLog
 from host.metrics import PrometheusMetrics
 from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
 from host.rules import HITS_FILE, RuleBook, RulesError, describe, load_rules
-from host.server import HostCore, SerialPorts, serve_until_signalled
+from host.server import SerialPorts, serve_until_signalled
 from host.top import TopError, metrics_url, render, scrape, summarize
 from protocol import ladder
+from protocol.clock import system_clock, system_rng
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
 from protocol.crypto import CryptoError
@@ -51,8 +53,8 @@ from protocol.dialects import get_dialect, load_dialect
 from protocol.errors import SpecError
 from protocol.fields import KEY_SETS
 from protocol.framing import Framing
-from protocol.link import TraceOptions
 from protocol.spec import Dialect
+from protocol.trace import TraceOptions
 from protocol.transport.bridge import run_bridge
 from protocol.transport.serial import (
     PTY,

@@ -1,21 +1,13 @@
-"""Time and randomness as values handed in, so a stale key is a clock moved, not a sleep."""
+"""The serving host's clock: the system's, or moved on purpose so a scenario can age keys."""
 
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-Clock = Callable[[], float]
-"""Seconds since the epoch, UTC."""
+from protocol.clock import Clock, system_clock
 
-Rng = Callable[[int], bytes]
-"""n -> n random bytes: the shape protocol.crypto's key generation takes."""
-
-system_clock: Clock = time.time
-system_rng: Rng = os.urandom
 CLOCK_OFFSET_ENV = "POSEMU_HOST_CLOCK_OFFSET"
 
 
@@ -30,9 +22,3 @@ def serving_clock(environ: Mapping[str, str]) -> Clock:
     if not math.isfinite(offset):
         raise ValueError(text)
     return lambda: time.time() + offset
-
-
-def seeded_rng(seed: int) -> Rng:
-    """Deterministic bytes for tests and scenarios; never for keys that protect anything."""
-    return random.Random(seed).randbytes
-

@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from host.clock import Rng
 from host.keydb import KeyDb, create, inspect, open_root
 from host.lmk import LMK_LENGTH, Lmk, LmkError, Vault, check_value, load_lmk, write_lmk
 from host.pkcs11 import CONFIG_FILE, TokenConfig, TokenLmk, create_token_lmk, read_pin
+from protocol.clock import Rng
 
 ENV_VAR = "POSEMU_HOST_DATA"
 DEFAULT_DATA = Path(".posemu/host")

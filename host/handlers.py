@@ -46,6 +46,7 @@ from host.state import (
     WorkingSet,
 )
 from protocol import codes
+from protocol.clock import Rng
 from protocol.codec import Codec
 from protocol.codes import KeyErrorReason
 from protocol.errors import ProtocolError
@@ -120,7 +121,7 @@ class HandlerConfig:
 
     codec: Codec
     vault: Vault
-    rng: Callable[[int], bytes]
+    rng: Rng
     key_error_code: str = codes.KEY_ERROR
     key_lifetime: float = DEFAULT_KEY_LIFETIME
     key_sets: frozenset[str] = frozenset(KEY_SETS)

@@ -15,20 +15,20 @@ import hmac
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
-from host.clock import Rng
 from host.lmk import Lmk
 from host.state import (
     ACTIVE,
     RETIRED,
-    HeldKey,
     KeyHandle,
+    Sealed,
     StoredWorkingSet,
     Terminal,
     TerminalKeys,
     WorkingSet,
 )
+from protocol.clock import Rng
 from protocol.crypto import (
     CryptoError,
     Key,
@@ -41,7 +41,7 @@ from protocol.crypto import (
 )
 from protocol.crypto.ciphers import xor
 from protocol.crypto.mac import dialect_mac_function
-from protocol.fields import KCV_SIZE, KeySet, WrappedKey, build_key_set
+from protocol.fields import KCV_SIZE, KeySetLayout, WrappedKey, build_key_set
 from protocol.spec import Dialect
 
 TMK_LENGTH = 16
@@ -87,7 +87,7 @@ def split_components(tmk: Key, count: int, rng: Rng) -> list[Component]:
 # --- working keys --------------------------------------------------------------------------------
 
 def new_working_set(
-    key_set: KeySet, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
+    key_set: KeySetLayout, dialect: Dialect, generation: int, now: float, lifetime: float, rng: Rng,
     tmk: Key | None = None,
 ) -> StoredWorkingSet:
     """The working keys of one sign-on; the MAK as long as the dialect's MAC needs. None equals
@@ -106,7 +106,7 @@ def new_key_like(key: Key, rng: Rng) -> Key:
     return generate_key(key.algorithm, key.length, key.usage, rng)
 
 
-def field62(tmk: Key, working: StoredWorkingSet, key_set: KeySet) -> bytes:
+def field62(tmk: Key, working: StoredWorkingSet, key_set: KeySetLayout) -> bytes:
     """Each working key under the TMK (TDES-ECB) with its 4-byte check value, in the set's order."""
     keys = {"PIK": working.pik, "MAK": working.mak, "TDK": working.tdk}
     wrapped = [
@@ -136,6 +136,28 @@ def unseal(lmk: Lmk, usage: str, block: str) -> Key:
     return key
 
 
+A = TypeVar("A", Key, KeyHandle, Sealed)
+B = TypeVar("B", Key, KeyHandle, Sealed)
+
+
+def map_keys(keys: TerminalKeys[A], f: Callable[[A, str, int], B]) -> TerminalKeys[B]:
+    """The same key state with each key replaced by `f(key, usage, generation)`."""
+    tmk = keys.tmk
+    return replace(  # type: ignore[return-value]
+        keys,
+        tmk=None if tmk is None else replace(tmk, key=f(tmk.key, tmk.usage, tmk.generation)),
+        working=tuple(
+            replace(w, pik=f(w.pik, "PIK", w.generation), mak=f(w.mak, "MAK", w.generation),
+                    tdk=None if w.tdk is None else f(w.tdk, "TDK", w.generation))
+            for w in keys.working))
+
+
+def open_keys(lmk: Lmk, keys: TerminalKeys[Sealed]) -> TerminalKeys[Key]:
+    """A terminal's sealed key state in the clear: for the operator's tools (`keys rotate` and
+    `keys tamper` shape new keys on the old ones), never for serving (`SecurityModule.admit`)."""
+    return map_keys(keys, lambda block, usage, _: unseal(lmk, usage, block))
+
+
 # --- the security module --------------------------------------------------------------------
 
 PIN_FORMATS = (0,)
@@ -153,13 +175,14 @@ class IssuedSet(NamedTuple):
 class SecurityModule(Protocol):
     """Every operation on a clear key, by handle (a PKCS#11 backend plugs in here).
 
-    `admit` turns a terminal's key state just opened from the database into handles; its MAC
+    `admit` turns a terminal's key state read from the database into handles; its MAC
     contexts are bound then, so a MAC costs no per-call setup. A handle the module did not
     give raises `LookupError` (the host answers 96), never a wrong answer.
     """
 
-    def admit(self, keys: TerminalKeys[Key]) -> Terminal:
-        """The same state with every key replaced by its handle."""
+    def admit(self, keys: TerminalKeys[Sealed] | TerminalKeys[Key]) -> Terminal:
+        """The same state with every key replaced by its handle: sealed keys (as the database
+        holds them) are opened inside the module, keys just made are taken as they are."""
         ...
 
     def admit_issued(self, terminal: Terminal, working: StoredWorkingSet, keep: int) -> Terminal:
@@ -167,7 +190,7 @@ class SecurityModule(Protocol):
         database: the new set active, the one active before retired, the newest `keep`."""
         ...
 
-    def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
+    def issue_working_set(self, tmk: KeyHandle, key_set: KeySetLayout, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
         """New working keys (the MAK as long as the dialect's MAC needs), wrapped under `tmk`."""
         ...
@@ -231,24 +254,19 @@ class SoftwareSecurityModule:
                     self._macs[handle.id] = dialect_mac_function(self._dialect.mac, key.material)
         return handle
 
-    def admit(self, keys: TerminalKeys[Key]) -> Terminal:
+    def admit(self, keys: TerminalKeys[Sealed] | TerminalKeys[Key]) -> Terminal:
         owner = keys.tid
         held: set[tuple[str, bytes, str, int]] = set()
-        tmk = keys.tmk
-        tmk_held = None if tmk is None else HeldKey(
-            tmk.usage, tmk.generation, self._hold(owner, tmk.key, "TMK", tmk.generation, held),
-            tmk.created, tmk.lifetime, tmk.state)
-        working = tuple(
-            WorkingSet(w.generation, w.key_set, w.state, w.created, w.lifetime,
-                       self._hold(owner, w.pik, "PIK", w.generation, held),
-                       self._hold(owner, w.mak, "MAK", w.generation, held),
-                       None if w.tdk is None else self._hold(owner, w.tdk, "TDK", w.generation, held))
-            for w in keys.working
-        )
+
+        def hold(key: Sealed | Key, usage: str, generation: int) -> KeyHandle:
+            clear = unseal(self._lmk, usage, key) if isinstance(key, str) else key
+            return self._hold(owner, clear, usage, generation, held)
+
+        admitted = map_keys(keys, hold)  # type: ignore[arg-type]
         for index in self._owned.get(owner, set()) - held:
             self._release(index)
         self._owned[owner] = held
-        return replace(keys, tmk=tmk_held, working=working)  # type: ignore[arg-type]
+        return admitted
 
     def admit_issued(self, terminal: Terminal, working: StoredWorkingSet, keep: int) -> Terminal:
         owner = terminal.tid
@@ -270,7 +288,7 @@ class SoftwareSecurityModule:
         del self._keys[gone.id]
         self._macs.pop(gone.id, None)
 
-    def issue_working_set(self, tmk: KeyHandle, key_set: KeySet, generation: int, now: float,
+    def issue_working_set(self, tmk: KeyHandle, key_set: KeySetLayout, generation: int, now: float,
                           lifetime: float) -> IssuedSet:
         under = self._keys[tmk.id]
         stored = new_working_set(key_set, self._dialect, generation, now, lifetime, self._rng, under)

@@ -20,8 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host.clock import Rng
-from host.hsm import seal, unseal
+from host.hsm import open_keys, seal, unseal
 from host.lmk import Lmk, LmkError, Vault
 from host.state import (
     ACTIVE,
@@ -38,6 +37,8 @@ from host.state import (
     Prior,
     Reversed,
     RevokeWorkingKeys,
+    Sealed,
+    SealedTerminal,
     Settled,
     TerminalKeys,
     TxnRecord,
@@ -45,6 +46,7 @@ from host.state import (
     UploadedRecord,
     WorkingSet,
 )
+from protocol.clock import Rng
 from protocol.crypto import CryptoError, Key
 
 TXN_COLUMNS = (
@@ -464,8 +466,9 @@ class KeyDb:
             fleet.setdefault(tid, []).append(KeyRow(*row))
         return fleet
 
-    def load_terminal(self, tid: str) -> TerminalKeys | None:
-        """The terminal's key state with its keys unwrapped from their TR-31 blocks."""
+    def load_sealed(self, tid: str) -> SealedTerminal | None:
+        """The terminal's key state as stored: every key still sealed, for the security module
+        to open inside `admit` (nothing here unseals what a serving host uses)."""
         row = self.conn.execute("SELECT merchant, number FROM terminals WHERE tid=?",
                                 (tid,)).fetchone()
         if row is None:
@@ -475,25 +478,30 @@ class KeyDb:
             "WHERE tid=? ORDER BY generation DESC",
             (tid,),
         ).fetchall()
-        tmk: HeldKey | None = None
+        tmk: HeldKey[Sealed] | None = None
         generations: dict[int, dict[str, tuple]] = {}
         for usage, gen, key_set, block, created, lifetime, state in rows:
             if usage == "TMK":
                 if tmk is None:
-                    key = unseal(self.vault.lmk, "TMK", block)
-                    tmk = HeldKey("TMK", gen, key, created, lifetime, state)
+                    tmk = HeldKey("TMK", gen, block, created, lifetime, state)
             else:
                 generations.setdefault(gen, {})[usage] = (key_set, block, created, lifetime, state)
         working = []
         for gen in sorted(generations, reverse=True)[:GENERATIONS_CHECKED]:
             parts = generations[gen]
             key_set, _, created, lifetime, state = parts["MAK"]
-            keys = {u: unseal(self.vault.lmk, u, p[1]) for u, p in parts.items()}
+            blocks = {u: p[1] for u, p in parts.items()}
             working.append(
                 WorkingSet(gen, key_set, state, created, lifetime,
-                           keys["PIK"], keys["MAK"], keys.get("TDK"))
+                           blocks["PIK"], blocks["MAK"], blocks.get("TDK"))
             )
         return TerminalKeys(tid, row[0], tmk, tuple(working), row[1])
+
+    def load_terminal(self, tid: str) -> TerminalKeys[Key] | None:
+        """The terminal's key state opened in the clear (host.hsm.open_keys): for an operator's
+        tools, which shape new keys on the old; a serving host admits `load_sealed` instead."""
+        sealed = self.load_sealed(tid)
+        return None if sealed is None else open_keys(self.vault.lmk, sealed)
 
     # --- operator actions on keys ----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any, Protocol
 
-from host.clock import Rng
+from protocol.clock import Rng
 from protocol.crypto import Key, kcv
 
 LMK_LENGTH = 32  # AES-256: the key-block protection key of TR-31 version D.

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from host.clock import Clock
 from host.state import ACTIVE
+from protocol.clock import Clock
 from protocol.codes import KEY_ERROR_KINDS, KEY_NAMES, RESPONSE_CODES
 
 OTHER, NONE = "other", "none"

@@ -27,10 +27,14 @@ class KeyHandle(NamedTuple):
     usage: str
 
 
-KeyT = TypeVar("KeyT", Key, KeyHandle)
-"""What a key state holds: `Key` between the database and the security module (sealed blocks
-just opened, or keys just made and about to be sealed), `KeyHandle` everywhere else. The
-handlers, the views and the caches only ever see the handle form (`Terminal`)."""
+Sealed = str
+"""A key at rest: its TR-31 block under the LMK (or the token's sealed form), as the database
+stores it. Only the security module opens one."""
+
+KeyT = TypeVar("KeyT", Key, KeyHandle, Sealed)
+"""What a key state holds: `Sealed` as the database hands it to the security module, `Key`
+for keys just made and about to be sealed (and an operator's tools), `KeyHandle` everywhere
+else. The handlers, the views and the caches only ever see the handle form (`Terminal`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,8 @@ class TerminalKeys(Generic[KeyT]):
 
 Terminal = TerminalKeys[KeyHandle]
 """A terminal's key state as the handlers see it: handles only (`SecurityModule.admit`)."""
+SealedTerminal = TerminalKeys[Sealed]
+"""A terminal's key state as the database holds it (`KeyDb.load_sealed`)."""
 StoredWorkingSet = WorkingSet[Key]
 """Working keys on their way to be sealed into the database (`IssueWorkingKeys`)."""
 

@@ -54,7 +54,7 @@ class Field60:
 
 
 @dataclass(frozen=True, slots=True)
-class KeySet:
+class KeySetLayout:
     """A 60.3 key-set code: which working keys, their clear lengths, and field 53 with a PIN."""
 
     code: str
@@ -71,10 +71,10 @@ class KeySet:
         return sum(length + KCV_SIZE for _, length in self.keys)
 
 
-KEY_SETS: Final[dict[str, KeySet]] = {
-    "001": KeySet("001", (("PIK", 8), ("MAK", 8)), "2000000000000000"),
-    "003": KeySet("003", (("PIK", 16), ("MAK", 16)), "2600000000000000"),
-    "004": KeySet("004", (("PIK", 16), ("MAK", 16), ("TDK", 16)), "2600000000000000"),
+KEY_SETS: Final[dict[str, KeySetLayout]] = {
+    "001": KeySetLayout("001", (("PIK", 8), ("MAK", 8)), "2000000000000000"),
+    "003": KeySetLayout("003", (("PIK", 16), ("MAK", 16)), "2600000000000000"),
+    "004": KeySetLayout("004", (("PIK", 16), ("MAK", 16), ("TDK", 16)), "2600000000000000"),
 }
 
 
@@ -90,7 +90,7 @@ class WrappedKey:
         return f"WrappedKey({self.usage}, {len(self.ciphertext)} bytes, kcv={self.kcv.hex().upper()})"
 
 
-def key_set(code: str, error: type[ProtocolError] = DecodeError) -> KeySet:
+def key_set(code: str, error: type[ProtocolError] = DecodeError) -> KeySetLayout:
     """The key set a 60.3 code names; `error` says whose code it was (a peer's by default)."""
     try:
         return KEY_SETS[code]

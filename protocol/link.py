@@ -1,4 +1,4 @@
-"""The serial link of PROTOCOL.md §5 as a sans-IO state machine, and its masked trace.
+"""The serial link of PROTOCOL.md §5 as a sans-IO state machine (its trace is protocol.trace).
 
 `Link` never reads a clock, sleeps or touches a port: bytes and the current time go in
 (`send`, `receive_data`, `handle_timers`), events and the bytes to write come out (`events`,
@@ -18,11 +18,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from operator import xor
 
-from protocol.codec import codec_for
 from protocol.errors import ProtocolError
-from protocol.framing import Framing
-from protocol.mask import MASK_BYTE, mask_message_bytes, masked_fields
-from protocol.spec import Dialect
 
 STX, ETX, EOT, ENQ, ACK, DLE, NAK = 0x02, 0x03, 0x04, 0x05, 0x06, 0x10, 0x15
 CONTROL_NAMES = {STX: "STX", ETX: "ETX", EOT: "EOT", ENQ: "ENQ", ACK: "ACK", DLE: "DLE",
@@ -133,7 +129,7 @@ def _xor(data: bytes) -> int:
     return reduce(xor, data, 0)
 
 
-def _lrc(options: LinkOptions, head: bytes, payload: bytes) -> int:
+def lrc(options: LinkOptions, head: bytes, payload: bytes) -> int:
     covered = LRC_RANGES[options.lrc]
     value = _xor(payload)
     if covered.stx:
@@ -153,7 +149,7 @@ def encode_frame(payload: bytes, options: LinkOptions) -> bytes:
     head = LENGTH_ENCODINGS[options.length].encode(len(payload))
     body = _STUFF_RE.sub(lambda m: bytes([DLE]) + m.group(), payload) if options.stuffing \
         else payload
-    return bytes([STX]) + head + body + bytes([ETX, _lrc(options, head, payload)])
+    return bytes([STX]) + head + body + bytes([ETX, lrc(options, head, payload)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +285,7 @@ class FrameParser:
 
     def _on_lrc(self, data: bytes, pos: int, tokens: list[Token]) -> int:
         payload = bytes(self._message)
-        if data[pos] == _lrc(self._options, bytes(self._head), payload):
+        if data[pos] == lrc(self._options, bytes(self._head), payload):
             tokens.append(GoodFrame(payload))
         else:
             tokens.append(BadFrame("bad LRC", self._size + 1))
@@ -509,119 +505,3 @@ class Link:
             return
         self._last_delivered = (payload, now)
         self._events.append(MessageReceived(payload))
-
-
-# --- trace ---------------------------------------------------------------------------------------
-
-def mask_all(payload: bytes) -> bytes:
-    """The default when no dialect is known: nobody can say where a PAN would be, so hide all."""
-    return bytes([MASK_BYTE]) * len(payload)
-
-
-@dataclass(frozen=True, slots=True)
-class TraceOptions:
-    """Where a link trace goes and how it masks: injected, because only the caller knows the
-    dialect. The defaults show the framing and hide every message byte."""
-
-    write: Callable[[str], None]
-    mask_payload: Callable[[bytes], bytes] = mask_all
-    describe_payload: Callable[[bytes], str] | None = None
-
-    @classmethod
-    def for_dialect(cls, dialect: Dialect, write: Callable[[str], None]) -> TraceOptions:
-        return cls(write, dialect_masker(dialect), dialect_describer(dialect))
-
-
-def dialect_masker(dialect: Dialect) -> Callable[[bytes], bytes]:
-    """Masks a payload (TPDU, header, message) in place with the dialect's field table."""
-    framing = Framing(dialect)
-
-    def mask(payload: bytes) -> bytes:
-        try:
-            message = framing.unframe(payload).message
-        except ProtocolError:
-            return mask_all(payload)
-        prefix = len(payload) - len(message)
-        return payload[:prefix] + mask_message_bytes(message, dialect)
-
-    return mask
-
-
-def dialect_describer(dialect: Dialect) -> Callable[[bytes], str]:
-    """One line per message, fields masked as in every log (PROTOCOL.md §6)."""
-    framing = Framing(dialect)
-    codec = codec_for(dialect)
-
-    def describe(payload: bytes) -> str:
-        try:
-            message = codec.decode(framing.unframe(payload).message)
-        except ProtocolError as error:  # its text names field and offset, never a value
-            return f"not a {dialect.name} message: {error}"
-        shown = " ".join(f"{n}={v}" for n, v in masked_fields(message, dialect).items())
-        return f"{message.mti} {shown}"
-
-    return describe
-
-
-BYTES_PER_LINE = 24
-
-
-class LinkTrace:
-    """Every byte of a serial line, both directions, for a person reading along.
-
-    ACK/NAK print as they pass; a frame prints once whole, since masking needs the whole message.
-    Message bytes show as masked by `mask_payload`; a DLE escape and the LRC are hidden when they
-    would tell something about a masked byte; rejected bytes print as a count with the reason.
-    """
-
-    def __init__(self, options: LinkOptions, trace: TraceOptions, start: float):
-        self._options = options
-        self._trace = trace
-        self._start = start
-        self._parsers = {">": FrameParser(options), "<": FrameParser(options)}
-
-    def sent(self, data: bytes, now: float) -> None:
-        self._feed(">", data, now)
-
-    def received(self, data: bytes, now: float) -> None:
-        self._feed("<", data, now)
-
-    def tick(self, now: float) -> None:
-        """Lets a cut frame or noise show when the line goes quiet, not at the next byte."""
-        for direction, parser in self._parsers.items():
-            for token in parser.expire(now):
-                self._show(direction, token, now)
-
-    def _feed(self, direction: str, data: bytes, now: float) -> None:
-        for token in self._parsers[direction].feed(data, now):
-            self._show(direction, token, now)
-
-    def _show(self, direction: str, token: Token, now: float) -> None:
-        stamp = f"{now - self._start:9.3f} {direction} "
-        if isinstance(token, Control):
-            lines = [CONTROL_NAMES[token.byte]]
-        elif isinstance(token, BadFrame):
-            lines = [f"[{token.size} bytes rejected: {token.reason}]"]
-        else:
-            lines = self._frame_lines(token.payload)
-        indent = " " * len(stamp)
-        self._trace.write(stamp + lines[0])
-        for line in lines[1:]:
-            self._trace.write(indent + line)
-
-    def _frame_lines(self, payload: bytes) -> list[str]:
-        options = self._options
-        masked = self._trace.mask_payload(payload)
-        head = LENGTH_ENCODINGS[options.length].encode(len(payload))
-        cells = ["STX", *(f"{b:02X}" for b in head)]
-        for original, shown in zip(payload, masked, strict=True):
-            if options.stuffing and original in STUFFED and original == shown:
-                cells.append("DLE")
-            cells.append(f"{shown:02X}")
-        lrc = _lrc(options, head, payload)
-        cells += ["ETX", f"{lrc:02X}" if masked == payload else "LRC"]
-        lines = [" ".join(cells[i:i + BYTES_PER_LINE])
-                 for i in range(0, len(cells), BYTES_PER_LINE)]
-        if self._trace.describe_payload is not None:
-            lines.append(self._trace.describe_payload(payload))
-        return lines

@@ -2,7 +2,8 @@
 
 Masking is driven by each field's `mask` category in the dialect, so a spec file that marks a
 field sensitive is masked everywhere without code. PANs keep their first six and last four
-digits; track data, PIN blocks, keys and MACs keep only their size.
+digits; track data, PIN blocks, keys and MACs keep only their size. Nothing here decodes: what
+masks a payload's bytes by decoding it is protocol.shown.
 """
 
 from __future__ import annotations
@@ -69,17 +70,3 @@ def mask_in_place(data: bytes, spans: dict[int | str, tuple[int, int]], dialect:
             )
     return bytes(out)
 
-
-def mask_message_bytes(message: bytes, dialect: Dialect) -> bytes:
-    """The message's bytes masked in place; one that does not decode is masked whole after its
-    MTI, since nobody can say where its PAN or keys would be."""
-    from protocol.codec import codec_for
-    from protocol.errors import ProtocolError
-
-    codec = codec_for(dialect)
-    try:
-        _, spans = codec.decode_spans(message)
-    except ProtocolError:
-        keep = codec.mti_length
-        return message[:keep] + bytes([MASK_BYTE]) * (len(message) - keep)
-    return mask_in_place(message, spans, dialect)

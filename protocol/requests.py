@@ -92,6 +92,22 @@ class JournalEntry:
     reversed: bool = False
 
 
+def sign_on(station: Station, stan: str, key_set: str, at: tuple[str, str], operator: str
+            ) -> Message:
+    """The 0800 asking for working keys of `key_set` (60.3): 12 and 13 the terminal's time and
+    date (`at`: hhmmss, MMDD; nothing here reads a clock), 63 the operator (§3)."""
+    hhmmss, mmdd = at
+    return Message("0800", {11: stan, 12: hhmmss, 13: mmdd, 41: station.tid,
+                            42: station.merchant, 60: station.field60(TYPE_SIGN_ON, key_set),
+                            63: f"{operator} "})
+
+
+def network(station: Station, stan: str, nmic: str) -> Message:
+    """An 0820 of network management: 60.3 says which (echo test, sign-off)."""
+    return Message("0820", {11: stan, 41: station.tid, 42: station.merchant,
+                            60: station.field60(TYPE_SIGN_ON, nmic)})
+
+
 def card_fields(card: CardEntry) -> dict[int, FieldValue]:
     """2 and 14 (keyed) or 35 (swiped); 22 the entry mode; 26, 52 and 53 with a PIN (§3)."""
     fields: dict[int, FieldValue] = {}

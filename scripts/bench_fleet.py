@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_host import CARD, MID, cpu_seconds, provision, start_pos_host
+from benchlib import Echo, listening, served
 
 from protocol.codec import get_codec
 from protocol.crypto import Key
@@ -65,15 +66,10 @@ def _template() -> tuple[bytes, tuple[int, int], tuple[int, int], tuple[int, int
     return answer, rspans[11], rspans[41], aspans[11], aspans[41]
 
 
-class Mirror(asyncio.Protocol):
+class Mirror(Echo):
     def __init__(self) -> None:
-        self.answer, self.r11, self.r41, self.a11, self.a41 = _template()
-        self.reader = FrameReader()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        answer, self.r11, self.r41, self.a11, self.a41 = _template()
+        super().__init__(answer)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -84,18 +80,6 @@ class Mirror(asyncio.Protocol):
             out.append(length_prefixed(a[:a11s] + request[r11s:r11e] + a[a11e:a41s]
                                        + request[r41s:r41e] + a[a41e:]))
         self.transport.write(b"".join(out))
-
-
-def mirror_main(control: Connection) -> None:
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Mirror, "127.0.0.1", 0, backlog=4096)
-        control.send(server.sockets[0].getsockname()[1])
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        server.close()
-    asyncio.run(serve())
 
 
 class Raw(asyncio.Protocol):
@@ -179,22 +163,11 @@ def fleet_echo_rate(port: int, connections: int, seconds: float) -> tuple[float,
 
 
 def cost(connections: int, seconds: float, rounds: int) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("fork")
-    parent, child = ctx.Pipe()
-    mirror = ctx.Process(target=mirror_main, args=(child,), daemon=True)
-    mirror.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("the mirror server did not start")
-        port = parent.recv()
+    with served(listening(Mirror), "mirror server") as mirror:
         pairs = []
         for _ in range(rounds):  # interleaved: a load spike hits both alike
-            pairs.append((measured(raw_rate, port, connections, seconds),
-                          measured(fleet_echo_rate, port, connections, seconds)))
-    finally:
-        if mirror.pid is not None:
-            os.kill(mirror.pid, signal.SIGTERM)
-        mirror.join(10)
+            pairs.append((measured(raw_rate, mirror.port, connections, seconds),
+                          measured(fleet_echo_rate, mirror.port, connections, seconds)))
     ratios = sorted(fleet[0] / raw[0] for raw, fleet in pairs)
     raw_cpu = min(raw[1] for raw, _ in pairs)
     fleet_cpu = min(fleet[1] for _, fleet in pairs)

@@ -1,6 +1,6 @@
 """Fuzzer speed: scripts/bench fuzz [--json] [--seconds S].
 
-(a) fuzz_vs_echo: against a bare echo server (bench_host's, in its own process, answering each
+(a) fuzz_vs_echo: against a bare echo server (benchlib's, in its own process, answering each
 frame with the request mirrored as its response MTI, so the oracles decode and check every
 answer), the fuzzer's message-layer cases per second (generate, send, receive, judge) over a
 raw client's round trips per second (one fixed frame, sendall and recv) in the same run,
@@ -14,9 +14,7 @@ over TCP (session: signed on from a key-injection file), link over a served pty.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -24,15 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_host import Echo, host_command  # noqa: E402
-from benchlib import rates  # noqa: E402
+from bench_host import host_command  # noqa: E402
+from benchlib import Echo, listening, rates, served  # noqa: E402
 
 from protocol.dialects import get_dialect  # noqa: E402
 from protocol.framing import length_prefixed  # noqa: E402
@@ -49,7 +46,7 @@ SERIAL_LINK = ",inter_byte_timeout=0.1,ack_timeout=0.5"
 
 
 class Mirror(Echo):
-    """bench_host's echo server, answering each request with itself under its response MTI.
+    """benchlib's echo server, answering each request with itself under its response MTI.
     Like any host of the contract it answers requests only (an even third MTI digit): an
     answer to a response would sit unread and be taken for the next request's."""
 
@@ -58,18 +55,6 @@ class Mirror(Echo):
         for payload in self.reader.feed(data):
             if len(payload) >= 4 and payload[2:3] in (b"0", b"2", b"4", b"6", b"8"):
                 self.transport.write(length_prefixed(payload[:2] + bytes([payload[2] | 1]) + payload[3:]))
-
-
-def mirror_main(control: Connection) -> None:
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: Mirror(b""), "127.0.0.1", 0)
-        control.send(server.sockets[0].getsockname()[1])
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        server.close()
-    asyncio.run(serve())
 
 
 def fuzz_run(target: Any, ctx: Context, layers: tuple[str, ...], keys: Keys | None = None) -> Run:
@@ -96,14 +81,8 @@ def chunks(run: Run) -> Any:
 
 
 def fuzz_vs_echo(seconds: float) -> dict[str, float]:
-    mp = multiprocessing.get_context("fork")
-    parent, child = mp.Pipe()
-    server = mp.Process(target=mirror_main, args=(child,), daemon=True)
-    server.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("the echo server did not start")
-        port = parent.recv()
+    with served(listening(lambda: Mirror(b""))) as server:
+        port = server.port
         ctx = Context(get_dialect("iso87"))
         target = TcpTarget(Endpoint("127.0.0.1", port), timeout=5.0)
         fuzz = chunks(fuzz_run(target, ctx, ("message",)))
@@ -124,10 +103,6 @@ def fuzz_vs_echo(seconds: float) -> dict[str, float]:
         ours, theirs = (CHUNK * r for r in rates(fuzz, round_trips, seconds, rounds=5))
         raw.close()
         target.close()
-    finally:
-        if server.pid is not None:
-            os.kill(server.pid, signal.SIGTERM)
-        server.join(10)
     return {"fuzz_cases_per_s": round(ours, 1), "echo_round_trips_per_s": round(theirs, 1),
             "fuzz_vs_echo": round(ours / theirs, 3)}
 

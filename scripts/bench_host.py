@@ -21,7 +21,13 @@ commit, the default) and `--sync normal` (no fsync) in alternating windows of th
 
     fsync_vs_nosync_tps  = fsync_tps / nosync_tps
 
-With --hsm, (f) sign-ons per second and purchases per second of the in-process handlers under
+(f) iso8583sim's mock host (an asyncio host that approves whatever decodes: no MAC, no PIN,
+no database) driven by the same load generator with the same requests, in the same run:
+
+    host_vs_iso8583sim_tps = host_tps / iso8583sim_tps                   goal >= 3
+    host_vs_iso8583sim_cpu = iso8583sim_cpu_us / host_cpu_us             goal >= 3
+
+With --hsm, (g) sign-ons per second and purchases per second of the in-process handlers under
 a file LMK and under an LMK in a SoftHSM2 token of the run's own, same terminals, same run.
 
 127.0.0.1 only; every wait is bounded.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import multiprocessing
@@ -42,31 +49,38 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import iso8583
+from benchlib import Echo, listening, served
 
 from host import admin
-from host.clock import system_clock, system_rng
+from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.keydb import KeyDb
-from host.server import HostCore
+from protocol.clock import system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.crypto import Key
 from protocol.dialects import get_dialect
 from protocol.framing import FrameReader, Framing, length_prefixed
 from protocol.pyiso8583_spec import pyiso8583_spec, to_pyiso8583_doc
+from protocol.transport.tcp import Endpoint, TcpChannel
+from terminal.fleet.member import Card
+from terminal.keystore import KeySet, StoredKey
+from terminal.session import Purchase, Request, Session
+from terminal.store import MAX_WK_LIFETIME, Config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.host.client import Card, ClientTerminal, Link  # noqa: E402
 
 MID = "M00000000000001"
 CARD = Card("6212345678901234", "2812", "1234")
+DIALECT = get_dialect("iso87")
+KEY_SET, BATCH = "003", 1
 STREAM_HEADROOM = 2.0
 """Requests built per terminal = headroom x (the handlers' own rate, measured in-process first:
 a one-thread server cannot answer faster) x seconds / terminals. A terminal that still runs out
@@ -75,6 +89,35 @@ MIN_PER_TERMINAL = 40
 DRAIN_SECONDS = 5.0
 IN_PROCESS_TERMINALS = 100  # the handlers take turns between this many terminals' keys
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchTerminal:
+    """A terminal as pos-terminal is one (its sans-IO session, whose requests come from
+    protocol.requests): signed on once, then its MACed purchases with PIN blocks built ahead."""
+
+    def __init__(self, tid: str, tmk: Key) -> None:
+        now = time.time()
+        config = Config(tid, MID, DIALECT.name, KEY_SET, wk_lifetime=MAX_WK_LIFETIME)
+        self.session = Session(config, DIALECT, KeySet({"TMK": StoredKey(tmk, 1, now)}))
+        self.framing = Framing(DIALECT)
+        self.stans = itertools.count(1)
+
+    def sign_on_request(self) -> tuple[Request, bytes]:
+        request = self.session.signon(next(self.stans), BATCH, KEY_SET)
+        return request, self.framing.payload(request.encoded)
+
+    def install(self, request: Request, answer: bytes | None) -> None:
+        """The session judges the sign-on's answer (KCVs checked) and takes its keys."""
+        if answer is None:
+            raise RuntimeError(f"no answer to the sign-on of {self.session.config.tid}")
+        result = self.session.receive(request, self.framing.unframe(answer).message)
+        if result.rc != "00" or result.keyset is None:
+            raise RuntimeError(f"sign-on of {self.session.config.tid}: {result.rc} {result.reason}")
+        self.session.keys = result.keyset
+
+    def purchase(self, card: Card, amount: int) -> bytes:
+        order = Purchase(amount, card.pan, card.expiry, card.pin)
+        return self.framing.payload(self.session.purchase(next(self.stans), BATCH, order).encoded)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -181,10 +224,10 @@ def build_requests(port: int, tmks: dict[str, Key], per_terminal: int) -> tuple[
     frames, stans = [], []
     codec = get_codec("iso87")
     for tid, tmk in tmks.items():
-        terminal = ClientTerminal(tid, MID, tmk)
-        with Link(f"127.0.0.1:{port}", terminal) as link:
-            if link.sign_on("003")[39] != "00":
-                raise RuntimeError(f"sign-on of {tid} failed")
+        terminal = BenchTerminal(tid, tmk)
+        request, payload = terminal.sign_on_request()
+        with TcpChannel(Endpoint("127.0.0.1", port), response_timeout=10.0) as channel:
+            terminal.install(request, channel.exchange(payload))
         requests = [terminal.purchase(CARD, 1) for _ in range(per_terminal)]
         frames.append([length_prefixed(r) for r in requests])
         stans.append([codec.decode(r)[11].encode() for r in requests])  # type: ignore[union-attr]
@@ -254,13 +297,16 @@ class Load:
     seconds: float
     tmks: dict[str, Key] | None = None
     echo_request_size: int = 0
+    signon_port: int | None = None
+    """Where the terminals sign on, when not at `port` (a mock host that issues no keys)."""
 
 
 def loadgen_main(load: Load, control: Connection) -> None:
     """Entry point of the load-generator process."""
     try:
         if load.tmks is not None:
-            frames, stans = build_requests(load.port, load.tmks, load.per_terminal)
+            frames, stans = build_requests(load.signon_port or load.port, load.tmks,
+                                           load.per_terminal)
         else:  # the echo server: any request of the right size will do, answers carry no STAN
             request = length_prefixed(bytes(load.echo_request_size))
             frames = [[request] * load.per_terminal for _ in range(load.terminals)]
@@ -270,38 +316,6 @@ def loadgen_main(load: Load, control: Connection) -> None:
         control.send(result)
     except Exception as exc:  # reported to the bench, which fails with it
         control.send({"error": f"{type(exc).__name__}: {exc}"})
-
-
-# --- the echo server (its own process) -----------------------------------------------------------
-
-
-class Echo(asyncio.Protocol):
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.reader = FrameReader()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        for _ in self.reader.feed(data):
-            self.transport.write(self.answer)
-
-
-def echo_main(response_size: int, control: Connection) -> None:
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        answer = length_prefixed(bytes(response_size))
-        server = await loop.create_server(lambda: Echo(answer), "127.0.0.1", 0, backlog=4096)
-        control.send(server.sockets[0].getsockname()[1])
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        server.close()
-    asyncio.run(serve())
 
 
 # --- in-process measurements ---------------------------------------------------------------------
@@ -335,10 +349,9 @@ def handler_and_pyiso8583(data: Path, tmks: dict[str, Key], batch: int,
     core = HostCore(db, config, system_clock, _NullLog(), Framing(get_dialect("iso87")))
     terminals = []
     for tid, tmk in list(tmks.items())[:IN_PROCESS_TERMINALS]:
-        terminal = ClientTerminal(tid, MID, tmk)
-        reply = core.handle_payload(terminal.sign_on_request("003"))
-        assert reply is not None
-        terminal.install(codec.decode(reply), "003")
+        terminal = BenchTerminal(tid, tmk)
+        request, payload = terminal.sign_on_request()
+        terminal.install(request, core.handle_payload(payload))
         terminals.append(terminal)
     per_round = max(1, 800 // len(terminals))
 
@@ -401,12 +414,11 @@ def lmk_rates(data: Path, tmks: dict[str, Key], per_terminal: int = 20, batch: i
     codec = get_codec("iso87")
     core = HostCore(db, HandlerConfig(codec, db.vault, system_rng), system_clock, _NullLog(),
                     Framing(get_dialect("iso87")))
-    terminals = [ClientTerminal(tid, MID, tmk) for tid, tmk in tmks.items()]
+    terminals = [BenchTerminal(tid, tmk) for tid, tmk in tmks.items()]
     started = time.perf_counter()
     for terminal in terminals:
-        reply = core.handle_payload(terminal.sign_on_request("003"))
-        assert reply is not None and codec.decode(reply)[39] == "00"
-        terminal.install(codec.decode(reply), "003")
+        request, payload = terminal.sign_on_request()
+        terminal.install(request, core.handle_payload(payload))
     sign_ons = len(terminals) / (time.perf_counter() - started)
     replies: list[bytes | None] = []
 
@@ -538,6 +550,25 @@ def sync_cost(pristine: Path, tmp: Path, load: Load, rounds: int) -> dict[str, A
     return result
 
 
+def iso8583sim_window(pristine: Path, data: Path, load: Load) -> dict[str, Any] | None:
+    """iso8583sim's mock host (no crypto, no database: it approves whatever decodes, echoing
+    the STAN) driven by the same load generator with the same requests: the terminals sign on
+    at a pos-host of their own (keys for the MACs and PIN blocks), then purchase at the mock.
+    None when iso8583sim is not installed (it is in the `test` extra)."""
+    try:
+        from iso8583sim.net.host import MockHost
+    except ImportError:
+        return None
+    shutil.copytree(pristine, data)
+    host, port = start_pos_host(data, data.parent / "sim-signon.log")
+    try:
+        with served(lambda: MockHost().start("127.0.0.1", 0), "iso8583sim mock host") as sim:
+            return run_window(sim.pid, replace(load, port=sim.port, signon_port=port))
+    finally:
+        host.send_signal(signal.SIGTERM)
+        host.wait(30)
+
+
 def stream_length(handler_us: float, terminals: int, seconds: float) -> int:
     """Requests to build per terminal so that none runs out at `STREAM_HEADROOM` times the
     rate the handlers reach alone (`handler_us` of CPU per purchase, one thread)."""
@@ -570,20 +601,12 @@ def bench(terminals: int, seconds: float, sync_rounds: int) -> dict[str, Any]:
         handler_us, pyiso_us, request_size, response_size = handler_and_pyiso8583(
             Path(tmp) / "inproc", tmks, min(batch, terminals))
 
-        ctx = multiprocessing.get_context("fork")
-        parent, child = ctx.Pipe()
-        echo = ctx.Process(target=echo_main, args=(response_size, child), daemon=True)
-        echo.start()
-        try:
-            if not parent.poll(30):
-                raise RuntimeError("the echo server did not start")
-            echo_port = parent.recv()
-            echoed = run_window(echo.pid, Load(echo_port, terminals, per_terminal, seconds,
+        answer = length_prefixed(bytes(response_size))
+        with served(listening(lambda: Echo(answer))) as echo:
+            echoed = run_window(echo.pid, Load(echo.port, terminals, per_terminal, seconds,
                                                None, request_size))
-        finally:
-            if echo.pid is not None:
-                os.kill(echo.pid, signal.SIGTERM)
-            echo.join(10)
+        simulated = iso8583sim_window(Path(tmp) / "pristine", Path(tmp) / "sim",
+                                      Load(0, terminals, per_terminal, seconds, tmks))
         synced = sync_cost(Path(tmp) / "pristine", Path(tmp),
                            Load(0, terminals, per_terminal, seconds, tmks), sync_rounds)
 
@@ -609,6 +632,14 @@ def bench(terminals: int, seconds: float, sync_rounds: int) -> dict[str, Any]:
         (result["echo_cpu_us"] + result["handler_cpu_us"]) / result["host_cpu_us"], 3)
     result["handler_vs_pyiso8583"] = round(result["pyiso8583_cpu_us"]
                                            / result["handler_cpu_us"], 3)
+    if simulated is not None:
+        result |= {
+            "iso8583sim_tps": round(simulated["tps"], 1),
+            "iso8583sim_cpu_us": round(simulated["cpu_us"], 1),
+            "iso8583sim_lost": simulated["lost"],
+            "host_vs_iso8583sim_tps": round(hosted["tps"] / simulated["tps"], 3),
+            "host_vs_iso8583sim_cpu": round(simulated["cpu_us"] / hosted["cpu_us"], 3),
+        }
     return result | synced
 
 

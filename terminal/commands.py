@@ -17,15 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from protocol import fields, requests
-from protocol.codec import codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.keys import Key
 from protocol.dialects import get_dialect
 from protocol.errors import DecodeError, ProtocolError, SpecError
 from protocol.framing import Framing
 from protocol.injection import read_injection_file
-from protocol.mask import mask_in_place, mask_pan, masked_fields
+from protocol.mask import mask_pan, masked_fields
 from protocol.message import Message
+from protocol.shown import show
 from protocol.spec import Dialect
 from protocol.transport.tcp import TransportError
 from terminal import diagnose as diag
@@ -218,23 +218,11 @@ def _masked(message: Message, dialect: Dialect) -> dict[str, str]:
     return {str(n): v for n, v in masked_fields(message, dialect).items()}
 
 
-def _trace(terminal: Terminal, arrow: str, payload: bytes, framing: Framing) -> None:
-    """Decoded and masked: field values through protocol.mask, raw bytes with sensitive fields
-    overwritten, so a trace pasted into a ticket leaks nothing."""
-    if terminal.trace is None:
-        return
-    dialect = terminal.dialect
-    try:
-        unframed = framing.unframe(payload)
-        message, spans = codec_for(dialect).decode_spans(unframed.message)
-    except ProtocolError as exc:
-        terminal.trace(f"{arrow} {len(payload)} bytes that do not decode: {exc}")
-        return
-    terminal.trace(f"{arrow} {message.mti} ({len(payload)} bytes)")
-    for number, value in masked_fields(message, dialect).items():
-        terminal.trace(f"     {number:>3} {value}")
-    base = len(payload) - len(unframed.message)
-    terminal.trace(f"     hex {mask_in_place(payload, spans, dialect, base).hex().upper()}")
+def _trace(terminal: Terminal, arrow: str, payload: bytes) -> None:
+    """Rendered by protocol.shown, so a trace pasted into a ticket leaks nothing."""
+    if terminal.trace is not None:
+        for line in show(payload, terminal.dialect).lines(arrow):
+            terminal.trace(line)
 
 
 def _journal(terminal: Terminal, record: Record) -> None:
@@ -315,9 +303,9 @@ def run_exchange(terminal: Terminal, kind: Kind, build: Build, *, reserve: bool 
                 connect()  # a host that refuses the connection got nothing: nothing to reverse
             pending = session.pending_for(request, terminal.clock())
             terminal.pending.save(pending)
-        _trace(terminal, ">>", payload, framing)
+        _trace(terminal, ">>", payload)
         reply = channel.exchange(payload, terminal.wire.response_timeout)
-        _trace(terminal, "<<", reply, framing)
+        _trace(terminal, "<<", reply)
         result = session.receive(request, framing.unframe(reply).message)
     except TransportError as exc:
         _record_failure(terminal, kind, "unreachable", str(exc), request)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.clock import Rng
 from protocol.crypto import tr31
-from protocol.crypto.keys import Key, Rng
+from protocol.crypto.keys import Key
 from terminal.fsops import REAL_OPS, FsOps, atomic_replace, write_secret_once
 
 FORMAT = 1

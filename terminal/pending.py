@@ -23,7 +23,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from protocol.crypto.keys import Rng
+from protocol.clock import Rng
 from protocol.mask import mask_pan
 from protocol.requests import REVERSAL_BAD_ANSWER, REVERSAL_NO_ANSWER, REVERSAL_OTHER
 from terminal.fsops import REAL_OPS, FsOps, atomic_replace

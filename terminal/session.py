@@ -9,11 +9,11 @@ same logic serves TCP, serial and tests, and tests need no network to reach ever
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from protocol import codes, fields, macing, requests
+from protocol.clock import Clock
 from protocol.codec import Codec, codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.errors import CryptoError
@@ -28,7 +28,6 @@ from terminal.keystore import KeySet, StoredKey
 from terminal.pending import NO_ANSWER, PendingReversal
 from terminal.store import Config
 
-Clock = Callable[[], float]
 Kind = Literal["signon", "signoff", "echo", "purchase", "inquiry", "void", "refund", "reversal",
                "settle", "upload"]
 Source = Literal["host", "terminal"]
@@ -154,26 +153,20 @@ class Session:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def _base(self, mti: str, stan: int, batch: int, type_code: str, nmic: str) -> Message:
-        """The fields every request carries: STAN, terminal, merchant, field 60."""
-        field60 = fields.Field60(type_code, f"{batch:06d}", nmic).format()
-        return Message(mti, {11: f"{stan:06d}", 41: self.config.tid, 42: self.config.mid,
-                             60: field60})
-
     def signon(self, stan: int, batch: int, key_set: str | None = None) -> Request:
         if self.keys.tmk is None:
             raise key_error("K1", "TMK", "not loaded", "no TMK: run the key ceremony first")
         code = key_set or self.config.key_set
         fields.key_set(code)  # refuses an unknown set before anything is sent
-        msg = self._base("0800", stan, batch, fields.TYPE_SIGN_ON, code)
         now = time.gmtime(self.clock())  # UTC: the same test gives the same bytes anywhere
-        msg.fields.update({12: time.strftime("%H%M%S", now), 13: time.strftime("%m%d", now),
-                           63: f"{self.config.operator} "})
+        msg = requests.sign_on(self._station(batch), f"{stan:06d}", code,
+                               (time.strftime("%H%M%S", now), time.strftime("%m%d", now)),
+                               self.config.operator)
         return Request("signon", msg, self.codec.encode(msg), stan)
 
     def network(self, kind: Literal["signoff", "echo"], stan: int, batch: int) -> Request:
         nmic = fields.NMIC_SIGN_OFF if kind == "signoff" else fields.NMIC_ECHO
-        msg = self._base("0820", stan, batch, fields.TYPE_SIGN_ON, nmic)
+        msg = requests.network(self._station(batch), f"{stan:06d}", nmic)
         return Request(kind, msg, self.codec.encode(msg), stan)
 
     def check_working_keys(self, need_pik: bool) -> StoredKey:

@@ -2,14 +2,12 @@
 
 import hmac
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.clock import Rng
 from protocol.crypto.errors import KeyMaterialError
 from protocol.crypto.kcv import kcv
-
-Rng = Callable[[int], bytes]
 
 KEY_LENGTHS: dict[str, tuple[int, ...]] = {
     "DES": (8,),

@@ -9,9 +9,10 @@ import os
 import re
 from collections.abc import Collection
 
+from protocol.clock import Rng
 from protocol.crypto.ciphers import Ecb, aes_ecb, des_ecb, xor
 from protocol.crypto.errors import PinBlockError
-from protocol.crypto.keys import Key, Rng, material_of
+from protocol.crypto.keys import Key, material_of
 
 _PIN = re.compile(r"[0-9]{4,12}")
 # Format -> the fill nibbles a valid block may hold after the PIN (one choice: a fixed fill;

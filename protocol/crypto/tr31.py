@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from protocol.clock import Rng
 from protocol.crypto.ciphers import CACHE_SIZE, aes_ecb, cmac, des_ecb, xor
 from protocol.crypto.errors import KeyBlockError, KeyBlockMacError
-from protocol.crypto.keys import Key, Rng
+from protocol.crypto.keys import Key
 from protocol.crypto.mac import iso9797_mac
 
 

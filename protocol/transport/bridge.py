@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from protocol.errors import FramingError
 from protocol.framing import DEFAULT_MAX_FRAME, FrameReader, length_prefixed
-from protocol.link import LinkOptions, TraceOptions
+from protocol.link import LinkOptions
+from protocol.trace import TraceOptions
 from protocol.transport.serial import (
     PortSpec,
     SerialLine,

@@ -30,12 +30,11 @@ from protocol.link import (
     LinkError,
     LinkOptionError,
     LinkOptions,
-    LinkTrace,
     LinkUsageError,
     MessageReceived,
     MessageSent,
-    TraceOptions,
 )
+from protocol.trace import LinkTrace, TraceOptions
 from protocol.transport.errors import TransportError
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import ProtocolError
-from protocol.mask import mask_message_bytes, masked_fields
+from protocol.shown import show
 from terminal.fuzz.engine import Context
 from terminal.fuzz.oracles import ORACLES, Verdict
 from terminal.fuzz.probe import Probe
@@ -24,21 +23,14 @@ def describe(ctx: Context, payload: bytes) -> str:
     """One masked line for a payload: its MTI and fields, or why it does not decode."""
     if not payload:
         return "nothing"
-    try:
-        message = ctx.codec.decode(ctx.framing.unframe(payload).message)
-    except ProtocolError as exc:  # its text names field and offset, never a value
-        return f"{len(payload)} bytes that do not decode ({exc})"
-    shown = " ".join(f"{n}={v}" for n, v in masked_fields(message, ctx.dialect).items())
-    return f"{message.mti} {shown}"
+    shown = show(payload, ctx.dialect)
+    if shown.error is not None:  # its text names field and offset, never a value
+        return f"{len(payload)} bytes that do not decode ({shown.error})"
+    return shown.line()
 
 
 def masked_hex(ctx: Context, payload: bytes) -> str:
-    try:
-        unframed = ctx.framing.unframe(payload)
-    except ProtocolError:
-        return "2a" * len(payload)
-    head = payload[:len(payload) - len(unframed.message)]
-    return (head + mask_message_bytes(unframed.message, ctx.dialect)).hex()
+    return show(payload, ctx.dialect).masked.hex()
 
 
 @dataclass

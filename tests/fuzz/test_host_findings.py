@@ -10,11 +10,11 @@ import io
 from pathlib import Path
 
 from host import admin
-from host.clock import seeded_rng, system_clock, system_rng
+from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.logs import MessageLog
-from host.server import HostCore
+from protocol.clock import seeded_rng, system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.crypto import Key
 from protocol.dialects import get_dialect

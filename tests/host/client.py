@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from protocol import requests
 from protocol.codec import Codec, codec_for
 from protocol.crypto import (
     Key,
@@ -15,10 +16,10 @@ from protocol.crypto import (
     verify_mac,
 )
 from protocol.dialects import get_dialect
-from protocol.fields import KEY_SETS, NMIC_ECHO, TYPE_SIGN_ON, Field60, parse_key_set
+from protocol.fields import KEY_SETS, NMIC_ECHO, parse_key_set
 from protocol.framing import Framing, Tpdu
 from protocol.macing import compute, mac_input, message_mac, sign
-from protocol.message import Message
+from protocol.message import FieldValue, Message
 from protocol.transport.tcp import TcpChannel, parse_endpoint
 
 
@@ -65,17 +66,16 @@ class ClientTerminal:
 
     # --- messages --------------------------------------------------------------------------------
 
+    @property
+    def station(self) -> requests.Station:
+        return requests.Station(self.tid, self.merchant, self.batch)
+
     def sign_on_request(self, key_set: str = "003") -> bytes:
-        return self.codec.encode(Message("0800", {
-            11: self.stan(), 12: "120000", 13: "1125", 41: self.tid, 42: self.merchant,
-            60: Field60(TYPE_SIGN_ON, self.batch, key_set).format(), 63: "01 ",
-        }))
+        return self.codec.encode(requests.sign_on(self.station, self.stan(), key_set,
+                                                  ("120000", "1125"), "01"))
 
     def network_request(self, nmic: str = NMIC_ECHO) -> bytes:
-        return self.codec.encode(Message("0820", {
-            11: self.stan(), 41: self.tid, 42: self.merchant,
-            60: Field60(TYPE_SIGN_ON, self.batch, nmic).format(),
-        }))
+        return self.codec.encode(requests.network(self.station, self.stan(), nmic))
 
     def install(self, response: Message, key_set: str) -> None:
         """Unwrap field 62 under the TMK and check each 4-byte KCV; raises on any mismatch."""
@@ -91,25 +91,14 @@ class ClientTerminal:
     def purchase_fields(
         self, card: Card, amount: int, stan: str | None = None, pin: str | None = None,
         swiped: bool = False,
-    ) -> dict[int, str | bytes]:
+    ) -> dict[int, FieldValue]:
+        """protocol.requests' purchase, as a dict a test may then bend."""
         pin = card.pin if pin is None else pin
-        fields: dict[int, str | bytes] = {
-            3: "000000", 4: f"{amount:012d}", 11: stan or self.stan(), 25: "00",
-            41: self.tid, 42: self.merchant, 49: "156",
-            60: Field60("22", self.batch, "000").format(),
-        }
-        if swiped:
-            fields[35] = f"{card.pan}={card.expiry}1010000000"
-        else:
-            fields[2], fields[14] = card.pan, card.expiry
-        if pin:
-            fields[22] = "021" if swiped else "011"
-            fields[26] = "12"
-            fields[52] = encrypt_pin_block(self.keys["PIK"], pin, card.pan)
-            fields[53] = KEY_SETS[self.key_set].security_control
-        else:
-            fields[22] = "022" if swiped else "012"
-        return fields
+        track2 = f"{card.pan}={card.expiry}1010000000" if swiped else None
+        block = encrypt_pin_block(self.keys["PIK"], pin, card.pan) if pin else None
+        entry = requests.CardEntry(card.pan, card.expiry, track2, block,
+                                   KEY_SETS[self.key_set].security_control if pin else None)
+        return requests.purchase(self.station, stan or self.stan(), entry, amount).fields
 
     def purchase(self, card: Card, amount: int, **kwargs: object) -> bytes:
         fields = self.purchase_fields(card, amount, **kwargs)  # type: ignore[arg-type]

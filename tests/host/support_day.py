@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host import admin
-from host.clock import seeded_rng, system_rng
+from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.logs import MessageLog
-from host.server import HostCore
 from protocol import requests
+from protocol.clock import seeded_rng, system_rng
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from host.cli import main
-from host.clock import system_rng
 from host.datadir import DB_FILE, LMK_FILE, open_data
+from protocol.clock import system_rng
 from protocol.crypto import Key, combine_components, tr31
 
 MID = "M00000000000001"

@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from host import admin
-from host.clock import seeded_rng, system_clock, system_rng
+from host.core import HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.keydb import KeyDb, KeyDbError, txn_ref
 from host.logs import MessageLog
-from host.server import HostCore
+from protocol.clock import seeded_rng, system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing, Tpdu
@@ -153,7 +153,7 @@ def test_a_response_mti_gets_no_answer_and_bad_tpdu_closes(site: Site) -> None:
 
 def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> None:
     """Unauthenticated traffic (any TID, any batch) costs reads, never memory that stays."""
-    from host import server
+    from host import core
 
     echo = {11: "000001", 41: "", 42: MID, 60: "00000001301"}
     for i in range(300):
@@ -164,9 +164,9 @@ def test_made_up_terminals_and_batches_do_not_grow_the_caches(site: Site) -> Non
     assert "X0000001" not in site.core._terminals and len(site.core._terminals) <= 1
     terminal = site.core.terminal("T0000001")
     assert terminal is not None
-    for batch in range(server.CACHE_LIMIT + 5):
+    for batch in range(core.CACHE_LIMIT + 5):
         site.core.prior(terminal, f"{batch:06d}", "000001")
-    assert len(site.core._last_stans) <= server.CACHE_LIMIT
+    assert len(site.core._last_stans) <= core.CACHE_LIMIT
 
 
 def test_removing_a_terminal_forgets_its_answers_and_no_one_else_s(site: Site) -> None:
@@ -229,3 +229,16 @@ def test_txn_refs_are_one_to_one(a: tuple[int, int, int], b: tuple[int, int, int
     ref_b = txn_ref(b[0], f"{b[1]:06d}", f"{b[2]:06d}")
     assert (ref_a == ref_b) == (a == b)
     assert 0 < ref_a < 2**63  # an SQLite INTEGER
+
+
+def test_the_database_hands_keys_over_sealed_and_the_module_opens_them(site: Site) -> None:
+    """The serving path reads blocks, never clear keys: only the security module unseals."""
+    sealed = site.db.load_sealed("T0000001")
+    assert sealed is not None and sealed.tmk is not None and sealed.working
+    assert isinstance(sealed.tmk.key, str)
+    assert all(isinstance(key, str) for w in sealed.working for key in (w.pik, w.mak))
+    module = site.core.config.security
+    assert module is not None
+    opened = site.db.load_terminal("T0000001")
+    assert opened is not None
+    assert module.admit(sealed) == module.admit(opened) == site.core.terminal("T0000001")

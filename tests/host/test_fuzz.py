@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from host import admin
-from host.clock import seeded_rng, system_clock, system_rng
+from host.core import ANSWER, CLOSE, IGNORED, HostCore
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.logs import MessageLog
-from host.server import ANSWER, CLOSE, IGNORED, HostCore
 from protocol import strategies
+from protocol.clock import seeded_rng, system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing

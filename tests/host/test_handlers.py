@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from host import hsm
-from host.clock import seeded_rng
 from host.handlers import HandlerConfig, Outcome, approval_code, handle
 from host.lmk import Vault
 from host.state import (
@@ -29,6 +28,7 @@ from host.state import (
     Terminal,
     TerminalKeys,
 )
+from protocol.clock import seeded_rng
 from protocol.codec import get_codec
 from protocol.codes import KeyErrorReason
 from protocol.crypto import Key

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from host.admin import add_card, add_terminal, rotate_lmk
-from host.clock import system_rng
 from host.datadir import LMK_FILE, NEW_LMK_FILE, init_data, open_data
 from host.hsm import unseal
 from host.lmk import check_value, load_lmk
+from protocol.clock import system_rng
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
 from tests.support import _env, host_command, init_host, pos_host, provision_terminal, running_host
 from tests.support import add_card as cli_add_card

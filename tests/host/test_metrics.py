@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from host import admin
-from host.clock import seeded_rng, system_clock, system_rng
+from host.core import CACHE_LIMIT, EVICTED, HostCore, _make_room
 from host.datadir import init_data, open_data
 from host.handlers import HandlerConfig
 from host.logs import MessageLog
 from host.metrics import PrometheusMetrics
-from host.server import CACHE_LIMIT, EVICTED, HostCore, _make_room
+from protocol.clock import seeded_rng, system_clock, system_rng
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing
@@ -119,13 +119,13 @@ def test_a_sign_on_fills_the_cache_with_the_keys_it_issued(tmp_path: Path) -> No
     admin.add_card(db, CARD.pan, CARD.expiry, CARD.pin, "100.00")
     terminal = ClientTerminal(TID, MID, tmk)
     reads: list[str] = []
-    load = db.load_terminal
+    load = db.load_sealed
 
     def counted(tid: str):  # type: ignore[no-untyped-def]
         reads.append(tid)
         return load(tid)
 
-    db.load_terminal = counted  # type: ignore[method-assign]
+    db.load_sealed = counted  # type: ignore[method-assign]
 
     def answer(message: bytes) -> str:
         reply = core.handle_payload(terminal.payload(message))

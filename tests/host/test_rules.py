@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from host.clock import system_rng
 from host.datadir import init_data
 from host.rules import (
     Action,
@@ -27,6 +26,7 @@ from host.rules import (
     parse_rules,
     static_match,
 )
+from protocol.clock import system_rng
 from protocol.fields import parse_key_set
 from protocol.message import Message
 from tests.host.client import ClientTerminal, tmk_from_ceremony

@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from host.clock import system_rng
 from host.datadir import DB_FILE, open_data
+from protocol.clock import system_rng
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
 from tests.support import add_card, host_command, init_host, pos_host, provision_terminal, start_host
 

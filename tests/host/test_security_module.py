@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from host import hsm
-from host.clock import seeded_rng
 from host.state import ACTIVE, HeldKey, KeyHandle, TerminalKeys
+from protocol.clock import seeded_rng
 from protocol.crypto import Key, KeyBlockError, dialect_mac, encrypt_pin_block, unwrap_ecb
 from protocol.dialects import get_dialect
 from protocol.fields import KEY_SETS, parse_key_set

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from host.clock import CLOCK_OFFSET_ENV, serving_clock, system_clock
+from host.clock import CLOCK_OFFSET_ENV, serving_clock
+from protocol.clock import system_clock
 
 
 def test_no_offset_is_the_system_clock() -> None:

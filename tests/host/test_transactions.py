@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from host.clock import system_rng
 from host.datadir import open_data
 from host.keydb import SCHEMA_VERSION, txn_ref
 from protocol import requests
+from protocol.clock import system_rng
 from protocol.crypto import Key
 from protocol.fields import Half, SettlementTotals, UploadRecord
 from protocol.macing import sign

@@ -8,8 +8,9 @@ from protocol.codec import get_codec
 from protocol.dialects import CUP, ISO87
 from protocol.errors import ProtocolError
 from protocol.fields import KEY_SETS, Field60, WrappedKey, build_key_set, key_set, parse_key_set
-from protocol.mask import mask_message_bytes, mask_pan, masked_fields
+from protocol.mask import mask_pan, masked_fields
 from protocol.message import Message
+from protocol.shown import mask_message_bytes
 
 # --- field 60 --------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from subprocess import Popen
 
 import pytest
 
-from protocol.link import ACK, NAK, LinkOptions, TraceOptions, encode_frame
+from protocol.link import ACK, NAK, LinkOptions, encode_frame
+from protocol.trace import TraceOptions
 from protocol.transport.serial import (
     PortSpec,
     PortSpecError,

@@ -7,8 +7,9 @@ import pytest
 from protocol.codec import get_codec
 from protocol.dialects import get_dialect
 from protocol.framing import Framing
-from protocol.link import ACK, NAK, LinkOptions, LinkTrace, TraceOptions, encode_frame
+from protocol.link import ACK, NAK, LinkOptions, encode_frame
 from protocol.message import Message
+from protocol.trace import LinkTrace, TraceOptions
 
 PAN = "6222021234567890123"
 TRACK2 = PAN + "=30121010000012345"

@@ -10,11 +10,12 @@ from dataclasses import replace
 import pytest
 
 from protocol import fields, macing
+from protocol.clock import Rng
 from protocol.codec import get_codec
 from protocol.codes import KeyErrorReason
 from protocol.crypto import decrypt_pin_block, generate_key, kcv, wrap_ecb
 from protocol.crypto.ciphers import des_ecb
-from protocol.crypto.keys import Key, Rng
+from protocol.crypto.keys import Key
 from protocol.dialects import get_dialect
 from protocol.errors import ProtocolError
 from protocol.message import Message

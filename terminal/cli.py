@@ -27,7 +27,7 @@ from protocol.transport.tcp import TransportError
 from terminal import commands as cmd
 from terminal import render
 from terminal.ceremony import CeremonyError, Component
-from terminal.channel import Wire
+from terminal.channel import Wire, open_tap
 from terminal.fsops import exclusive
 from terminal.keystore import KeystoreError
 from terminal.pending import PendingError
@@ -168,6 +168,9 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="show each frame decoded and masked (on stderr)")
     parser.add_argument("--auto-signon", action="store_true", default=d(False),
                         help="on K1/K2 of a working key, sign on once and retry")
+    parser.add_argument("--pcap", default=d(None), metavar="FILE",
+                        help="write what crosses the line to FILE (pcap, mode 0600; it holds the "
+                             "raw bytes, PAN and key ciphertext included)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +280,11 @@ def _terminal(args: argparse.Namespace) -> cmd.Terminal:
     # Held until main() returns: the whole command (STAN, exchange, keys, journal) is one unit.
     args.stack.enter_context(exclusive(layout.folder, args.connect_timeout + args.timeout + 5))
     trace = (lambda line: print(line, file=sys.stderr)) if args.trace else None
-    terminal = cmd.open_terminal(layout, wire=wire, dialect_name=args.dialect, trace=trace)
+    tap = None
+    if args.pcap:
+        tap = open_tap(args.pcap, wire)
+        args.stack.callback(tap.close)
+    terminal = cmd.open_terminal(layout, wire=wire, dialect_name=args.dialect, trace=trace, tap=tap)
     args.warnings = terminal.warnings
     return terminal
 

@@ -92,6 +92,24 @@ class Result:
                 and self.response.text(44) == codes.RENEWAL_DUE)
 
 
+def refuse_key_set(response: Message, asked: str) -> TerminalKeyError | None:
+    """A 0810 whose 60.3 names another key set than the one asked for: another acquirer's
+    download (005, 011, ...), whose field 62 layout this terminal does not know, is refused
+    by name (K3, old keys kept) rather than cut by our layout and reported as corrupt."""
+    try:
+        answered = fields.Field60.parse(response.text(60)).nmic
+    except ProtocolError:
+        return None  # no readable 60.3: the download is judged by the key set asked for
+    if answered == asked:
+        return None
+    known = answered in fields.KEY_SETS
+    return key_error(
+        "K3", "WK", f"key set {answered} " + ("unasked" if known else "unknown"),
+        f"the host sent key set {answered} where {asked} was asked for"
+        + ("" if known else f"; this terminal knows {', '.join(fields.KEY_SETS)}")
+        + "; old keys kept")
+
+
 def check_card(pan: str, expiry: str, pin: str | None) -> None:
     """Refuse a mistyped card before a STAN is spent on it."""
     if not (12 <= len(pan) <= 19 and pan.isdigit()):
@@ -319,6 +337,10 @@ class Session:
         if rc != codes.APPROVED:
             return Result("signon", "refused", rc, response=response)
         code = fields.Field60.parse(request.message.text(60)).nmic
+        refused = refuse_key_set(response, code)
+        if refused is not None:
+            return Result("signon", "key_error", codes.KEY_ERROR, refused.reason, "terminal",
+                          response, detail=f"{refused.detail} (the host answered {rc})")
         try:
             installed = self.verify_download(response.get(62), code)
         except TerminalKeyError as exc:

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -220,9 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the original's batch (default: found in the ledger)")
         p.add_argument("--amount", type=_checked(parse_amount), metavar="A", help=amount_help)
 
-    p = command("purchase", "a keyed-card purchase (0200)")
+    p = command("purchase", "a keyed-card or chip purchase (0200)")
     p.add_argument("--amount", required=True, help="e.g. 12.34")
     card(p)
+    p.add_argument("--chip", action="store_true",
+                   help="an inserted chip card: entry mode 05x, field 55 (EMV tags), field 23")
+    p.add_argument("--sequence", default="001", metavar="NNN",
+                   help="the chip card's sequence number (field 23; default 001)")
 
     p = command("inquiry", "a balance inquiry (0200, processing code 310000)")
     card(p)
@@ -379,7 +384,8 @@ def _card(args: argparse.Namespace, amount: int) -> Purchase:
 
 def do_purchase(args: argparse.Namespace, out: Output) -> int:
     try:  # the whole order is checked before the terminal is touched
-        order = _card(args, parse_amount(args.amount))
+        order = replace(_card(args, parse_amount(args.amount)), chip=args.chip,
+                        sequence=args.sequence)
     except ValueError as exc:
         return out.fail(EXIT_USAGE, "usage", str(exc))
     terminal = _terminal(args)

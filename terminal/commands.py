@@ -21,6 +21,7 @@ from protocol.codec import codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.keys import Key
 from protocol.dialects import get_dialect
+from protocol.emv import describe_tags
 from protocol.errors import DecodeError, ProtocolError, SpecError
 from protocol.framing import Framing
 from protocol.injection import read_injection_file
@@ -234,8 +235,22 @@ def _trace(terminal: Terminal, arrow: str, payload: bytes, framing: Framing) -> 
     terminal.trace(f"{arrow} {message.mti} ({len(payload)} bytes)")
     for number, value in masked_fields(message, dialect).items():
         terminal.trace(f"     {number:>3} {value}")
+        raw = message.fields[number]
+        if dialect.fields[number].tlv and isinstance(raw, bytes):
+            _trace_tags(terminal.trace, raw, number)
     base = len(payload) - len(unframed.message)
     terminal.trace(f"     hex {mask_in_place(payload, spans, dialect, base).hex().upper()}")
+
+
+def _trace_tags(trace: Trace, data: bytes, number: int) -> None:
+    """A BER-TLV field (55) tag by tag, by name, the cardholder's tags masked (protocol.emv)."""
+    try:
+        tags = describe_tags(data, number)
+    except ProtocolError as exc:
+        trace(f"         not BER-TLV: {exc}")
+        return
+    for tag in tags:
+        trace(f"         {tag['tag']:<5} {tag['name'][:36]:<36} {tag['value']}")
 
 
 def _journal(terminal: Terminal, record: Record) -> None:

@@ -54,3 +54,14 @@ def test_another_acquirers_key_set_is_refused_and_old_keys_kept(ready: Rig, key_
     assert f"key set {key_set}" in run.json["detail"] and "old keys kept" in run.json["detail"]
     assert keystore.read_bytes() == before
     assert ready.purchase("--json").json["outcome"] == "approved"  # the old keys still work
+
+
+def test_a_double_length_mak_under_003_in_cup_is_refused_by_what_it_is() -> None:
+    """Some CUP hosts send a 16-byte MAK under 003; our cup MAC takes a single-length one."""
+    from protocol.dialects import CUP
+    from protocol.errors import DecodeError
+    from protocol.fields import parse_key_set
+
+    data = bytes(16) + bytes(4) + bytes(range(1, 17)) + bytes(4)
+    with pytest.raises(DecodeError, match="a MAK of 16 bytes where cup's MAC takes one of 8"):
+        parse_key_set(data, "003", CUP)

@@ -150,3 +150,12 @@ def _payloads(pcap: Path) -> list[bytes]:
             out.append(packet[40:])
         pos += 16 + size
     return out
+
+
+def test_the_terminal_refuses_tcp_for_a_dialect_without_length() -> None:
+    from protocol.framing import LENGTH_HEADERS
+    from protocol.transport.tcp import TransportError
+    from terminal.channel import Wire, open_channel
+
+    with pytest.raises(TransportError, match="no length header"):
+        open_channel(Wire(host="tcp://127.0.0.1:9"), LENGTH_HEADERS["none"])

@@ -553,7 +553,7 @@ class TappedConnection(HostConnection):
         super().connection_lost(exc)
 
     def received(self, data: bytes | memoryview) -> None:
-        if self.capture is not None and not self.closing:
+        if self.capture is not None:  # everything that arrived, as a tap on the line saw it
             self.capture.read(bytes(data))
         super().received(data)
 

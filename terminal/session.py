@@ -136,8 +136,9 @@ class Purchase:
 
     def __post_init__(self) -> None:
         check_card(self.pan, self.expiry, self.pin)
-        if not (len(self.sequence) == 3 and self.sequence.isdigit()):
-            raise ValueError("the card sequence number is 3 digits")
+        if not (len(self.sequence) == 3 and self.sequence.isdigit() and self.sequence[0] == "0"):
+            # field 23 is n3, the card's own tag 5F34 n2: 000-099 fit both
+            raise ValueError("the card sequence number is 3 digits, 000 to 099")
 
     def __repr__(self) -> str:
         return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'}, chip={self.chip})"

@@ -53,6 +53,7 @@ from protocol.dialects import get_dialect, load_dialect
 from protocol.errors import SpecError
 from protocol.fields import KEY_SETS
 from protocol.framing import Framing
+from protocol.pcap import LINKTYPE_USER0, LinkCapture, PcapTap, open_capture
 from protocol.spec import Dialect
 from protocol.trace import TraceOptions
 from protocol.transport.bridge import run_bridge
@@ -494,6 +495,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _with_db(_serve)(args)
 
 
+def _captures(path: str | None, tcp: bool, serial: bool) -> tuple[PcapTap | None, LinkCapture | None]:
+    """`--pcap FILE`: TCP goes to FILE; serial link frames too when there is no TCP, else to
+    FILE with `-serial` before its suffix (a pcap file holds one link type)."""
+    if path is None:
+        return None, None
+    tap = PcapTap(path) if tcp else None
+    link = None
+    if serial:
+        target = Path(path)
+        if tcp:
+            target = target.with_name(f"{target.stem}-serial{target.suffix}")
+        link = LinkCapture(open_capture(target, LINKTYPE_USER0))
+    return tap, link
+
+
 def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     _check_ports(args.serial)
     dialect: Dialect = args.dialect
@@ -506,7 +522,11 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
         clock = serving_clock(os.environ)
     except ValueError:
         raise admin.UsageError(f"${CLOCK_OFFSET_ENV} must be a number of seconds") from None
-    core = HostCore(db, config, clock, log, Framing(dialect))
+    framing = Framing(dialect)
+    if args.tcp is not None and not framing.length.size:
+        raise admin.UsageError(f"dialect {dialect.name} has no length header (length = \"none\"): "
+                               "its frames need a serial link (--serial), not --tcp")
+    core = HostCore(db, config, clock, log, framing)
     if args.rules:
         core.rules = RuleBook(Path(args.rules), resolve(args.data) / HITS_FILE, log.event)
     later: list[str] = []  # the metrics address, after the first listening line (tests read it)
@@ -527,14 +547,18 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
         stream.write(text + "\n")
         stream.flush()
 
+    tap, capture = _captures(args.pcap, args.tcp is not None, bool(args.serial))
     serial = SerialPorts(args.serial, TraceOptions.for_dialect(dialect, trace_line)
-                         if args.trace else None)
+                         if args.trace else None, capture)
     db.set_synchronous(args.sync)
     limits = Limits(args.max_connections or default_max_connections(), args.idle_timeout,
                     args.frame_timeout)
     try:
-        asyncio.run(serve_until_signalled(core, args.tcp, serial, announce, limits))
+        asyncio.run(serve_until_signalled(core, args.tcp, serial, announce, limits, tap))
     finally:
+        for opened in (tap, capture):
+            if opened is not None:
+                opened.close()
         if exporter is not None:
             exporter.shutdown()
         if stream is not sys.stderr:
@@ -766,6 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answers under working keys expiring within this (e.g. 2h) tell the "
                             "terminal to sign on after the transaction (default: never)")
     serve.add_argument("--trace", action="store_true", help="log each decoded frame, masked")
+    serve.add_argument("--pcap", metavar="FILE",
+                       help="write every connection to FILE as pcap (mode 0600: raw bytes, PANs "
+                            "and key ciphertext included; serial links to FILE-serial with --tcp)")
     serve.add_argument("--log", help="append the JSON log here instead of stderr")
     serve.add_argument("--max-connections", type=_count, metavar="N",
                        help="at N open connections a new one closes the one idle longest "

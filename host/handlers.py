@@ -277,9 +277,12 @@ def card_data(request: Message) -> tuple[str, str] | None:
     """PAN and expiry, from field 2/14 (keyed) or track 2 (swiped); None if neither is there."""
     if 35 in request.fields:
         pan, sep, rest = request.text(35).partition("=")
-        if not sep or len(rest) < 4:
+        pan, expiry = request.text(2) or pan, request.text(14) or rest[:4]
+        # A track 2 enciphered where the PAN or expiry sit (hex nibbles A-F) cannot be read
+        # here: the host holds no TDK scheme for it, so it is a format error, as unreadable.
+        if not sep or len(rest) < 4 or not (pan.isdigit() and expiry.isdigit()):
             return None
-        return request.text(2) or pan, request.text(14) or rest[:4]
+        return pan, expiry
     if 2 in request.fields:
         return request.text(2), request.text(14)
     return None
@@ -570,7 +573,7 @@ class Pipeline:
         checks (30 without field 53, K3 for another scheme or a block that is not ISO 9564)."""
         card_values = card_data(request)
         if card_values is None:
-            return format_error("no card data (field 2 or 35)")
+            return format_error("no readable card data (field 2, or 35 in clear)")
         pan, expiry = card_values
         fields = request.fields
         block = fields.get(52)

@@ -24,7 +24,8 @@ from host.connections import Limits, Listener, Registry, default_max_connections
 from host.core import CLOSE, IGNORED, Cut, HostCore
 from host.logs import RateLimited
 from protocol.errors import FramingError
-from protocol.framing import FrameReader, length_prefixed
+from protocol.framing import length_prefixed
+from protocol.pcap import LinkCapture, PcapTap, TapConnection
 from protocol.trace import TraceOptions
 from protocol.transport.serial import SerialLinkError, start_serial_server
 
@@ -72,7 +73,13 @@ class HostConnection(asyncio.BufferedProtocol):
         self.registry = registry
         self.buffer = buffer
         self.limits = limits
-        self.reader = FrameReader()
+        framing = core.framing
+        self.reader = framing.reader()
+        # The default header frames with the one call the host always made (no per-answer
+        # attribute lookups on the hot path); a spec file's header goes by its own `prefix`.
+        self.frame: Callable[[bytes], bytes] = (
+            length_prefixed if framing.length.name == "binary2" and not framing.length.includes_self
+            else framing.length.prefix)
         self.transport: asyncio.Transport | None = None
         self.closing = False
 
@@ -134,7 +141,7 @@ class HostConnection(asyncio.BufferedProtocol):
             self.transport.write(payload)
             self.finish()
         else:
-            self.transport.write(length_prefixed(payload))
+            self.transport.write(self.frame(payload))
 
     def finish(self) -> None:
         """Close after the answers already due, telling the peer (FIN) and dropping what it
@@ -156,6 +163,39 @@ class HostConnection(asyncio.BufferedProtocol):
                 self.transport.abort()
             else:
                 self.transport.close()
+
+
+class TappedConnection(HostConnection):
+    """`serve --pcap`: a connection that also writes what it reads and sends to a capture.
+    A subclass, so a host serving without a capture does no per-frame work for it."""
+
+    tap: PcapTap
+    capture: TapConnection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        try:
+            self.capture = self.tap.connection(transport.get_extra_info("sockname"),
+                                               transport.get_extra_info("peername"),
+                                               local_is_client=False)
+        except (ValueError, TypeError) as exc:  # not IPv4: the capture holds IPv4 packets only
+            self.core.log.event(event="not captured", conn=self.conn, error=str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.capture is not None:
+            self.capture.closed(by_client=True)
+            self.capture = None
+        super().connection_lost(exc)
+
+    def received(self, data: bytes | memoryview) -> None:
+        if self.capture is not None:  # everything that arrived, as a tap on the line saw it
+            self.capture.read(bytes(data))
+        super().received(data)
+
+    def send(self, payload: bytes | None) -> None:
+        if self.capture is not None and payload is not None and self.transport is not None:
+            self.capture.wrote(payload if type(payload) is Cut else self.frame(payload))
+        super().send(payload)
 
 
 class LoopHandler:
@@ -209,7 +249,8 @@ class TcpHost:
 
 
 async def start_tcp(core: HostCore, batcher: Batcher, host: str, port: int,
-                    limits: Limits) -> TcpHost:
+                    limits: Limits, tap: PcapTap | None = None) -> TcpHost:
+    """`tap`: write every connection to a capture (`serve --pcap`)."""
     loop = asyncio.get_running_loop()
     events = RateLimited(core.log, limits.log_interval)
     registry = Registry(limits, events)
@@ -217,7 +258,11 @@ async def start_tcp(core: HostCore, batcher: Batcher, host: str, port: int,
     numbers = itertools.count(1)
 
     def connection() -> HostConnection:
-        return HostConnection(core, batcher, f"tcp-{next(numbers)}", registry, buffer, limits)
+        if tap is None:
+            return HostConnection(core, batcher, f"tcp-{next(numbers)}", registry, buffer, limits)
+        tapped = TappedConnection(core, batcher, f"tcp-{next(numbers)}", registry, buffer, limits)
+        tapped.tap = tap
+        return tapped
 
     async def connect(sock: socket.socket) -> None:
         try:
@@ -243,11 +288,12 @@ class SerialPorts:
 
     specs: list[str]
     trace: TraceOptions | None = None
+    capture: LinkCapture | None = None  # `serve --pcap`: the link frames of every port
 
 
 async def serve_until_signalled(
     core: HostCore, tcp: tuple[str, int] | None, serial: SerialPorts,
-    announce: Callable[[str], None], limits: Limits | None = None,
+    announce: Callable[[str], None], limits: Limits | None = None, tap: PcapTap | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then finish the requests in flight and close cleanly."""
     loop = asyncio.get_running_loop()
@@ -256,7 +302,7 @@ async def serve_until_signalled(
         loop.add_signal_handler(sig, stop.set)
     batcher = Batcher(core, loop)
     limits = limits or Limits(default_max_connections())
-    listener = await start_tcp(core, batcher, *tcp, limits) if tcp else None
+    listener = await start_tcp(core, batcher, *tcp, limits, tap) if tcp else None
     if listener is not None:
         core.metrics.watch_connections(listener.registry.__len__)
     if listener is not None:
@@ -275,7 +321,8 @@ async def serve_until_signalled(
 
     threads = [
         start_serial_server(spec, LoopHandler(batcher, f"serial-{i}"), stop=serial_stop,
-                            on_ready=ready, on_error=failed, trace=serial.trace)
+                            on_ready=ready, on_error=failed, trace=serial.trace,
+                            capture=serial.capture)
         for i, spec in enumerate(serial.specs, 1)
     ]
     await stop.wait()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from protocol.dialects import BUILTIN
-from protocol.encodings import A2E, E2A, pack_bcd, prefix_coder, unpack_bcd
+from protocol.encodings import A2E, E2A, TRACK_NIBBLES, pack_bcd, prefix_coder, track_reason, unpack_bcd
 from protocol.errors import DecodeError, EncodeError, ProtocolError
 from protocol.message import FieldValue, Message
 from protocol.spec import DIGIT_KINDS, Dialect, FieldSpec
@@ -77,7 +77,8 @@ def _prefix_encoder(prefix: int, encoding: str) -> Callable[[int], bytes]:
 def make_encoder(spec: FieldSpec, dialect: Dialect) -> Encoder:
     num, kind, length, prefix = spec.number, spec.kind, spec.length, spec.prefix
     bcd = dialect.digit_encoding == "bcd" and kind in ("n", "z")
-    check = CHECKS[kind]
+    # A BCD track carries hex nibbles (a partly enciphered track 2); an ASCII one only digits and '='.
+    check = track_reason if kind == "z" and dialect.encoding_of(spec) == "bcd" else CHECKS[kind]
     general = not standard(spec, dialect)
     enc_prefix = _prefix_encoder(prefix, dialect.prefix_encoding) if prefix and not general else None
 
@@ -301,7 +302,7 @@ def _general_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
     bcd = encoding == "bcd"
     right, pad = spec.right_aligned(), spec.pad or "0"
     value = _value_checker(kind, num)
-    valid = frozenset("0123456789D" if kind == "z" else "0123456789")
+    valid = frozenset(TRACK_NIBBLES if kind == "z" else "0123456789")
 
     def nbytes_of(units: int) -> int:
         return (units + 1) // 2 if bcd else units
@@ -438,7 +439,7 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
 
     is_track = kind == "z"
     right = spec.right_aligned()
-    valid = "0123456789D" if is_track else "0123456789"
+    valid = TRACK_NIBBLES if is_track else "0123456789"
     invalid = str.maketrans("", "", valid)
 
     def unpack(data: bytes, start: int, ndigits: int, at: int, fixed: bool) -> tuple[str, int]:

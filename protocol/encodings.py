@@ -54,6 +54,20 @@ def prefix_coder(digits: int, encoding: str) -> PrefixCoder:
                        lambda raw: int.from_bytes(raw, "big"), 256 ** width - 1)
 
 
+TRACK_NIBBLES = "0123456789ABCDEF"
+"""A BCD track 2's nibbles: digits, `D` for the separator `=`, and the hex nibbles of a track
+partly enciphered by the terminal (CUP terminals encrypt part of field 35 under the TDK)."""
+TRACK_VALUE = frozenset(b"0123456789=ABCEF")
+"""The characters of a BCD track's value: `=` is nibble D, so `D` itself cannot be one."""
+
+
+def track_reason(raw: bytes) -> str | None:
+    """Why `raw` cannot be a BCD track's value (None: it can)."""
+    if set(raw) <= TRACK_VALUE:
+        return None
+    return "character other than a digit, '=' or a hex nibble A-F (not D) in track data"
+
+
 def pack_bcd(digits: str, right: bool, pad: str) -> bytes:
     """Digits (hex nibbles: `D` stands for track 2's `=`) packed two a byte, an odd count padded
     with `pad` before them (right-aligned) or after (left-aligned)."""

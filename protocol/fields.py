@@ -114,8 +114,10 @@ def parse_key_set(data: bytes, code: str, dialect: Dialect) -> list[WrappedKey]:
         if usage == "MAK" and ks.mak_length(dialect) < slot:
             size = ks.mak_length(dialect)
             if any(ciphertext[size:]):
-                raise DecodeError("single-length MAK padding must be zero bytes",
-                                    field=62, offset=pos + size)
+                raise DecodeError(
+                    f"a MAK of {slot} bytes where {dialect.name}'s MAC takes one of {size} "
+                    f"(MAK({size}) then {slot - size} zero bytes); single-length MAK padding "
+                    "must be zero bytes", field=62, offset=pos + size)
             ciphertext = ciphertext[:size]
         out.append(WrappedKey(usage, ciphertext, data[pos + slot:pos + slot + KCV_SIZE]))
         pos += slot + KCV_SIZE

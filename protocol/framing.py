@@ -166,6 +166,17 @@ def length_prefixed(payload: bytes) -> bytes:
     return len(payload).to_bytes(2, "big") + payload
 
 
+def length_hint(head: bytes, header: LengthHeader) -> str:
+    """What refused length bytes look like instead, so the error names the likely mistake: a
+    peer with another length header, or one that sends no length at all."""
+    if header.name != "ascii4" and len(head) == 4 and head.isdigit():
+        return (f": {head.decode()} reads as a 4-digit ASCII length (spec length = \"ascii4\") "
+                "or an ASCII MTI without a length")
+    if head[:1] == bytes([TPDU_ID]):
+        return ": 0x60 starts a TPDU: a frame without its length header?"
+    return ""
+
+
 class FrameReader:
     """Incremental reader of length-prefixed frames; returns payloads (without the length)."""
 
@@ -204,6 +215,7 @@ class FrameReader:
                 reason = (f"the {size}-byte length header is not {self.header.name}" if length is None
                           else "zero-length frame" if length <= 0
                           else f"declared length {length} exceeds the limit {self.max_length}")
+                reason += length_hint(bytes(buf[pos:pos + 4]), self.header)
                 raise FrameDecodeError(reason, field="length", offset=at, frames=frames)
             end = pos + size + length
             if end > len(buf):

@@ -163,3 +163,6 @@ class LinkCapture:
 
     def sent(self, data: bytes, to_host: bool) -> None:
         self._writer.record(bytes([TO_HOST if to_host else FROM_HOST]) + data)
+
+    def close(self) -> None:
+        self._writer.close()

@@ -56,14 +56,28 @@ class Station:
 
 
 @dataclass(frozen=True, slots=True)
+class ChipData:
+    """What a chip card adds to a purchase: field 55 (BER-TLV, `protocol.emv.purchase_tags`)
+    and field 23, the card sequence number."""
+
+    icc: bytes
+    sequence: str = "001"
+
+    def __repr__(self) -> str:
+        return f"ChipData({len(self.icc)} bytes, sequence={self.sequence})"
+
+
+@dataclass(frozen=True, slots=True)
 class CardEntry:
-    """The card as read: keyed (PAN and expiry) or swiped (track 2), with a PIN block or not."""
+    """The card as read: keyed (PAN and expiry), swiped (track 2) or inserted (chip: PAN and
+    expiry with field 55), with a PIN block or not."""
 
     pan: str
     expiry: str  # YYMM
     track2: str | None = None  # `PAN=YYMM...`: a swiped card
     pin_block: bytes | None = None
     security_control: str | None = None  # field 53, which travels with a PIN block
+    chip: ChipData | None = None
 
     def __repr__(self) -> str:  # never the PAN, track or PIN block
         return f"CardEntry({self.pan[:6]}..., swiped={self.track2 is not None}, " \
@@ -109,11 +123,16 @@ def network(station: Station, stan: str, nmic: str) -> Message:
 
 
 def card_fields(card: CardEntry) -> dict[int, FieldValue]:
-    """2 and 14 (keyed) or 35 (swiped); 22 the entry mode; 26, 52 and 53 with a PIN (§3)."""
+    """2 and 14 (keyed) or 35 (swiped), or 2, 14, 23 and 55 (chip, entry mode `05`); 22 the
+    entry mode; 26, 52 and 53 with a PIN (§3)."""
     fields: dict[int, FieldValue] = {}
     if card.track2 is not None:
         fields[35] = card.track2
         mode = "02"
+    elif card.chip is not None:
+        fields[2], fields[14] = card.pan, card.expiry
+        fields[23], fields[55] = card.chip.sequence, card.chip.icc
+        mode = "05"
     else:
         fields[2], fields[14] = card.pan, card.expiry
         mode = "01"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol.codec import codec_for
+from protocol.emv import describe_tags
 from protocol.errors import ProtocolError
 from protocol.framing import Framing
 from protocol.mask import MASK_BYTE, mask_in_place, masked_fields
@@ -40,6 +41,7 @@ class Shown:
     mti: str | None = None
     fields: dict[int, str] = field(default_factory=dict)
     error: str | None = None
+    tags: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def line(self) -> str:
         """One line: the MTI and the masked fields (the link trace, the fuzzer's findings)."""
@@ -49,9 +51,11 @@ class Shown:
         """A field a line, then the masked bytes in hex (the terminal's `--trace`)."""
         if self.error is not None:
             return [f"{arrow} {self.size} bytes that do not decode: {self.error}"]
-        return [f"{arrow} {self.mti} ({self.size} bytes)",
-                *(f"     {number:>3} {value}" for number, value in self.fields.items()),
-                f"     hex {self.masked.hex().upper()}"]
+        lines = [f"{arrow} {self.mti} ({self.size} bytes)"]
+        for number, value in self.fields.items():
+            lines.append(f"     {number:>3} {value}")
+            lines.extend(self.tags.get(number, ()))
+        return [*lines, f"     hex {self.masked.hex().upper()}"]
 
 
 def show(payload: bytes, dialect: Dialect) -> Shown:
@@ -63,7 +67,18 @@ def show(payload: bytes, dialect: Dialect) -> Shown:
     message, masked, error = _decode_masked(unframed.message, dialect)
     if message is None:
         return Shown(len(payload), head + masked, error=error)
-    return Shown(len(payload), head + masked, message.mti, masked_fields(message, dialect))
+    tags = {number: _tag_lines(raw, number) for number, raw in message.fields.items()
+            if dialect.fields[number].tlv and isinstance(raw, bytes)}
+    return Shown(len(payload), head + masked, message.mti, masked_fields(message, dialect), tags=tags)
+
+
+def _tag_lines(data: bytes, number: int) -> tuple[str, ...]:
+    """A BER-TLV field (55) tag by tag, by name, the cardholder's tags masked (protocol.emv)."""
+    try:
+        tags = describe_tags(data, number)
+    except ProtocolError as exc:
+        return (f"         not BER-TLV: {exc}",)
+    return tuple(f"         {tag['tag']:<5} {tag['name'][:36]:<36} {tag['value']}" for tag in tags)
 
 
 def mask_message_bytes(message: bytes, dialect: Dialect) -> bytes:

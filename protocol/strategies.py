@@ -438,7 +438,9 @@ def broken_frames(
             return BrokenFrame(kind, _prefixed(data), f"length {value} > {spec.length}", number)
         # non_digit / bad_bcd
         encoding = "ascii" if kind == "non_digit" else "bcd"
-        sites = [s for s in _digit_sites(d, codec, encoded) if s[0] == encoding]
+        # A BCD track takes every nibble (A-F: partly enciphered), so only n fields break there.
+        sites = [s for s in _digit_sites(d, codec, encoded)
+                 if s[0] == encoding and not (encoding == "bcd" and s[3] == "z")]
         if not sites:  # e.g. ASCII prefixes only, and no variable field in this message
             return BrokenFrame("appended", _prefixed(payload + b"\0"), f"no {encoding} digits to break",
                                "end")
@@ -449,8 +451,7 @@ def broken_frames(
             data[head + offset] = NON_DIGIT_BYTES[pick(0, len(NON_DIGIT_BYTES) - 1)]
             detail = f"{what}: byte 0x{data[head + offset]:02X} at message offset {offset}"
         else:
-            bad = "ABCEF" if site_kind == "z" else "ABCDEF"
-            nibble = int(bad[pick(0, len(bad) - 1)], 16)
+            nibble = int("ABCDEF"[pick(0, 5)], 16)
             old = data[head + offset]
             data[head + offset] = (nibble << 4 | old & 0x0F) if draw(_BOOL) else (old & 0xF0 | nibble)
             detail = f"{what}: nibble {nibble:X} at message offset {offset}"

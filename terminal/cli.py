@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,7 +28,7 @@ from protocol.transport.tcp import TransportError
 from terminal import commands as cmd
 from terminal import render
 from terminal.ceremony import CeremonyError, Component
-from terminal.channel import Wire
+from terminal.channel import Wire, open_tap
 from terminal.fsops import exclusive
 from terminal.keystore import KeystoreError
 from terminal.pending import PendingError
@@ -168,6 +169,9 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="show each frame decoded and masked (on stderr)")
     parser.add_argument("--auto-signon", action="store_true", default=d(False),
                         help="on K1/K2 of a working key, sign on once and retry")
+    parser.add_argument("--pcap", default=d(None), metavar="FILE",
+                        help="write what crosses the line to FILE (pcap, mode 0600; it holds the "
+                             "raw bytes, PAN and key ciphertext included)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,9 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the original's batch (default: found in the ledger)")
         p.add_argument("--amount", type=_checked(parse_amount), metavar="A", help=amount_help)
 
-    p = command("purchase", "a keyed-card purchase (0200)")
+    p = command("purchase", "a keyed-card or chip purchase (0200)")
     p.add_argument("--amount", required=True, help="e.g. 12.34")
     card(p)
+    p.add_argument("--chip", action="store_true",
+                   help="an inserted chip card: entry mode 05x, field 55 (EMV tags), field 23")
+    p.add_argument("--sequence", default="001", metavar="NNN",
+                   help="the chip card's sequence number (field 23; default 001)")
 
     p = command("inquiry", "a balance inquiry (0200, processing code 310000)")
     card(p)
@@ -277,7 +285,11 @@ def _terminal(args: argparse.Namespace) -> cmd.Terminal:
     # Held until main() returns: the whole command (STAN, exchange, keys, journal) is one unit.
     args.stack.enter_context(exclusive(layout.folder, args.connect_timeout + args.timeout + 5))
     trace = (lambda line: print(line, file=sys.stderr)) if args.trace else None
-    terminal = cmd.open_terminal(layout, wire=wire, dialect_name=args.dialect, trace=trace)
+    tap = None
+    if args.pcap:
+        tap = open_tap(args.pcap, wire)
+        args.stack.callback(tap.close)
+    terminal = cmd.open_terminal(layout, wire=wire, dialect_name=args.dialect, trace=trace, tap=tap)
     args.warnings = terminal.warnings
     return terminal
 
@@ -372,7 +384,8 @@ def _card(args: argparse.Namespace, amount: int) -> Purchase:
 
 def do_purchase(args: argparse.Namespace, out: Output) -> int:
     try:  # the whole order is checked before the terminal is touched
-        order = _card(args, parse_amount(args.amount))
+        order = replace(_card(args, parse_amount(args.amount)), chip=args.chip,
+                        sequence=args.sequence)
     except ValueError as exc:
         return out.fail(EXIT_USAGE, "usage", str(exc))
     terminal = _terminal(args)

@@ -30,7 +30,7 @@ from protocol.spec import Dialect
 from protocol.transport.tcp import TransportError
 from terminal import diagnose as diag
 from terminal.ceremony import Component, combine
-from terminal.channel import Wire, open_channel
+from terminal.channel import Tap, Wire, open_channel
 from terminal.fsops import lock_file, temp_path
 from terminal.keystore import (
     KeySet,
@@ -110,6 +110,7 @@ class Terminal:
     clock: Callable[[], float] = system_clock
     trace: Trace | None = None
     warnings: list[str] = field(default_factory=list)
+    tap: Tap | None = None  # `--pcap FILE`: every exchange of this command, as the line saw it
 
     @property
     def keystore(self) -> Keystore:
@@ -136,7 +137,7 @@ def dialect_named(name: str) -> Dialect:
 
 
 def open_terminal(layout: Layout, wire: Wire | None = None, dialect_name: str | None = None,
-                  trace: Trace | None = None) -> Terminal:
+                  trace: Trace | None = None, tap: Tap | None = None) -> Terminal:
     """The terminal in `layout`; a wire that names no host uses the one given at init."""
     clock_offset()
     config = load_config(layout)
@@ -144,7 +145,7 @@ def open_terminal(layout: Layout, wire: Wire | None = None, dialect_name: str | 
     if wire.host is None and wire.serial is None:
         wire = replace(wire, host=config.host)
     dialect = dialect_named(dialect_name or config.dialect)
-    return Terminal(layout, config, dialect, wire, trace=trace)
+    return Terminal(layout, config, dialect, wire, trace=trace, tap=tap)
 
 
 # --- provisioning ---------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def run_exchange(terminal: Terminal, kind: Kind, build: Build, *, reserve: bool 
         return result
     framing = Framing(terminal.dialect)
     payload = framing.payload(request.encoded)
-    channel = open_channel(terminal.wire)
+    channel = open_channel(terminal.wire, framing.length, terminal.tap)
     pending: PendingReversal | None = None
     try:
         if upcoming is not None:

@@ -8,12 +8,13 @@ same logic serves TCP, serial and tests, and tests need no network to reach ever
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal
 
-from protocol import codes, fields, macing, requests
-from protocol.clock import Clock
+from protocol import codes, emv, fields, macing, requests
+from protocol.clock import Clock, Rng
 from protocol.codec import Codec, codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.errors import CryptoError
@@ -91,6 +92,24 @@ class Result:
                 and self.response.text(44) == codes.RENEWAL_DUE)
 
 
+def refuse_key_set(response: Message, asked: str) -> TerminalKeyError | None:
+    """A 0810 whose 60.3 names another key set than the one asked for: another acquirer's
+    download (005, 011, ...), whose field 62 layout this terminal does not know, is refused
+    by name (K3, old keys kept) rather than cut by our layout and reported as corrupt."""
+    try:
+        answered = fields.Field60.parse(response.text(60)).nmic
+    except ProtocolError:
+        return None  # no readable 60.3: the download is judged by the key set asked for
+    if answered == asked:
+        return None
+    known = answered in fields.KEY_SETS
+    return key_error(
+        "K3", "WK", f"key set {answered} " + ("unasked" if known else "unknown"),
+        f"the host sent key set {answered} where {asked} was asked for"
+        + ("" if known else f"; this terminal knows {', '.join(fields.KEY_SETS)}")
+        + "; old keys kept")
+
+
 def check_card(pan: str, expiry: str, pin: str | None) -> None:
     """Refuse a mistyped card before a STAN is spent on it."""
     if not (12 <= len(pan) <= 19 and pan.isdigit()):
@@ -103,20 +122,25 @@ def check_card(pan: str, expiry: str, pin: str | None) -> None:
 
 @dataclass(frozen=True)
 class Purchase:
-    """A keyed-card purchase; the PIN is held only as long as it takes to build the request.
-    A card with `amount` 0 is what an inquiry, a void or a refund presents (they take their
-    amount elsewhere, or none)."""
+    """A keyed-card purchase, or a chip one (`chip`, with the card's sequence number); the PIN
+    is held only as long as it takes to build the request. A card with `amount` 0 is what an
+    inquiry, a void or a refund presents (they take their amount elsewhere, or none)."""
 
     amount: int
     pan: str
     expiry: str
     pin: str | None = None
+    chip: bool = False
+    sequence: str = "001"  # field 23 and tag 5F34 of a chip card
 
     def __post_init__(self) -> None:
         check_card(self.pan, self.expiry, self.pin)
+        if not (len(self.sequence) == 3 and self.sequence.isdigit() and self.sequence[0] == "0"):
+            # field 23 is n3, the card's own tag 5F34 n2: 000-099 fit both
+            raise ValueError("the card sequence number is 3 digits, 000 to 099")
 
     def __repr__(self) -> str:
-        return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'})"
+        return f"Purchase(amount={self.amount}, pin={'yes' if self.pin else 'no'}, chip={self.chip})"
 
 
 @dataclass(frozen=True)
@@ -144,12 +168,14 @@ class Session:
         dialect: Dialect,
         keys: KeySet,
         clock: Clock = time.time,
+        rng: Rng = os.urandom,
     ) -> None:
         self.config = config
         self.dialect = dialect
         self.codec: Codec = codec_for(dialect)
         self.keys = keys
         self.clock = clock
+        self.rng = rng  # a chip purchase's unpredictable number and stand-in cryptogram
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -190,13 +216,30 @@ class Session:
     def _station(self, batch: int) -> requests.Station:
         return requests.Station(self.config.tid, self.config.mid, f"{batch:06d}", CURRENCY)
 
-    def _card(self, card: Purchase) -> requests.CardEntry:
-        """The card as keyed; with a PIN, its block under the PIK and field 53 of the key set."""
+    def _card(self, card: Purchase, stan: int = 0) -> requests.CardEntry:
+        """The card as keyed (or inserted); with a PIN, its block under the PIK and field 53
+        of the key set."""
+        chip = self._chip(card, stan) if card.chip else None
         if card.pin is None:
-            return requests.CardEntry(card.pan, card.expiry)
+            return requests.CardEntry(card.pan, card.expiry, chip=chip)
         block = encrypt_pin_block(self.keys.keys["PIK"].key, card.pin, card.pan, fmt=0)
         control = fields.key_set(self.keys.key_set or self.config.key_set).security_control
-        return requests.CardEntry(card.pan, card.expiry, pin_block=block, security_control=control)
+        return requests.CardEntry(card.pan, card.expiry, pin_block=block, security_control=control,
+                                  chip=chip)
+
+    def _chip(self, card: Purchase, stan: int) -> requests.ChipData:
+        """Field 55 as a CUP/PBOC terminal sends it for an online authorisation. There is no
+        card to compute the ARQC, so 8 random bytes stand in for it (a host does not check it:
+        validating an ARQC is the issuer's job); the card's counter (9F36) follows the STAN."""
+        spec = self.dialect.fields.get(55)
+        if spec is None or not spec.tlv:
+            raise ValueError(f"a chip purchase needs field 55 as BER-TLV (cup, or tlv = true in a "
+                             f"spec file); {self.dialect.name}'s is "
+                             f"{spec.notation() if spec else 'absent'}")
+        date = time.strftime("%y%m%d", time.gmtime(self.clock()))
+        icc = emv.purchase_tags(f"{card.amount:012d}", "0" + CURRENCY, date, self.rng(4),
+                                stan % 0x10000, self.rng(8), pan_sequence=card.sequence[1:])
+        return requests.ChipData(icc, card.sequence)
 
     def _signed(self, kind: Kind, msg: Message, stan: int, need_pik: bool = False) -> Request:
         """The MAK is checked before anything else is built, so a key error uses no STAN."""
@@ -205,7 +248,7 @@ class Session:
 
     def purchase(self, stan: int, batch: int, purchase: Purchase) -> Request:
         self.check_working_keys(need_pik=purchase.pin is not None)
-        msg = requests.purchase(self._station(batch), f"{stan:06d}", self._card(purchase),
+        msg = requests.purchase(self._station(batch), f"{stan:06d}", self._card(purchase, stan),
                                 purchase.amount)
         return self._signed("purchase", msg, stan)
 
@@ -312,6 +355,10 @@ class Session:
         if rc != codes.APPROVED:
             return Result("signon", "refused", rc, response=response)
         code = fields.Field60.parse(request.message.text(60)).nmic
+        refused = refuse_key_set(response, code)
+        if refused is not None:
+            return Result("signon", "key_error", codes.KEY_ERROR, refused.reason, "terminal",
+                          response, detail=f"{refused.detail} (the host answered {rc})")
         try:
             installed = self.verify_download(response.get(62), code)
         except TerminalKeyError as exc:

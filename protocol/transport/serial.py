@@ -34,6 +34,7 @@ from protocol.link import (
     MessageReceived,
     MessageSent,
 )
+from protocol.pcap import LinkCapture
 from protocol.trace import LinkTrace, TraceOptions
 from protocol.transport.errors import TransportError
 
@@ -324,8 +325,12 @@ class SerialLine:
     """A port with its link, used by exactly one thread (the one that calls `poll`)."""
 
     def __init__(self, spec: PortSpec, options: LinkOptions, trace: TraceOptions | None,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], capture: LinkCapture | None = None,
+                 host_side: bool = False):
         self._port = open_port(spec)
+        # `--pcap`: the bytes as they crossed the line, each way (the terminal writes to the host).
+        self._capture = capture
+        self._host_side = host_side
         self.name = self._port.name
         self._clock = clock
         self.link = Link(options)
@@ -378,6 +383,8 @@ class SerialLine:
         if isinstance(item, bytes):
             if self._trace:
                 self._trace.received(item, now)
+            if self._capture is not None:
+                self._capture.sent(item, to_host=self._host_side)
             self.link.receive_data(item, now)
         elif isinstance(item, _Send):
             self._send_or_log(item.payload, now)
@@ -402,6 +409,8 @@ class SerialLine:
             return
         if self._trace:
             self._trace.sent(data, self._clock())
+        if self._capture is not None:
+            self._capture.sent(data, to_host=not self._host_side)
         try:
             self._port.write(data)
         except OSError as error:
@@ -428,10 +437,10 @@ class SerialChannel:
 
     def __init__(self, spec: PortSpec | str, link_options: LinkOptions | None = None,
                  trace: TraceOptions | None = None, *,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, capture: LinkCapture | None = None):
         spec, options = resolve_spec(spec, link_options)
         self._clock = clock
-        self._line = SerialLine(spec, options, trace, clock)
+        self._line = SerialLine(spec, options, trace, clock, capture)
         self.name = self._line.name
 
     def exchange(self, payload: bytes, timeout: float) -> bytes:
@@ -482,13 +491,14 @@ def serve_serial(spec: PortSpec | str, handle: Handler, *,
                  link_options: LinkOptions | None = None, trace: TraceOptions | None = None,
                  stop: threading.Event, on_ready: Callable[[str], None] | None = None,
                  on_error: Callable[[SerialLinkError], None] = log_error,
-                 clock: Callable[[], float] = time.monotonic) -> SerialLinkError | None:
+                 clock: Callable[[], float] = time.monotonic,
+                 capture: LinkCapture | None = None) -> SerialLinkError | None:
     """Serves one port until `stop` is set: each message goes to `handle`, its answer (unless
     None) goes back. A port that cannot be opened or vanishes ends this call with the error
     (also given to `on_error`), never the process, so a host keeps serving its other ports."""
     spec, options = resolve_spec(spec, link_options)
     try:
-        line = SerialLine(spec, options, trace, clock)
+        line = SerialLine(spec, options, trace, clock, capture, host_side=True)
     except SerialLinkError as error:
         on_error(error)
         return error

@@ -1,6 +1,8 @@
 """Blocking TCP channel for clients (the terminal, tests, load generators).
 
-One request, one response: `exchange` sends a length-prefixed payload and reads one frame back.
+One request, one response: `exchange` sends a payload behind the dialect's length header (2
+bytes binary by default; a spec file's `length` otherwise) and reads one frame back; with a
+`PcapTap` (`--pcap FILE`) every byte each way is also written to a capture.
 Errors are `TransportError` with a sentence a person can act on (refused, unreachable, timed
 out, closed), never a bare socket traceback.
 """
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from protocol.errors import FramingError
-from protocol.framing import DEFAULT_MAX_FRAME, FrameReader, length_prefixed
+from protocol.framing import DEFAULT_MAX_FRAME, LENGTH_HEADERS, FrameReader, LengthHeader
+from protocol.pcap import PcapTap, TapConnection
 from protocol.transport.errors import TransportError
 
 __all__ = ["Endpoint", "TcpChannel", "TransportError", "parse_endpoint"]
@@ -39,13 +42,17 @@ class TcpChannel:
     """A connection to a host; opened lazily so a CLI can build it before it knows it needs it."""
 
     def __init__(self, endpoint: Endpoint, connect_timeout: float = 5.0,
-                 response_timeout: float = 30.0, max_frame: int = DEFAULT_MAX_FRAME):
+                 response_timeout: float = 30.0, max_frame: int = DEFAULT_MAX_FRAME,
+                 length: LengthHeader = LENGTH_HEADERS["binary2"], tap: PcapTap | None = None):
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self.max_frame = max_frame
+        self.length = length
+        self._tap = tap
+        self._capture: TapConnection | None = None
         self._sock: socket.socket | None = None
-        self._reader = FrameReader(max_frame)
+        self._reader = FrameReader(max_frame, length)
         self._ready: list[bytes] = []
 
     def connect(self) -> None:
@@ -69,18 +76,24 @@ class TcpChannel:
                 from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
-        self._reader = FrameReader(self.max_frame)
+        self._reader = FrameReader(self.max_frame, self.length)
         self._ready = []
+        if self._tap is not None:
+            self._capture = self._tap.connection(sock.getsockname(), sock.getpeername(),
+                                                 local_is_client=True)
 
     def send(self, payload: bytes) -> None:
         self.connect()
         assert self._sock is not None
+        frame = self.length.prefix(payload)
         try:
-            self._sock.sendall(length_prefixed(payload))
+            self._sock.sendall(frame)
         except OSError as exc:
             self.close()
             raise TransportError(f"sending to {self.endpoint} failed: {exc.strerror or exc}") \
                 from None
+        if self._capture is not None:
+            self._capture.wrote(frame)
 
     def receive(self, timeout: float | None = None) -> bytes:
         self.connect()
@@ -102,6 +115,8 @@ class TcpChannel:
             if not chunk:
                 self.close()
                 raise TransportError(f"host {self.endpoint} closed the connection")
+            if self._capture is not None:
+                self._capture.read(chunk)
             try:
                 self._ready.extend(self._reader.feed(chunk))
             except FramingError as exc:
@@ -117,6 +132,9 @@ class TcpChannel:
         return self.receive(timeout)
 
     def close(self) -> None:
+        if self._capture is not None:
+            self._capture.closed()
+            self._capture = None
         if self._sock is not None:
             try:
                 self._sock.close()

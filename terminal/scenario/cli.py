@@ -11,12 +11,13 @@ import json
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from protocol import ladder
 from terminal.scenario import report
 from terminal.scenario.model import ScenarioError, catalogue, find
-from terminal.scenario.runner import ScenarioResult, run
+from terminal.scenario.runner import ScenarioResult, Setups, run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -54,18 +55,22 @@ def do_run(args: argparse.Namespace) -> int:
     if not scenarios:
         raise ScenarioError("name a scenario (file or built-in name), or give --all")
     results: list[ScenarioResult] = []
-    for scenario in scenarios:
-        if args.keep:
-            work = Path(args.keep) / scenario.name
-            work.mkdir(parents=True, exist_ok=False)
-            results.append(run(scenario, work))
-        else:
-            with tempfile.TemporaryDirectory(prefix=f"pos-scenario-{scenario.name}-") as folder:
-                results.append(run(scenario, Path(folder)))
-        if not args.json:
-            lines = report.result_lines(results[-1], with_ladder=len(scenarios) == 1
-                                        or not results[-1].passed)
-            print("\n".join(lines), flush=True)
+    with ExitStack() as stack:
+        shared = Path(args.keep) / "setups" if args.keep else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="pos-scenario-setups-")))
+        setups = Setups(shared)
+        for scenario in scenarios:
+            if args.keep:
+                work = Path(args.keep) / scenario.name
+                work.mkdir(parents=True, exist_ok=False)
+                results.append(run(scenario, work, setups))
+            else:
+                with tempfile.TemporaryDirectory(prefix=f"pos-scenario-{scenario.name}-") as folder:
+                    results.append(run(scenario, Path(folder), setups))
+            if not args.json:
+                lines = report.result_lines(results[-1], with_ladder=len(scenarios) == 1
+                                            or not results[-1].passed)
+                print("\n".join(lines), flush=True)
     if args.ladder:
         for result in results:
             _ladder_path(args.ladder, result.scenario.name, len(results) > 1).write_text(

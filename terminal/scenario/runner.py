@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from protocol import ladder
+from protocol.mask import mask_pan
 from protocol.transport.noisy import Damage, flip_bit, noisy_line
 from terminal.fsops import CRASH_ENV
 from terminal.scenario.model import Scenario, Step
@@ -56,6 +57,8 @@ class StepResult:
     output: Any = None
     exit: int | None = None
     remedy: bool = False
+    command: str = ""
+    seconds: float = 0.0
 
 
 @dataclass
@@ -113,6 +116,21 @@ def clock_offset(text: str) -> float:
     unit = body[-1] if body and body[-1] in _UNITS else "s"
     number = body[:-1] if body and body[-1] in _UNITS else body
     return float(number) * _UNITS[unit]
+
+
+def shown(program_name: str, args: tuple[str, ...]) -> str:
+    """A command as a person would type it (folders, `--host` and `--json` are the runner's),
+    with the card number masked and the PIN starred: a report is shown around."""
+    words = [program_name]
+    for before, word in zip(("", *args), args, strict=False):
+        if before == "--pan":
+            word = mask_pan(word)
+        elif before == "--pin":
+            word = "****"
+        elif word.startswith("/"):
+            word = Path(word).name
+        words.append(word)
+    return " ".join(words)
 
 
 class Run:
@@ -215,7 +233,8 @@ class Run:
         ):
             code, output = action()
             results.append(StepResult(len(results) + 1, f"setup: {label}", "host", code == 0,
-                                      [] if code == 0 else [f"exit {code}: {output}"]))
+                                      [] if code == 0 else [f"exit {code}: {output}"], output, code,
+                                      command=label))
         if not all(r.passed for r in results):
             return results
         self.start_host()
@@ -224,9 +243,10 @@ class Run:
             code, output = self.terminal(args)
             if args[0] == "load-tmk":
                 injection.unlink(missing_ok=True)  # as the operator must, once loaded
-            results.append(StepResult(len(results) + 1, "setup: pos-terminal " + " ".join(
-                a for a in args if not a.startswith("/")), "terminal", code == 0,
-                [] if code == 0 else [f"exit {code}: {output}"], output, code))
+            command = shown("pos-terminal", args)
+            results.append(StepResult(len(results) + 1, f"setup: {command}", "terminal", code == 0,
+                                      [] if code == 0 else [f"exit {code}: {output}"], output, code,
+                                      command=command))
         return results
 
     def expand(self, args: tuple[str, ...]) -> tuple[str, ...]:
@@ -236,20 +256,28 @@ class Run:
         return tuple(a.format(**values) for a in args)
 
     def step(self, index: int, step: Step) -> StepResult:
+        started = time.monotonic()
         code: int | None = None
         output: Any = None
+        command = ""
         if step.kind == "terminal":
-            code, output = self.terminal(self.expand(step.value), step.crash_at)
+            args = self.expand(step.value)
+            command = shown("pos-terminal", args)
+            code, output = self.terminal(args, step.crash_at)
             if step.crash_at:
                 self.mark(ladder.TERMINAL, f"power cut: SIGKILL before the keystore {step.crash_at}")
             if isinstance(output, dict) and output.get("found_by") == "terminal":
                 self.mark(ladder.TERMINAL, f"terminal finds {output.get('rc')} {output.get('reason')}")
         elif step.kind == "host":
-            code, output = self.host(*self.expand(step.value))
+            args = self.expand(step.value)
+            command = shown("pos-host", args)
+            code, output = self.host(*args)
         elif step.kind == "fault":
             output = self.fault(step)
             code = 0
         elif step.kind == "ceremony":
+            command = (f"pos-host terminal rekey {TID} --out rekey.inject; "
+                       "pos-terminal load-tmk --file rekey.inject")
             code, output = self.ceremony()
         elif step.kind == "rules":
             self.rules_path.write_text(step.value, encoding="utf-8")
@@ -266,7 +294,8 @@ class Run:
         found = differences(step, output, code)
         if step.exit is None and code not in (0, 1) and not step.crash_at:
             found.insert(0, f"exit {code}")
-        return StepResult(index, step.label, step.kind, not found, found, output, code, step.remedy)
+        return StepResult(index, step.label, step.kind, not found, found, output, code, step.remedy,
+                          command, time.monotonic() - started)
 
     def mark(self, side: str, text: str) -> None:
         self.marks.append(ladder.mark(side, text, time.time()))
@@ -370,18 +399,60 @@ def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return buffer.split(b"\n", 1)[0].decode(errors="replace")
 
 
-def run(scenario: Scenario, workdir: Path) -> ScenarioResult:
-    """Setup, then every step in order (a step that fails does not stop the ones after it:
-    the report shows everything that differed)."""
+class Setups:
+    """The common start, done once per host configuration and copied into each scenario.
+
+    Every scenario starts from the same provisioned pair (the setup's steps are the same
+    commands, checked the same way), so a run of several does the seven setup processes once
+    for each distinct `[host]` table rather than once per scenario: copying a stopped host's
+    data folder and a terminal's folder is what restoring a backup does, and both are read
+    only through their command lines afterwards."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.done: dict[tuple[tuple[str, ...], str], tuple[Path, list[StepResult]]] = {}
+
+    def prepare(self, scenario: Scenario) -> tuple[Path, list[StepResult]]:
+        key = (scenario.host_args, scenario.rules)
+        if key not in self.done:
+            folder = self.root / f"setup-{len(self.done) + 1}"
+            folder.mkdir(parents=True)
+            state = Run(scenario, folder)
+            with state.serving():
+                steps = state.setup()
+            self.done[key] = (folder, steps)
+        return self.done[key]
+
+    def restore(self, state: Run) -> list[StepResult]:
+        folder, steps = self.prepare(state.scenario)
+        if all(s.passed for s in steps):
+            shutil.copytree(folder, state.work, dirs_exist_ok=True)
+            state.start_host()
+        return [replace(s) for s in steps]
+
+
+StepHook = Callable[[StepResult], None]
+
+
+def run(scenario: Scenario, workdir: Path, setups: Setups | None = None,
+        on_step: StepHook | None = None) -> ScenarioResult:
+    """Setup (or a copy of one already done, from `setups`), then every step in order (a step
+    that fails does not stop the ones after it: the report shows everything that differed).
+    `on_step` sees each step as it finishes: the demo tells the story as it happens."""
     started = time.monotonic()
     result = ScenarioResult(scenario)
     state = Run(scenario, workdir)
+    hook = on_step or (lambda _: None)
     with state.serving():
         try:
-            result.steps = state.setup()
+            result.steps = setups.restore(state) if setups else state.setup()
+            for done in result.steps:
+                hook(done)
             if all(s.passed for s in result.steps):
                 first = len(result.steps) + 1
-                result.steps += [state.step(first + i, step) for i, step in enumerate(scenario.steps)]
+                for i, step in enumerate(scenario.steps):
+                    result.steps.append(state.step(first + i, step))
+                    hook(result.steps[-1])
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
             result.error = f"{type(exc).__name__}: {exc}"
     result.rungs = state.rungs()

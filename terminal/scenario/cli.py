@@ -94,7 +94,8 @@ def do_list(args: argparse.Namespace) -> int:
     else:
         width = max(len(r["name"]) for r in rows)
         for row in rows:
-            print(f"{row['name']:<{width}}  {row['reason']:<10}  {row['cause']}")
+            what = row["cause"] or row["summary"].split(":")[0]
+            print(f"{row['name']:<{width}}  {row['reason'] or '-':<10}  {what}")
     return EXIT_OK
 
 

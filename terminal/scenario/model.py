@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOGUE = Path(__file__).with_name("catalogue")
+DEMO = Path(__file__).with_name("demo.toml")
 KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock", "host_clock", "line")
 FAULTS = ("flip", "truncate", "delete")
 LINES = ("flip", "cut", "clean")
@@ -98,9 +99,10 @@ def parse(data: dict[str, Any], path: Path) -> Scenario:
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ScenarioError(f"{where}: {unknown[0]}: unknown key (known: {', '.join(TOP_KEYS)})")
-    for key in ("name", "cause"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ScenarioError(f"{where}: {key}: a non-empty string")
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        raise ScenarioError(f"{where}: name: a non-empty string")
+    if not isinstance(data.get("cause", ""), str):
+        raise ScenarioError(f"{where}: cause: a string (a row of ERROR14.md, or none)")
     host = data.get("host", {})
     if not isinstance(host, dict) or set(host) - {"args", "rules"}:
         raise ScenarioError(f"{where}: host: a table of args (list) and rules (TOML text)")
@@ -108,7 +110,7 @@ def parse(data: dict[str, Any], path: Path) -> Scenario:
     if not isinstance(steps, list) or not steps:
         raise ScenarioError(f"{where}: step: at least one [[step]]")
     return Scenario(
-        name=data["name"], cause=data["cause"], reason=str(data.get("reason", "")),
+        name=data["name"], cause=data.get("cause", ""), reason=str(data.get("reason", "")),
         summary=str(data.get("summary", "")), path=path,
         steps=tuple(_step(f"{where}: step[{i}]", s) for i, s in enumerate(steps, 1)),
         host_args=_strings(f"{where}: host.args", host.get("args", [])),
@@ -140,3 +142,27 @@ def find(name_or_path: str) -> Scenario:
             return scenario
     names = ", ".join(s.name for s in catalogue())
     raise ScenarioError(f"no scenario named {name_or_path!r} (built in: {names})")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One scene of the demo: a catalogue scenario and the title the story gives it."""
+
+    scenario: Scenario
+    title: str
+
+
+def demo_scenes(path: Path = DEMO) -> list[Scene]:
+    """The demo's scenes, in its order, each a scenario of the catalogue by name."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    built = {s.name: s for s in catalogue()}
+    scenes = []
+    for i, scene in enumerate(data.get("scene", []), 1):
+        name = scene.get("scenario") if isinstance(scene, dict) else None
+        if name not in built:
+            raise ScenarioError(f"{path}: scene[{i}].scenario: not a built-in scenario: {name!r}")
+        scenes.append(Scene(built[name], str(scene.get("title") or name)))
+    return scenes

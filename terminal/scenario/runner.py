@@ -123,7 +123,7 @@ def shown(program_name: str, args: tuple[str, ...]) -> str:
     with the card number masked and the PIN starred: a report is shown around."""
     words = [program_name]
     for before, word in zip(("", *args), args, strict=False):
-        if before == "--pan":
+        if before == "--pan" or (word.isdigit() and len(word) >= 12):
             word = mask_pan(word)
         elif before == "--pin":
             word = "****"
@@ -228,10 +228,11 @@ class Run:
             ("pos-host init", lambda: self.host("init")),
             (f"pos-host terminal add {TID}", lambda: self.host(
                 "terminal", "add", TID, "--merchant", MID, "--out", str(injection))),
-            ("pos-host card add", lambda: self.host(
+            (f"pos-host card add {mask_pan(PAN)} --balance {BALANCE}", lambda: self.host(
                 "card", "add", PAN, "--expiry", EXPIRY, "--pin", PIN, "--balance", BALANCE)),
         ):
             code, output = action()
+            output = without_components(output)  # clear key parts never reach a report
             results.append(StepResult(len(results) + 1, f"setup: {label}", "host", code == 0,
                                       [] if code == 0 else [f"exit {code}: {output}"], output, code,
                                       command=label))
@@ -282,7 +283,7 @@ class Run:
         elif step.kind == "rules":
             self.rules_path.write_text(step.value, encoding="utf-8")
             self.mark(ladder.HOST, "rules file changed")
-            code, output = 0, {"rules": str(self.rules_path)}
+            code, output = 0, {"rules": str(self.rules_path), "written": step.value}
         elif step.kind == "line":
             code, output = 0, self.set_line(step)
         elif step.kind == "clock":
@@ -358,8 +359,7 @@ class Run:
         finally:
             injection.unlink(missing_ok=True)
         self.mark(ladder.TERMINAL, "key ceremony: new TMK loaded")
-        return code, {"host": {k: v for k, v in output.items() if k != "components"},
-                      "terminal": loaded}
+        return code, {"host": without_components(output), "terminal": loaded}
 
     def rungs(self) -> list[ladder.Rung]:
         entries = []
@@ -371,6 +371,11 @@ class Run:
                     except ValueError:
                         continue
         return ladder.by_time(ladder.from_host_log(entries, TID), self.marks)
+
+
+def without_components(output: Any) -> Any:
+    """A `terminal add`/`rekey` answer without its clear TMK components (the custodians' parts)."""
+    return {k: v for k, v in output.items() if k != "components"} if isinstance(output, dict) else output
 
 
 def _json(text: str) -> Any:

@@ -31,7 +31,7 @@ def scenario(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[st
 
 
 def test_one_scenario_per_cause_in_error14s_order() -> None:
-    built = catalogue()
+    built = [s for s in catalogue() if s.cause]  # the others: the demo's happy path, a lost answer
     assert [s.cause.split(" (")[0] for s in built] == list(CAUSES)
     assert [s.reason for s in built] == ["K3", "K1", "K2", "K2", "K1", "K3", "K2", "K1", "K3"]
     for s in built:  # each shows the 14, the diagnosis, and a remedy that works
@@ -46,17 +46,21 @@ def test_the_whole_catalogue_passes_with_junit_and_svg_ladders(tmp_path: Path) -
     done = scenario("run", "--all", "--json", "--junit", str(junit), "--ladder", str(svg))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     report = json.loads(done.stdout)
-    assert report["passed"] == len(CAUSES) and report["failed"] == 0
+    every = len(catalogue())
+    assert every > len(CAUSES)
+    assert report["passed"] == every and report["failed"] == 0
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == str(len(CAUSES))
+    assert suite is not None and suite.get("tests") == str(every)
     assert suite.get("failures") == "0"
-    assert len(suite.findall("testcase")) == len(CAUSES)
+    assert len(suite.findall("testcase")) == every
     for item in report["scenarios"]:
         drawn = ET.parse(tmp_path / f"ladder-{item['name']}.svg").getroot()
         assert drawn.tag.endswith("svg")
         texts = " ".join(t.text or "" for t in drawn.iter("{http://www.w3.org/2000/svg}text"))
-        assert " 14 " in f" {texts} " or "finds 14" in texts, item["name"]
+        if item["cause"]:
+            assert " 14 " in f" {texts} " or "finds 14" in texts, item["name"]
         assert PAN not in texts and PAN not in done.stdout  # masked, like every trace
+    assert "components" not in done.stdout  # no clear TMK part in a report
     power = next(s for s in report["scenarios"] if s["name"] == "power-cut-during-key-write")
     marks = [r["label"] for r in power["ladder"] if r["side"]]
     assert any("SIGKILL" in m for m in marks)

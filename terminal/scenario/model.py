@@ -15,9 +15,10 @@ DEMO = Path(__file__).with_name("demo.toml")
 KINDS = ("terminal", "host", "fault", "ceremony", "rules", "clock", "host_clock", "line")
 FAULTS = ("flip", "truncate", "delete")
 LINES = ("flip", "cut", "clean")
+LINKS = ("tcp", "serial")
 CRASH_STEPS = ("write", "fsync", "rename", "dirsync")
-STEP_KEYS = (*KINDS, "label", "expect", "expect_contains", "exit", "crash_at", "file", "offset",
-             "bit", "remedy")
+OPTIONS = ("file", "offset", "bit", "link", "settings", "frames")
+STEP_KEYS = (*KINDS, "label", "expect", "expect_contains", "exit", "crash_at", *OPTIONS, "remedy")
 TOP_KEYS = ("name", "cause", "reason", "summary", "host", "step")
 
 
@@ -75,6 +76,14 @@ def _step(where: str, data: object) -> Step:
         raise ScenarioError(f"{where}.line: one of {', '.join(LINES)}")
     elif kind in ("rules", "clock", "host_clock") and not isinstance(value, str):
         raise ScenarioError(f"{where}.{kind}: a string")
+    if data.get("link", "tcp") not in LINKS:
+        raise ScenarioError(f"{where}.link: one of {', '.join(LINKS)}")
+    if not isinstance(data.get("settings", ""), str) or ("settings" in data
+                                                          and data.get("link") != "serial"):
+        raise ScenarioError(f"{where}.settings: port settings (text) of a serial link")
+    for key in ("offset", "bit", "frames"):
+        if key in data and (not isinstance(data[key], int) or data[key] < 0):
+            raise ScenarioError(f"{where}.{key}: a whole number")
     crash = data.get("crash_at")
     if crash is not None and (kind != "terminal" or crash not in CRASH_STEPS):
         raise ScenarioError(f"{where}.crash_at: on a terminal step, one of {', '.join(CRASH_STEPS)}")
@@ -88,7 +97,7 @@ def _step(where: str, data: object) -> Step:
         raise ScenarioError(f"{where}.exit: a whole number")
     label = data.get("label") or " ".join(str(v) for v in ((value,) if isinstance(value, str)
                                                               else value))
-    options = {k: data[k] for k in ("file", "offset", "bit") if k in data}
+    options = {k: data[k] for k in OPTIONS if k in data}
     return Step(kind, value, str(label), dict(data.get("expect", {})),
                 dict(data.get("expect_contains", {})), exit_code, crash, options,
                 bool(data.get("remedy", False)))

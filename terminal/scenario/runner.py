@@ -27,6 +27,7 @@ from protocol.mask import mask_pan
 from protocol.transport.noisy import Damage, flip_bit, noisy_line
 from terminal.fsops import CRASH_ENV
 from terminal.scenario.model import Scenario, Step
+from terminal.scenario.serial_relay import LineFault, SerialRelay
 
 TID, MID = "SCEN0001", "SCENMERCHANT001"
 PAN, EXPIRY, PIN, BALANCE = "6212345678901234", "2812", "1234", "100.00"
@@ -148,6 +149,9 @@ class Run:
                                   HOST_CLOCK_ENV)}
         self.host_url = ""
         self.line_url: str | None = None  # a noisy relay in front of the host, while one is on
+        self.host_serial: str | None = None  # the host's pty, when it serves one
+        self.relay: SerialRelay | None = None  # a serial line between them, while one is on
+        self.line_serial: str | None = None  # the terminal's port spec on that line
         self.line = ExitStack()
         self.server: subprocess.Popen[bytes] | None = None
         self.marks: list[ladder.Rung] = []
@@ -172,9 +176,10 @@ class Run:
             env[CRASH_ENV] = f"keystore.json:{crash_at}"
         if self.clock:
             env[CLOCK_ENV] = str(self.clock)
+        reach = (["--serial", self.line_serial] if self.line_serial
+                 else ["--host", self.line_url or self.host_url])
         code, out, err = self._run([*program("pos-terminal", "terminal.cli"), "--data",
-                                    str(self.terminal_data), "--host",
-                                    self.line_url or self.host_url, "--json", *args], env)
+                                    str(self.terminal_data), *reach, "--json", *args], env)
         if code == -signal.SIGKILL:
             return code, {"killed": True, "crash_at": crash_at}
         return code, _json(out) if out.strip() else {"error": err.strip()[-300:]}
@@ -190,10 +195,14 @@ class Run:
             [*program("pos-host", "host.cli"), "--data", str(self.host_data), "serve", "--tcp",
              "127.0.0.1:0", "--log", str(self.log_path), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        line = _first_line(self.server, START_TIMEOUT)
-        if not line.startswith("listening tcp "):
-            raise RuntimeError(f"pos-host serve did not start: {line!r}")
-        self.host_url = f"tcp://{line.split()[-1]}"
+        serial = "--serial" in extra
+        lines = _announced(self.server, 1 + serial, START_TIMEOUT)
+        tcp = [line for line in lines if line.startswith("listening tcp ")]
+        ports = [line for line in lines if line.startswith("listening serial ")]
+        if not tcp or len(ports) != serial:
+            raise RuntimeError(f"pos-host serve did not start: {' / '.join(lines)!r}")
+        self.host_url = f"tcp://{tcp[0].split()[-1]}"
+        self.host_serial = ports[0].split()[-1] if ports else None
 
     def stop_host(self) -> None:
         server = self.server
@@ -265,6 +274,7 @@ class Run:
             args = self.expand(step.value)
             command = shown("pos-terminal", args)
             code, output = self.terminal(args, step.crash_at)
+            output = self.line_report(output)
             if step.crash_at:
                 self.mark(ladder.TERMINAL, f"power cut: SIGKILL before the keystore {step.crash_at}")
             if isinstance(output, dict) and output.get("found_by") == "terminal":
@@ -325,7 +335,8 @@ class Run:
         """The host restarted with its clock moved (a serving host reads its clock at start);
         a noisy line in front of it goes, as its port changes."""
         self.line.close()
-        self.line_url = None
+        self.line_url = self.line_serial = None
+        self.relay = None
         self.stop_host()
         self.host_clock = clock_offset(text)
         self.start_host()
@@ -333,19 +344,48 @@ class Run:
         return {"host_clock_offset": self.host_clock, "host": self.host_url}
 
     def set_line(self, step: Step) -> dict[str, Any]:
-        """A TCP relay between terminal and host that damages every answer (`flip` a bit
-        counted from the end, `cut` to half), or the clean line back (`clean`)."""
+        """A relay between terminal and host that damages the host's answers from now on: over
+        TCP `flip` a bit of every answer counted from the end, `cut` it to half; `clean` is the
+        direct line back. With `link = "serial"` the same on a serial line (serial_relay.py):
+        `flip` a byte of the answer frames (the first `frames` of them), `cut` the line `offset`
+        bytes into the next one; `clean`, a serial line that damages nothing."""
         self.line.close()
-        self.line_url = None
-        if step.value == "clean":
+        self.line_url = self.line_serial = None
+        self.relay = None
+        serial = step.options.get("link") == "serial"
+        if step.value == "clean" and not serial:
             self.mark(ladder.LINE, "line clean again")
             return {"line": "clean"}
         offset = int(step.options.get("offset", 2))
-        damage: Damage = (flip_bit(offset, int(step.options.get("bit", 0x10)))
-                          if step.value == "flip" else lambda payload: payload[:len(payload) // 2])
+        bit = int(step.options.get("bit", 0x10))
+        if serial:
+            return self.serial_line(step, LineFault(step.value, offset, bit, step.options.get("frames")))
+        damage: Damage = (flip_bit(offset, bit) if step.value == "flip"
+                          else lambda payload: payload[:len(payload) // 2])
         self.line_url = self.line.enter_context(noisy_line(self.host_url, damage))
         self.mark(ladder.LINE, f"line noisy: {step.value} every answer")
         return {"line": step.value}
+
+    def serial_line(self, step: Step, fault: LineFault) -> dict[str, Any]:
+        if self.host_serial is None:
+            raise ValueError("a serial line needs the host served on a pty: "
+                             '[host] args = ["--serial", "pty"]')
+        relay = SerialRelay(self.host_serial, fault)
+        self.line.callback(relay.close)
+        self.relay = relay
+        settings = str(step.options.get("settings", ""))
+        self.line_serial = relay.path + (f",{settings}" if settings else "")
+        self.mark(ladder.LINE, f"serial line: {fault.kind}" + (
+            f", the first {fault.frames} answer frame(s)" if fault.frames else ""))
+        return {"line": fault.kind, "link": "serial"}
+
+    def line_report(self, output: Any) -> Any:
+        """What the serial line saw during a terminal step, beside what the terminal said."""
+        if self.relay is None:
+            return output
+        counts, notes = self.relay.take()
+        self.marks += [ladder.mark(ladder.LINE, text, at) for at, text in notes]
+        return {**output, "line": counts} if isinstance(output, dict) else output
 
     def ceremony(self) -> tuple[int, Any]:
         """A new key ceremony: the host issues a TMK to an injection file, the terminal loads
@@ -385,15 +425,16 @@ def _json(text: str) -> Any:
         return {"error": "not JSON", "text": text.strip()[-300:]}
 
 
-def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+def _announced(process: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
+    """The first `count` lines a server prints (what it listens on), or fewer at the timeout."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     buffer = b""
     deadline = time.monotonic() + timeout
-    while b"\n" not in buffer:
+    while buffer.count(b"\n") < count:
         left = deadline - time.monotonic()
         if left <= 0:
-            return buffer.decode(errors="replace")
+            break
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue
@@ -401,7 +442,7 @@ def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
         if not chunk:
             break
         buffer += chunk
-    return buffer.split(b"\n", 1)[0].decode(errors="replace")
+    return buffer.decode(errors="replace").splitlines()[:count]
 
 
 class Setups:

@@ -49,6 +49,8 @@ class Scenario:
     steps: tuple[Step, ...]
     host_args: tuple[str, ...] = ()
     rules: str = ""
+    serial: str | None = None
+    """The host also serves a pty with these settings (`--serial pty,...`), for a serial line."""
 
 
 def _strings(where: str, value: object) -> tuple[str, ...]:
@@ -113,8 +115,11 @@ def parse(data: dict[str, Any], path: Path) -> Scenario:
     if not isinstance(data.get("cause", ""), str):
         raise ScenarioError(f"{where}: cause: a string (a row of ERROR14.md, or none)")
     host = data.get("host", {})
-    if not isinstance(host, dict) or set(host) - {"args", "rules"}:
-        raise ScenarioError(f"{where}: host: a table of args (list) and rules (TOML text)")
+    if not isinstance(host, dict) or set(host) - {"args", "rules", "serial"}:
+        raise ScenarioError(f"{where}: host: a table of args (list), rules (TOML text) and "
+                            "serial (port settings)")
+    if not isinstance(host.get("serial", ""), str):
+        raise ScenarioError(f"{where}: host.serial: the settings of the host's pty, as text")
     steps = data.get("step", [])
     if not isinstance(steps, list) or not steps:
         raise ScenarioError(f"{where}: step: at least one [[step]]")
@@ -124,6 +129,7 @@ def parse(data: dict[str, Any], path: Path) -> Scenario:
         steps=tuple(_step(f"{where}: step[{i}]", s) for i, s in enumerate(steps, 1)),
         host_args=_strings(f"{where}: host.args", host.get("args", [])),
         rules=str(host.get("rules", "")),
+        serial=host.get("serial"),
     )
 
 

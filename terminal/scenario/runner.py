@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -190,6 +191,8 @@ class Run:
         if not self.rules_path.exists():
             self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
         extra += ["--rules", str(self.rules_path)]
+        if self.scenario.serial is not None:  # not part of the setup: it changes no host data
+            extra += ["--serial", ",".join(p for p in ("pty", self.scenario.serial) if p)]
         env = dict(self.env, **({HOST_CLOCK_ENV: str(self.host_clock)} if self.host_clock else {}))
         self.server = subprocess.Popen(
             [*program("pos-host", "host.cli"), "--data", str(self.host_data), "serve", "--tcp",
@@ -368,8 +371,7 @@ class Run:
 
     def serial_line(self, step: Step, fault: LineFault) -> dict[str, Any]:
         if self.host_serial is None:
-            raise ValueError("a serial line needs the host served on a pty: "
-                             '[host] args = ["--serial", "pty"]')
+            raise ValueError('a serial line needs the host served on a pty: [host] serial = ""')
         relay = SerialRelay(self.host_serial, fault)
         self.line.callback(relay.close)
         self.relay = relay
@@ -457,17 +459,22 @@ class Setups:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.done: dict[tuple[tuple[str, ...], str], tuple[Path, list[StepResult]]] = {}
+        self.locks: dict[tuple[tuple[str, ...], str], threading.Lock] = {}
+        self.lock = threading.Lock()  # scenarios may run side by side (`run --jobs`)
 
     def prepare(self, scenario: Scenario) -> tuple[Path, list[StepResult]]:
         key = (scenario.host_args, scenario.rules)
-        if key not in self.done:
-            folder = self.root / f"setup-{len(self.done) + 1}"
-            folder.mkdir(parents=True)
-            state = Run(scenario, folder)
-            with state.serving():
-                steps = state.setup()
-            self.done[key] = (folder, steps)
-        return self.done[key]
+        with self.lock:
+            one = self.locks.setdefault(key, threading.Lock())
+        with one:
+            if key not in self.done:
+                folder = self.root / f"setup-{len(self.locks)}-{abs(hash(key))}"
+                folder.mkdir(parents=True)
+                state = Run(scenario, folder)
+                with state.serving():
+                    steps = state.setup()
+                self.done[key] = (folder, steps)
+            return self.done[key]
 
     def restore(self, state: Run) -> list[StepResult]:
         folder, steps = self.prepare(state.scenario)

@@ -46,7 +46,7 @@ def test_one_scenario_per_cause_in_error14s_order() -> None:
 
 def test_the_whole_catalogue_passes_with_junit_and_svg_ladders(tmp_path: Path) -> None:
     junit, svg = tmp_path / "catalogue.xml", tmp_path / "ladder.svg"
-    done = scenario("run", "--all", "--json", "--junit", str(junit), "--ladder", str(svg))
+    done = scenario("run", "--all", "--jobs", "2", "--json", "--junit", str(junit), "--ladder", str(svg))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     report = json.loads(done.stdout)
     every = len(catalogue())

@@ -54,6 +54,8 @@ class SerialRelay:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # kept open: with no reader on the far end, reads would fail
         self.path = os.ttyname(self._slave)
+        for fd in (self._host, self._master):  # a full buffer drops bytes, never hangs the relay
+            os.set_blocking(fd, False)
         self._to_terminal = FrameParser(FRAMING)
         self._to_host = FrameParser(FRAMING)
         self._counts: Counter[str] = Counter()
@@ -128,7 +130,10 @@ class SerialRelay:
             self._note(f"line: the {sender} NAKs a frame")
         if isinstance(token, GoodFrame) and kind == "answer":
             data = self._damage(data)
-        os.write(target, data)
+        try:
+            os.write(target, data)
+        except BlockingIOError:  # nobody reading that end: what a line does, it loses them
+            self._counts["dropped"] += 1
 
     def _damage(self, frame: bytes) -> bytes:
         """The frame as the terminal gets it; a cut sends the part before it, then no more."""

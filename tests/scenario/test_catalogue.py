@@ -76,15 +76,16 @@ def test_the_whole_catalogue_passes_with_junit_and_svg_ladders(tmp_path: Path) -
 
 
 def test_a_wrong_expectation_fails_with_what_differed(tmp_path: Path) -> None:
-    source = (REPO / "terminal/scenario/catalogue/03-key-expired.toml").read_text()
+    source = (REPO / "terminal/scenario/catalogue/04-key-not-updated-in-time.toml").read_text()
     wrong = tmp_path / "wrong.toml"
-    wrong.write_text(source.replace('reason = "K2 WK expired"', 'reason = "K3 WK expired"'))
+    wrong.write_text(source.replace('reason = "K2 MAK missed rotation"',
+                                    'reason = "K3 MAK missed rotation"'))
     junit = tmp_path / "wrong.xml"
     done = scenario("run", str(wrong), "--junit", str(junit))
     assert done.returncode == 1
-    assert "reason: expected 'K3 WK expired', got 'K2 WK expired'" in done.stdout
+    assert "reason: expected 'K3 MAK missed rotation', got 'K2 MAK missed rotation'" in done.stdout
     failure = ET.parse(junit).getroot().find("testsuite/testcase/failure")
-    assert failure is not None and "K3 WK expired" in (failure.get("message") or "")
+    assert failure is not None and "K3 MAK missed rotation" in (failure.get("message") or "")
 
 
 @pytest.mark.parametrize(("text", "where"), [

@@ -11,12 +11,14 @@ import json
 import sys
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from protocol import ladder
 from terminal.scenario import report
-from terminal.scenario.model import ScenarioError, catalogue, find
-from terminal.scenario.runner import ScenarioResult, run
+from terminal.scenario.model import Scenario, ScenarioError, catalogue, find
+from terminal.scenario.runner import ScenarioResult, Setups, run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ladder", metavar="FILE.svg",
                    help="also draw the exchange as SVG (several scenarios: FILE-NAME.svg)")
     p.add_argument("--keep", metavar="DIR", help="run in DIR and keep its folders and logs")
+    p.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                   help="run N scenarios side by side (reports keep the scenarios' order)")
     p = sub.add_parser("list", help="the built-in catalogue")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("ladder", help="draw a saved `pos-terminal --trace` as a ladder")
@@ -42,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--svg", metavar="FILE")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"a whole number of scenarios at once, 1 to 16, not {text!r}")
+    return int(text)
 
 
 def _ladder_path(base: str, name: str, several: bool) -> Path:
@@ -53,19 +63,27 @@ def do_run(args: argparse.Namespace) -> int:
     scenarios = catalogue() if args.all else [find(name) for name in args.scenarios]
     if not scenarios:
         raise ScenarioError("name a scenario (file or built-in name), or give --all")
-    results: list[ScenarioResult] = []
-    for scenario in scenarios:
-        if args.keep:
-            work = Path(args.keep) / scenario.name
-            work.mkdir(parents=True, exist_ok=False)
-            results.append(run(scenario, work))
-        else:
+    with ExitStack() as stack:
+        shared = Path(args.keep) / "setups" if args.keep else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="pos-scenario-setups-")))
+        setups = Setups(shared)
+
+        def one(scenario: Scenario) -> ScenarioResult:
+            if args.keep:
+                work = Path(args.keep) / scenario.name
+                work.mkdir(parents=True, exist_ok=False)
+                return run(scenario, work, setups)
             with tempfile.TemporaryDirectory(prefix=f"pos-scenario-{scenario.name}-") as folder:
-                results.append(run(scenario, Path(folder)))
-        if not args.json:
-            lines = report.result_lines(results[-1], with_ladder=len(scenarios) == 1
-                                        or not results[-1].passed)
-            print("\n".join(lines), flush=True)
+                return run(scenario, Path(folder), setups)
+
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=args.jobs))
+        results: list[ScenarioResult] = []
+        for result in pool.map(one, scenarios):  # in the scenarios' order, as each is ready
+            results.append(result)
+            if not args.json:
+                lines = report.result_lines(result, with_ladder=len(scenarios) == 1
+                                            or not result.passed)
+                print("\n".join(lines), flush=True)
     if args.ladder:
         for result in results:
             _ladder_path(args.ladder, result.scenario.name, len(results) > 1).write_text(
@@ -89,7 +107,8 @@ def do_list(args: argparse.Namespace) -> int:
     else:
         width = max(len(r["name"]) for r in rows)
         for row in rows:
-            print(f"{row['name']:<{width}}  {row['reason']:<10}  {row['cause']}")
+            what = row["cause"] or row["summary"].split(":")[0]
+            print(f"{row['name']:<{width}}  {row['reason'] or '-':<10}  {what}")
     return EXIT_OK
 
 

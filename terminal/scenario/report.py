@@ -23,7 +23,8 @@ def result_data(result: ScenarioResult) -> dict[str, Any]:
 def result_lines(result: ScenarioResult, with_ladder: bool) -> list[str]:
     s = result.scenario
     verdict = "PASS" if result.passed else "FAIL"
-    lines = [f"{verdict}  {s.name}: {s.cause} ({s.reason})  {result.seconds:.1f} s"]
+    what = f"{s.cause} ({s.reason})" if s.cause else s.summary.split(":")[0]
+    lines = [f"{verdict}  {s.name}: {what}  {result.seconds:.1f} s"]
     for step in result.steps:
         if step.label.startswith("setup:") and step.passed:
             continue

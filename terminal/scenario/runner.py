@@ -15,17 +15,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from protocol import ladder
+from protocol.mask import mask_pan
 from protocol.transport.noisy import Damage, flip_bit, noisy_line
 from terminal.fsops import CRASH_ENV
 from terminal.scenario.model import Scenario, Step
+from terminal.scenario.serial_relay import LineFault, SerialRelay
 
 TID, MID = "SCEN0001", "SCENMERCHANT001"
 PAN, EXPIRY, PIN, BALANCE = "6212345678901234", "2812", "1234", "100.00"
@@ -56,6 +59,8 @@ class StepResult:
     output: Any = None
     exit: int | None = None
     remedy: bool = False
+    command: str = ""
+    seconds: float = 0.0
 
 
 @dataclass
@@ -115,6 +120,21 @@ def clock_offset(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
+def shown(program_name: str, args: tuple[str, ...]) -> str:
+    """A command as a person would type it (folders, `--host` and `--json` are the runner's),
+    with the card number masked and the PIN starred: a report is shown around."""
+    words = [program_name]
+    for before, word in zip(("", *args), args, strict=False):
+        if before == "--pan" or (word.isdigit() and len(word) >= 12):
+            word = mask_pan(word)
+        elif before == "--pin":
+            word = "****"
+        elif word.startswith("/"):
+            word = Path(word).name
+        words.append(word)
+    return " ".join(words)
+
+
 class Run:
     """One scenario's processes and folders."""
 
@@ -130,6 +150,9 @@ class Run:
                                   HOST_CLOCK_ENV)}
         self.host_url = ""
         self.line_url: str | None = None  # a noisy relay in front of the host, while one is on
+        self.host_serial: str | None = None  # the host's pty, when it serves one
+        self.relay: SerialRelay | None = None  # a serial line between them, while one is on
+        self.line_serial: str | None = None  # the terminal's port spec on that line
         self.line = ExitStack()
         self.server: subprocess.Popen[bytes] | None = None
         self.marks: list[ladder.Rung] = []
@@ -154,9 +177,10 @@ class Run:
             env[CRASH_ENV] = f"keystore.json:{crash_at}"
         if self.clock:
             env[CLOCK_ENV] = str(self.clock)
+        reach = (["--serial", self.line_serial] if self.line_serial
+                 else ["--host", self.line_url or self.host_url])
         code, out, err = self._run([*program("pos-terminal", "terminal.cli"), "--data",
-                                    str(self.terminal_data), "--host",
-                                    self.line_url or self.host_url, "--json", *args], env)
+                                    str(self.terminal_data), *reach, "--json", *args], env)
         if code == -signal.SIGKILL:
             return code, {"killed": True, "crash_at": crash_at}
         return code, _json(out) if out.strip() else {"error": err.strip()[-300:]}
@@ -167,15 +191,21 @@ class Run:
         if not self.rules_path.exists():
             self.rules_path.write_text(self.scenario.rules, encoding="utf-8")
         extra += ["--rules", str(self.rules_path)]
+        if self.scenario.serial is not None:  # not part of the setup: it changes no host data
+            extra += ["--serial", ",".join(p for p in ("pty", self.scenario.serial) if p)]
         env = dict(self.env, **({HOST_CLOCK_ENV: str(self.host_clock)} if self.host_clock else {}))
         self.server = subprocess.Popen(
             [*program("pos-host", "host.cli"), "--data", str(self.host_data), "serve", "--tcp",
              "127.0.0.1:0", "--log", str(self.log_path), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        line = _first_line(self.server, START_TIMEOUT)
-        if not line.startswith("listening tcp "):
-            raise RuntimeError(f"pos-host serve did not start: {line!r}")
-        self.host_url = f"tcp://{line.split()[-1]}"
+        serial = "--serial" in extra
+        lines = _announced(self.server, 1 + serial, START_TIMEOUT)
+        tcp = [line for line in lines if line.startswith("listening tcp ")]
+        ports = [line for line in lines if line.startswith("listening serial ")]
+        if not tcp or len(ports) != serial:
+            raise RuntimeError(f"pos-host serve did not start: {' / '.join(lines)!r}")
+        self.host_url = f"tcp://{tcp[0].split()[-1]}"
+        self.host_serial = ports[0].split()[-1] if ports else None
 
     def stop_host(self) -> None:
         server = self.server
@@ -210,12 +240,14 @@ class Run:
             ("pos-host init", lambda: self.host("init")),
             (f"pos-host terminal add {TID}", lambda: self.host(
                 "terminal", "add", TID, "--merchant", MID, "--out", str(injection))),
-            ("pos-host card add", lambda: self.host(
+            (f"pos-host card add {mask_pan(PAN)} --balance {BALANCE}", lambda: self.host(
                 "card", "add", PAN, "--expiry", EXPIRY, "--pin", PIN, "--balance", BALANCE)),
         ):
             code, output = action()
+            output = without_components(output)  # clear key parts never reach a report
             results.append(StepResult(len(results) + 1, f"setup: {label}", "host", code == 0,
-                                      [] if code == 0 else [f"exit {code}: {output}"]))
+                                      [] if code == 0 else [f"exit {code}: {output}"], output, code,
+                                      command=label))
         if not all(r.passed for r in results):
             return results
         self.start_host()
@@ -224,9 +256,10 @@ class Run:
             code, output = self.terminal(args)
             if args[0] == "load-tmk":
                 injection.unlink(missing_ok=True)  # as the operator must, once loaded
-            results.append(StepResult(len(results) + 1, "setup: pos-terminal " + " ".join(
-                a for a in args if not a.startswith("/")), "terminal", code == 0,
-                [] if code == 0 else [f"exit {code}: {output}"], output, code))
+            command = shown("pos-terminal", args)
+            results.append(StepResult(len(results) + 1, f"setup: {command}", "terminal", code == 0,
+                                      [] if code == 0 else [f"exit {code}: {output}"], output, code,
+                                      command=command))
         return results
 
     def expand(self, args: tuple[str, ...]) -> tuple[str, ...]:
@@ -236,25 +269,34 @@ class Run:
         return tuple(a.format(**values) for a in args)
 
     def step(self, index: int, step: Step) -> StepResult:
+        started = time.monotonic()
         code: int | None = None
         output: Any = None
+        command = ""
         if step.kind == "terminal":
-            code, output = self.terminal(self.expand(step.value), step.crash_at)
+            args = self.expand(step.value)
+            command = shown("pos-terminal", args)
+            code, output = self.terminal(args, step.crash_at)
+            output = self.line_report(output)
             if step.crash_at:
                 self.mark(ladder.TERMINAL, f"power cut: SIGKILL before the keystore {step.crash_at}")
             if isinstance(output, dict) and output.get("found_by") == "terminal":
                 self.mark(ladder.TERMINAL, f"terminal finds {output.get('rc')} {output.get('reason')}")
         elif step.kind == "host":
-            code, output = self.host(*self.expand(step.value))
+            args = self.expand(step.value)
+            command = shown("pos-host", args)
+            code, output = self.host(*args)
         elif step.kind == "fault":
             output = self.fault(step)
             code = 0
         elif step.kind == "ceremony":
+            command = (f"pos-host terminal rekey {TID} --out rekey.inject; "
+                       "pos-terminal load-tmk --file rekey.inject")
             code, output = self.ceremony()
         elif step.kind == "rules":
             self.rules_path.write_text(step.value, encoding="utf-8")
             self.mark(ladder.HOST, "rules file changed")
-            code, output = 0, {"rules": str(self.rules_path)}
+            code, output = 0, {"rules": str(self.rules_path), "written": step.value}
         elif step.kind == "line":
             code, output = 0, self.set_line(step)
         elif step.kind == "clock":
@@ -266,7 +308,8 @@ class Run:
         found = differences(step, output, code)
         if step.exit is None and code not in (0, 1) and not step.crash_at:
             found.insert(0, f"exit {code}")
-        return StepResult(index, step.label, step.kind, not found, found, output, code, step.remedy)
+        return StepResult(index, step.label, step.kind, not found, found, output, code, step.remedy,
+                          command, time.monotonic() - started)
 
     def mark(self, side: str, text: str) -> None:
         self.marks.append(ladder.mark(side, text, time.time()))
@@ -295,7 +338,8 @@ class Run:
         """The host restarted with its clock moved (a serving host reads its clock at start);
         a noisy line in front of it goes, as its port changes."""
         self.line.close()
-        self.line_url = None
+        self.line_url = self.line_serial = None
+        self.relay = None
         self.stop_host()
         self.host_clock = clock_offset(text)
         self.start_host()
@@ -303,19 +347,47 @@ class Run:
         return {"host_clock_offset": self.host_clock, "host": self.host_url}
 
     def set_line(self, step: Step) -> dict[str, Any]:
-        """A TCP relay between terminal and host that damages every answer (`flip` a bit
-        counted from the end, `cut` to half), or the clean line back (`clean`)."""
+        """A relay between terminal and host that damages the host's answers from now on: over
+        TCP `flip` a bit of every answer counted from the end, `cut` it to half; `clean` is the
+        direct line back. With `link = "serial"` the same on a serial line (serial_relay.py):
+        `flip` a byte of the answer frames (the first `frames` of them), `cut` the line `offset`
+        bytes into the next one; `clean`, a serial line that damages nothing."""
         self.line.close()
-        self.line_url = None
-        if step.value == "clean":
+        self.line_url = self.line_serial = None
+        self.relay = None
+        serial = step.options.get("link") == "serial"
+        if step.value == "clean" and not serial:
             self.mark(ladder.LINE, "line clean again")
             return {"line": "clean"}
         offset = int(step.options.get("offset", 2))
-        damage: Damage = (flip_bit(offset, int(step.options.get("bit", 0x10)))
-                          if step.value == "flip" else lambda payload: payload[:len(payload) // 2])
+        bit = int(step.options.get("bit", 0x10))
+        if serial:
+            return self.serial_line(step, LineFault(step.value, offset, bit, step.options.get("frames")))
+        damage: Damage = (flip_bit(offset, bit) if step.value == "flip"
+                          else lambda payload: payload[:len(payload) // 2])
         self.line_url = self.line.enter_context(noisy_line(self.host_url, damage))
         self.mark(ladder.LINE, f"line noisy: {step.value} every answer")
         return {"line": step.value}
+
+    def serial_line(self, step: Step, fault: LineFault) -> dict[str, Any]:
+        if self.host_serial is None:
+            raise ValueError('a serial line needs the host served on a pty: [host] serial = ""')
+        relay = SerialRelay(self.host_serial, fault)
+        self.line.callback(relay.close)
+        self.relay = relay
+        settings = str(step.options.get("settings", ""))
+        self.line_serial = relay.path + (f",{settings}" if settings else "")
+        self.mark(ladder.LINE, f"serial line: {fault.kind}" + (
+            f", the first {fault.frames} answer frame(s)" if fault.frames else ""))
+        return {"line": fault.kind, "link": "serial"}
+
+    def line_report(self, output: Any) -> Any:
+        """What the serial line saw during a terminal step, beside what the terminal said."""
+        if self.relay is None:
+            return output
+        counts, notes = self.relay.take()
+        self.marks += [ladder.mark(ladder.LINE, text, at) for at, text in notes]
+        return {**output, "line": counts} if isinstance(output, dict) else output
 
     def ceremony(self) -> tuple[int, Any]:
         """A new key ceremony: the host issues a TMK to an injection file, the terminal loads
@@ -329,8 +401,7 @@ class Run:
         finally:
             injection.unlink(missing_ok=True)
         self.mark(ladder.TERMINAL, "key ceremony: new TMK loaded")
-        return code, {"host": {k: v for k, v in output.items() if k != "components"},
-                      "terminal": loaded}
+        return code, {"host": without_components(output), "terminal": loaded}
 
     def rungs(self) -> list[ladder.Rung]:
         entries = []
@@ -344,6 +415,11 @@ class Run:
         return ladder.by_time(ladder.from_host_log(entries, TID), self.marks)
 
 
+def without_components(output: Any) -> Any:
+    """A `terminal add`/`rekey` answer without its clear TMK components (the custodians' parts)."""
+    return {k: v for k, v in output.items() if k != "components"} if isinstance(output, dict) else output
+
+
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
@@ -351,15 +427,16 @@ def _json(text: str) -> Any:
         return {"error": "not JSON", "text": text.strip()[-300:]}
 
 
-def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
+def _announced(process: subprocess.Popen[bytes], count: int, timeout: float) -> list[str]:
+    """The first `count` lines a server prints (what it listens on), or fewer at the timeout."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
     buffer = b""
     deadline = time.monotonic() + timeout
-    while b"\n" not in buffer:
+    while buffer.count(b"\n") < count:
         left = deadline - time.monotonic()
         if left <= 0:
-            return buffer.decode(errors="replace")
+            break
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             continue
@@ -367,21 +444,68 @@ def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
         if not chunk:
             break
         buffer += chunk
-    return buffer.split(b"\n", 1)[0].decode(errors="replace")
+    return buffer.decode(errors="replace").splitlines()[:count]
 
 
-def run(scenario: Scenario, workdir: Path) -> ScenarioResult:
-    """Setup, then every step in order (a step that fails does not stop the ones after it:
-    the report shows everything that differed)."""
+class Setups:
+    """The common start, done once per host configuration and copied into each scenario.
+
+    Every scenario starts from the same provisioned pair (the setup's steps are the same
+    commands, checked the same way), so a run of several does the seven setup processes once
+    for each distinct `[host]` table rather than once per scenario: copying a stopped host's
+    data folder and a terminal's folder is what restoring a backup does, and both are read
+    only through their command lines afterwards."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.done: dict[tuple[tuple[str, ...], str], tuple[Path, list[StepResult]]] = {}
+        self.locks: dict[tuple[tuple[str, ...], str], threading.Lock] = {}
+        self.lock = threading.Lock()  # scenarios may run side by side (`run --jobs`)
+
+    def prepare(self, scenario: Scenario) -> tuple[Path, list[StepResult]]:
+        key = (scenario.host_args, scenario.rules)
+        with self.lock:
+            one = self.locks.setdefault(key, threading.Lock())
+        with one:
+            if key not in self.done:
+                folder = self.root / f"setup-{len(self.locks)}-{abs(hash(key))}"
+                folder.mkdir(parents=True)
+                state = Run(scenario, folder)
+                with state.serving():
+                    steps = state.setup()
+                self.done[key] = (folder, steps)
+            return self.done[key]
+
+    def restore(self, state: Run) -> list[StepResult]:
+        folder, steps = self.prepare(state.scenario)
+        if all(s.passed for s in steps):
+            shutil.copytree(folder, state.work, dirs_exist_ok=True)
+            state.start_host()
+        return [replace(s) for s in steps]
+
+
+StepHook = Callable[[StepResult], None]
+
+
+def run(scenario: Scenario, workdir: Path, setups: Setups | None = None,
+        on_step: StepHook | None = None) -> ScenarioResult:
+    """Setup (or a copy of one already done, from `setups`), then every step in order (a step
+    that fails does not stop the ones after it: the report shows everything that differed).
+    `on_step` sees each step as it finishes: the demo tells the story as it happens."""
     started = time.monotonic()
     result = ScenarioResult(scenario)
     state = Run(scenario, workdir)
+    hook = on_step or (lambda _: None)
     with state.serving():
         try:
-            result.steps = state.setup()
+            result.steps = setups.restore(state) if setups else state.setup()
+            for done in result.steps:
+                hook(done)
             if all(s.passed for s in result.steps):
                 first = len(result.steps) + 1
-                result.steps += [state.step(first + i, step) for i, step in enumerate(scenario.steps)]
+                for i, step in enumerate(scenario.steps):
+                    result.steps.append(state.step(first + i, step))
+                    hook(result.steps[-1])
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
             result.error = f"{type(exc).__name__}: {exc}"
     result.rungs = state.rungs()

@@ -4,7 +4,9 @@ A payload (TPDU and header in TPDU dialects, then the message) is unframed and d
 what comes out keeps only what PROTOCOL.md §6 lets anyone see: field values masked by
 protocol.mask, and the payload's bytes with every sensitive value overwritten. It never holds
 the clear message, so no way of printing it can leak what the masking hid. The link trace, the
-terminal's `--trace`, the fuzzer's findings and `describe` all take their text from here.
+terminal's `--trace` and the fuzzer's findings take their text from here; `describe` dissects
+further (names, subfields, EMV tags) and the host log renders decoded messages, both with the
+same protocol.mask values.
 """
 
 from __future__ import annotations
@@ -25,11 +27,6 @@ def mask_all(data: bytes) -> bytes:
     return bytes([MASK_BYTE]) * len(data)
 
 
-def fields_line(mti: str, fields: dict[int, str]) -> str:
-    """A message on one line: its MTI, then every field as number=masked value."""
-    return f"{mti} " + " ".join(f"{n}={v}" for n, v in fields.items())
-
-
 @dataclass(frozen=True, slots=True)
 class Shown:
     """A payload as it may be shown. `error` (its text names a field and an offset, never a
@@ -45,7 +42,7 @@ class Shown:
 
     def line(self) -> str:
         """One line: the MTI and the masked fields (the link trace, the fuzzer's findings)."""
-        return fields_line(self.mti or "", self.fields)
+        return f"{self.mti} " + " ".join(f"{n}={v}" for n, v in self.fields.items())
 
     def lines(self, arrow: str) -> list[str]:
         """A field a line, then the masked bytes in hex (the terminal's `--trace`)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from host import operators
 from host.operators import Operator
+from protocol import passwords
 
 LAB, HOST = "lab", "host"
 ADMIN, CUSTODIAN, AUDITOR, OPERATOR = operators.ROLES
@@ -121,8 +122,8 @@ def _check_one(lookup: Callable[[str], Operator | None], name: str, password: st
                log2n: int) -> Operator | None:
     """The operator if name and password match; the same work either way."""
     found = lookup(name)
-    credential = found.credential if found else operators.dummy_credential(log2n)
-    good = operators.verify_password(credential, password)
+    credential = found.credential if found else passwords.dummy_credential(log2n)
+    good = passwords.verify_password(credential, password)
     return found if good and found is not None else None
 
 

@@ -43,12 +43,12 @@ from host.keydb import SYNC_MODES, KeyDb, KeyDbError
 from host.lmk import LmkError, check_value
 from host.logs import MessageLog
 from host.metrics import PrometheusMetrics
-from host.operators import CredentialError, Operator
+from host.operators import Operator
 from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
 from host.rules import HITS_FILE, RuleBook, RulesError, describe, load_rules
 from host.server import HostCore, SerialPorts, serve_until_signalled
 from host.top import TopError, metrics_url, render, scrape, summarize
-from protocol import ladder
+from protocol import ladder, passwords
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
 from protocol.crypto import CryptoError
@@ -57,6 +57,7 @@ from protocol.errors import SpecError
 from protocol.fields import KEY_SETS
 from protocol.framing import Framing
 from protocol.link import TraceOptions
+from protocol.passwords import PasswordError
 from protocol.spec import Dialect
 from protocol.transport.bridge import run_bridge
 from protocol.transport.serial import (
@@ -305,7 +306,7 @@ def _new_credential(args: argparse.Namespace) -> str:
         password = getpass.getpass("new password: ")
         if getpass.getpass("again: ") != password:
             raise admin.UsageError("the two passwords differ; nothing changed")
-    return ops.hash_password(password, system_rng, ops.cost(os.environ))
+    return passwords.hash_password(password, system_rng, passwords.cost(os.environ))
 
 
 def _login(args: argparse.Namespace, db: KeyDb) -> Actor | None:
@@ -325,7 +326,7 @@ def _login(args: argparse.Namespace, db: KeyDb) -> Actor | None:
                   _secret(_given(args, "second_password_env") or SECOND_PASSWORD_ENV,
                           "second custodian's password: "))
     try:
-        actor = access.authenticate(name, login, db.operator, now, ops.cost(os.environ), on)
+        actor = access.authenticate(name, login, db.operator, now, passwords.cost(os.environ), on)
     except AccessDenied as exc:
         refused = exc if str(exc).startswith("refused (") else access.refusal(on, str(exc))
         named = access.shown_name(login.operator) if login.operator else "-"
@@ -353,7 +354,7 @@ def _checked(work: Callable[[argparse.Namespace, Actor | None], int],
 
 def _operator_dict(operator: Operator) -> dict[str, Any]:
     return {"name": operator.name, "role": operator.role, "created": operator.created,
-            "cost_log2n": int(operator.credential.split("$")[1])}
+            "cost_log2n": passwords.log2n_of(operator.credential)}
 
 
 @_with_db
@@ -1131,7 +1132,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ERRORS = (admin.UsageError, AccessDenied, CredentialError, RulesError, KeyDbError, DataError,
+ERRORS = (admin.UsageError, AccessDenied, PasswordError, RulesError, KeyDbError, DataError,
           LmkError, CryptoError, sqlite3.Error, OSError, TokenError, BackupError, TopError)
 
 
@@ -1144,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": message}))
         print(f"pos-host: {message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (admin.UsageError, CredentialError)) else EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, (admin.UsageError, PasswordError)) else EXIT_ERROR
 
 
 if __name__ == "__main__":

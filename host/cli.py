@@ -321,10 +321,11 @@ def _login(args: argparse.Namespace, db: KeyDb) -> Actor | None:
     if not on and name != "access on":
         db.actor = access.lab_actor(name, now)
         return db.actor
-    login = Login(_given(args, "operator"), _given(args, "second_operator"),
-                  _secret(_given(args, "password_env") or PASSWORD_ENV, "password: "),
+    first, second = _given(args, "operator"), _given(args, "second_operator")
+    login = Login(first, second,
+                  _secret(_given(args, "password_env") or PASSWORD_ENV, f"{first}'s password: "),
                   _secret(_given(args, "second_password_env") or SECOND_PASSWORD_ENV,
-                          "second custodian's password: "))
+                          f"{second}'s password: "))
     try:
         actor = access.authenticate(name, login, db.operator, now, passwords.cost(os.environ), on)
     except AccessDenied as exc:

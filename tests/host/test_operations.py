@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 
+from host.access import ANY, RULES
+from host.operators import ROLES
 from tests.host.client import ClientTerminal, Link, tmk_from_ceremony
 from tests.support import COMMAND_TIMEOUT, REPO, host_command, running_host
 
 MID = "M00000000000001"
 PASSWORDS = {"alice": "alice-admin-1", "carol": "carol-keys-22", "dave": "dave-keys-333",
              "erin": "erin-audits-4"}
-ROLES = {"carol": "custodian", "dave": "custodian", "erin": "auditor"}
+STAFF = {"carol": "custodian", "dave": "custodian", "erin": "auditor"}
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -65,7 +67,7 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("ops") / "host"
     ok(run(data, "init", "--access-control", "--operator", "alice",
            POSEMU_NEW_PASSWORD=PASSWORDS["alice"]))
-    for name, role in ROLES.items():
+    for name, role in STAFF.items():
         ok(run(data, "operator", "add", name, "--role", role, *login("alice"), **as_("alice"),
                POSEMU_NEW_PASSWORD=PASSWORDS[name]))
     return data
@@ -160,10 +162,10 @@ def test_the_prompted_password_is_never_on_the_command_line(controlled: Path, tm
     try:
         seen = b""
         deadline = time.monotonic() + COMMAND_TIMEOUT
-        while b"password:" not in seen and time.monotonic() < deadline:
+        while b"erin's password:" not in seen and time.monotonic() < deadline:
             if select.select([leader], [], [], 1.0)[0]:
                 seen += os.read(leader, 1024)
-        assert b"password:" in seen
+        assert b"erin's password:" in seen
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
         assert b"erin" in cmdline and PASSWORDS["erin"].encode() not in cmdline
         os.write(leader, PASSWORDS["erin"].encode() + b"\n")
@@ -175,6 +177,22 @@ def test_the_prompted_password_is_never_on_the_command_line(controlled: Path, tm
         os.close(leader)
     assert process.returncode == 0
     assert isinstance(json.loads(out), list)
+
+
+def test_the_permission_table_in_the_docs_is_the_one_the_code_reads() -> None:
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("## Roles and what each may do")[1].split("\n## ")[0]
+    documented = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            command, who, dual, fault = (cell.strip() for cell in line.strip("|").split("|"))
+            documented[command.strip("`")] = (who, dual, fault)
+    expected = {}
+    for command, rule in RULES.items():
+        who = ("two different custodians" if rule.dual else "any role" if rule.roles == ANY
+               else ", ".join(r for r in ROLES if r in rule.roles))
+        expected[command] = (who, "yes" if rule.dual else "no", "yes" if rule.fault else "no")
+    assert documented == expected
 
 
 # --- the chain ----------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from typing import Any
 
 GENESIS = bytes(32)
 """The "previous MAC" of the first entry."""
+KEY_ERROR_EVENTS = {"K2 MAK missed rotation": "kcv refused", "K2 WK expired": "expired"}
+"""The 14s (field 44) the serving host records, once per generation, and as which event."""
 
 
 @dataclass(frozen=True, slots=True)

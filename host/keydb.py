@@ -38,6 +38,7 @@ from host.state import (
     Change,
     HeldKey,
     IssueWorkingKeys,
+    KeyErrorSeen,
     Original,
     Prior,
     Reversed,
@@ -148,6 +149,7 @@ CREATE TABLE IF NOT EXISTS audit (      -- the chained audit trail (host.audit),
     detail     TEXT NOT NULL,          -- JSON: command, second custodian, fault, reason
     mac        TEXT NOT NULL           -- HMAC-SHA256 over this entry and the previous MAC
 );
+CREATE INDEX IF NOT EXISTS audit_tid ON audit (tid, event);
 """
 SCHEMA_VERSION = 5
 """`PRAGMA user_version` of a database this code made; another one is refused, not guessed at."""
@@ -774,6 +776,8 @@ class KeyDb:
             elif kind is RevokeWorkingKeys:
                 self._set_working_state(change.tid, REVOKED)
                 self._audit("revoked", change.tid, None, {"key": "WK", "by": "terminal"}, HOST)
+            elif kind is KeyErrorSeen:
+                self._key_error_seen(change)
             else:
                 raise TypeError(f"unknown change {kind.__name__}")
         if records:
@@ -897,6 +901,18 @@ class KeyDb:
     def audit_head(self) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE name=?", (AUDIT_HEAD,)).fetchone()
         return None if row is None else row[0]
+
+    def _key_error_seen(self, change: KeyErrorSeen) -> None:
+        """One entry per generation (`kcv refused`: the one the terminal did not take;
+        `expired`: the one it used past its life), however many 14s the terminal meets."""
+        c = self.conn
+        event = audit.KEY_ERROR_EVENTS[change.reason]
+        current = c.execute("SELECT MAX(generation) FROM keys WHERE tid=? AND usage='MAK'",
+                            (change.tid,)).fetchone()[0]
+        last = c.execute("SELECT generation FROM audit WHERE tid=? AND event=? "
+                         "ORDER BY seq DESC LIMIT 1", (change.tid, event)).fetchone()
+        if current is not None and (last is None or last[0] != current):
+            self._audit(event, change.tid, current, {"reason": change.reason}, HOST)
 
     def _audit(self, event: str, tid: str | None = None, generation: int | None = None,
                detail: Mapping[str, object] | None = None, operator: str | None = None,

@@ -11,6 +11,7 @@ import select
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ import pytest
 
 from host.access import ANY, RULES
 from host.operators import ROLES
-from tests.host.client import ClientTerminal, Link, tmk_from_ceremony
-from tests.support import COMMAND_TIMEOUT, REPO, host_command, running_host
+from protocol.transport.tcp import TransportError
+from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
+from tests.support import COMMAND_TIMEOUT, REPO, host_command, running_host, start_host
 
 MID = "M00000000000001"
 PASSWORDS = {"alice": "alice-admin-1", "carol": "carol-keys-22", "dave": "dave-keys-333",
@@ -281,11 +283,11 @@ def test_sigkill_during_audited_commands_leaves_a_chain_that_verifies(tmp_path: 
     and the chain verifies (the entry is in the key change's own transaction)."""
     data = tmp_path / "host"
     ok(run(data, "init"))
-    for attempt in range(12):
+    for attempt in range(8):
         process = subprocess.Popen(
             [*host_command(), "--data", str(data), "terminal", "add", f"T0KILL{attempt:02d}",
              "--merchant", MID], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
-        time.sleep(0.1 + 0.15 * attempt)
+        time.sleep(0.3 + 0.1 * attempt)
         process.send_signal(signal.SIGKILL)
         process.wait(COMMAND_TIMEOUT)
     code, verdict = verify(data)
@@ -294,6 +296,47 @@ def test_sigkill_during_audited_commands_leaves_a_chain_that_verifies(tmp_path: 
     audited = {e["tid"] for e in ok(run(data, "--json", "audit", "show"))
                if e["event"] == "ceremony"}
     assert made == audited
+
+
+def test_a_host_killed_among_sign_ons_leaves_one_entry_per_generation(tmp_path: Path) -> None:
+    """Sign-ons as fast as one terminal can make them, the serving host SIGKILLed among them:
+    every working-key generation in the database has its `issued` entry and the chain holds."""
+    data = tmp_path / "host"
+    ok(run(data, "init"))
+    ceremony = ok(run(data, "--json", "terminal", "add", "T0SIGNON", "--merchant", MID))
+    host = start_host(data)
+    terminal = ClientTerminal("T0SIGNON", MID, tmk_from_ceremony(ceremony))
+    signed: list[int] = []
+
+    def sign_on_until_killed() -> None:
+        with Link(host.endpoint, terminal) as link:
+            while len(signed) < 500:
+                try:
+                    link.sign_on()
+                except (OSError, TransportError):
+                    return
+                signed.append(1)
+
+    signer = threading.Thread(target=sign_on_until_killed)
+    signer.start()
+    try:
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while len(signed) < 20 and signer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        host.process.send_signal(signal.SIGKILL)  # the next sign-on is already on its way
+    finally:
+        signer.join(COMMAND_TIMEOUT)
+        host.process.wait(COMMAND_TIMEOUT)
+        host.stop()
+    assert not signer.is_alive()
+    assert 20 <= len(signed) < 500
+    code, verdict = verify(data)
+    assert code == 0, verdict
+    shown = ok(run(data, "--json", "keys", "show", "T0SIGNON"))
+    generations = sorted(k["generation"] for k in shown["keys"] if k["usage"] == "MAK")
+    issued = sorted(e["generation"] for e in ok(run(data, "--json", "audit", "show"))
+                    if e["event"] == "issued")
+    assert generations == issued and len(issued) >= 20
 
 
 def test_a_sign_on_is_audited_by_the_serving_host(lab: Path) -> None:
@@ -306,5 +349,27 @@ def test_a_sign_on_is_audited_by_the_serving_host(lab: Path) -> None:
                    for line in host.log_lines())
     issued = ok(run(lab, "--json", "audit", "show", "--tid", "T0CHAIN2"))[-1]
     assert (issued["event"], issued["operator"], issued["generation"]) == ("issued", "host", 1)
+    assert verify(lab)[0] == 0
+
+
+def test_a_terminal_that_refused_its_new_keys_is_audited_once_from_its_14s(lab: Path) -> None:
+    """The terminal signs on twice but keeps the first keys (as when their check values do not
+    match): its purchases get 14 K2 MAK missed rotation, and the trail says `kcv refused` for
+    the generation it did not take, once however many 14s follow."""
+    card = Card("6212345678901234", "2812", "1234")
+    ok(run(lab, "card", "add", card.pan, "--expiry", card.expiry, "--pin", card.pin,
+           "--balance", "100.00"))
+    ceremony = ok(run(lab, "--json", "terminal", "rekey", "T0CHAIN1"))
+    with running_host(lab) as host:
+        terminal = ClientTerminal("T0CHAIN1", MID, tmk_from_ceremony(ceremony))
+        with Link(host.endpoint, terminal) as link:
+            assert link.sign_on()[39] == "00"
+            assert link.exchange(terminal.sign_on_request())[0][39] == "00"  # not installed
+            for _ in range(3):
+                reply, _ = link.exchange(terminal.purchase(card, 100))
+                assert (reply[39], reply[44]) == ("14", "K2 MAK missed rotation")
+    entries = ok(run(lab, "--json", "audit", "show", "--tid", "T0CHAIN1"))
+    refused = [e for e in entries if e["event"] == "kcv refused"]
+    assert [(e["operator"], e["generation"]) for e in refused] == [("host", 2)]
     assert verify(lab)[0] == 0
 

@@ -291,8 +291,7 @@ def _secret(variable: str, prompt: str) -> Callable[[], str]:
             return value
         if sys.stdin.isatty():
             return getpass.getpass(prompt)
-        raise AccessDenied(f"no password: set the variable --password-env names ({variable}) "
-                           f"or run at a terminal")
+        raise AccessDenied(f"no password: set ${variable} or run at a terminal")
     return read
 
 
@@ -323,9 +322,10 @@ def _login(args: argparse.Namespace, db: KeyDb) -> Actor | None:
         return db.actor
     first, second = _given(args, "operator"), _given(args, "second_operator")
     login = Login(first, second,
-                  _secret(_given(args, "password_env") or PASSWORD_ENV, f"{first}'s password: "),
+                  _secret(_given(args, "password_env") or PASSWORD_ENV,
+                          f"password of {access.shown_name(first or '')}: "),
                   _secret(_given(args, "second_password_env") or SECOND_PASSWORD_ENV,
-                          f"{second}'s password: "))
+                          f"password of {access.shown_name(second or '')}: "))
     try:
         actor = access.authenticate(name, login, db.operator, now, passwords.cost(os.environ), on)
     except AccessDenied as exc:

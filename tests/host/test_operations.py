@@ -164,10 +164,10 @@ def test_the_prompted_password_is_never_on_the_command_line(controlled: Path, tm
     try:
         seen = b""
         deadline = time.monotonic() + COMMAND_TIMEOUT
-        while b"erin's password:" not in seen and time.monotonic() < deadline:
+        while b"password of 'erin':" not in seen and time.monotonic() < deadline:
             if select.select([leader], [], [], 1.0)[0]:
                 seen += os.read(leader, 1024)
-        assert b"erin's password:" in seen
+        assert b"password of 'erin':" in seen
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
         assert b"erin" in cmdline and PASSWORDS["erin"].encode() not in cmdline
         os.write(leader, PASSWORDS["erin"].encode() + b"\n")
@@ -176,6 +176,8 @@ def test_the_prompted_password_is_never_on_the_command_line(controlled: Path, tm
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout:
+            process.stdout.close()
         os.close(leader)
     assert process.returncode == 0
     assert isinstance(json.loads(out), list)
@@ -373,3 +375,24 @@ def test_a_terminal_that_refused_its_new_keys_is_audited_once_from_its_14s(lab: 
     assert [(e["operator"], e["generation"]) for e in refused] == [("host", 2)]
     assert verify(lab)[0] == 0
 
+
+
+def test_a_lab_host_switched_on_by_its_administrator(lab: Path) -> None:
+    ok(run(lab, "operator", "add", "alice", "--role", "administrator",
+           POSEMU_NEW_PASSWORD=PASSWORDS["alice"]))  # lab mode: no login needed yet
+    wrong = run(lab, "access", "on", "--operator", "alice", POSEMU_OPERATOR_PASSWORD="nope-nope")
+    assert wrong.stderr == ("pos-host: refused (lab mode, no access control): operator: unknown "
+                            "name or wrong password\n")
+    ok(run(lab, "access", "on", *login("alice"), **as_("alice")))
+    refused = run(lab, "keys", "show", "T0CHAIN1")
+    assert refused.stderr.startswith("pos-host: refused (access control on): `keys show` needs "
+                                     "--operator NAME")
+    ok(run(lab, "operator", "passwd", "alice", *login("alice"), **as_("alice"),
+           POSEMU_NEW_PASSWORD="alice-new-pass"))
+    assert run(lab, "keys", "show", "T0CHAIN1", *login("alice"), **as_("alice")).returncode == 1
+    ok(run(lab, "keys", "show", "T0CHAIN1", "--operator", "alice",
+           POSEMU_OPERATOR_PASSWORD="alice-new-pass"))
+    events = [e["event"] for e in ok(run(lab, "--json", "audit", "show", "--operator", "alice",
+                                         POSEMU_OPERATOR_PASSWORD="alice-new-pass"))]
+    assert events[4:] == ["operator added", "refused", "login", "access on", "refused", "login",
+                          "password changed", "refused", "login", "login"]

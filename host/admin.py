@@ -16,6 +16,7 @@ from typing import Any
 
 from host import backup, datadir, hsm, report
 from host import lmk as lmk_mod
+from host.access import Actor
 from host.keydb import KeyDb, KeyDbError, KeyRow
 from host.pkcs11 import CONFIG_FILE, TokenConfig, TokenLmk, read_pin
 from host.state import ACTIVE, Card, WorkingSet
@@ -351,7 +352,7 @@ def read_components(paths: list[Path]) -> bytes:
     return lmk_mod.combine_lmk(documents)
 
 
-def rotate_lmk(path: Path, rng: Rng) -> dict[str, Any]:
+def rotate_lmk(path: Path, rng: Rng, actor: Actor | None = None) -> dict[str, Any]:
     """A new LMK and every stored key re-sealed under it in one transaction (`KeyDb.reseal`).
     File LMK: `lmk.key.new` is written and flushed first and renamed over `lmk.key` after the
     commit; `datadir.settle_rotation` finishes or undoes a rotation a kill interrupted. Token:
@@ -359,6 +360,7 @@ def rotate_lmk(path: Path, rng: Rng) -> dict[str, Any]:
     destroyed after the commit."""
     with datadir.folder_lock(path, exclusive=True):
         db = datadir.open_data(path, rng)
+        db.actor = actor  # the re-sealing's audit entry names who rotated (host.access)
         try:
             old = db.vault
             meta: dict[str, str] = {}

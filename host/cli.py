@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import itertools
 import json
 import os
@@ -23,7 +24,10 @@ from typing import Any, NoReturn, TextIO
 import serial
 from prometheus_client import start_http_server
 
-from host import admin
+from host import access, admin
+from host import operators as ops
+from host.access import AccessDenied, Actor, Login
+from host.audit import verify as verify_trail
 from host.backup import BackupError
 from host.clock import CLOCK_OFFSET_ENV, serving_clock
 from host.connections import (
@@ -40,11 +44,12 @@ from host.keydb import SYNC_MODES, KeyDb, KeyDbError
 from host.lmk import LmkError, check_value
 from host.logs import MessageLog
 from host.metrics import PrometheusMetrics
+from host.operators import Operator
 from host.pkcs11 import DEFAULT_PIN_ENV, TokenConfig, TokenError, read_pin
 from host.rules import HITS_FILE, RuleBook, RulesError, describe, load_rules
 from host.server import SerialPorts, serve_until_signalled
 from host.top import TopError, metrics_url, render, scrape, summarize
-from protocol import ladder
+from protocol import ladder, passwords
 from protocol.clock import system_clock, system_rng
 from protocol.codec import codec_for
 from protocol.codes import KEY_ERROR, RESPONSE_CODES
@@ -53,6 +58,7 @@ from protocol.dialects import get_dialect, load_dialect
 from protocol.errors import SpecError
 from protocol.fields import KEY_SETS
 from protocol.framing import Framing
+from protocol.passwords import PasswordError
 from protocol.pcap import LINKTYPE_USER0, LinkCapture, PcapTap, open_capture
 from protocol.spec import Dialect
 from protocol.trace import TraceOptions
@@ -115,9 +121,10 @@ def key_sets(text: str) -> frozenset[str]:
 
 
 def env_name(text: str) -> str:
-    """A variable's name; what is not one is refused without being shown (it may be a PIN)."""
+    """A variable's name; what is not one is refused without being shown (it may be a PIN or a
+    password typed in its place)."""
     if not _ENV_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError("--pin-env names an environment variable (letters, "
+        raise argparse.ArgumentTypeError("that option names an environment variable (letters, "
                                           "digits and _, not starting with a digit)")
     return text
 
@@ -186,6 +193,7 @@ def _said(result: dict[str, Any]) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     path = resolve(args.data)
     result: dict[str, Any] = {"data": str(path), "created": True}
+    first = _first_administrator(args) if args.access_control else None
     if args.hsm == "pkcs11":
         if not args.module or not args.token or args.lmk_components:
             raise admin.UsageError("--hsm pkcs11 needs --module PATH and --token LABEL (and no "
@@ -202,9 +210,38 @@ def cmd_init(args: argparse.Namespace) -> int:
         init_data(path, system_rng, lmk)
         if lmk is not None:  # the custodians compare it with their components' LMK check value
             result.update(lmk_kcv=check_value(lmk))
+    _start_trail(args, path, first)
+    if first is not None:  # a lab host's output is as it always was
+        result.update(access=access.mode_text(True), administrator=first.name)
     emit(args, result, lambda r: f"created: {r['data']}" + (
-        f" (LMK check value {r['lmk_kcv']})" if "lmk_kcv" in r else ""))
+        f" (LMK check value {r['lmk_kcv']})" if "lmk_kcv" in r else "") + (
+        f"; {r['access']}, administrator {r['administrator']}" if "access" in r else ""))
     return EXIT_OK
+
+
+def _first_administrator(args: argparse.Namespace) -> Operator:
+    """`init --access-control --operator NAME`: the first administrator, hashed before anything
+    is made (a refused password leaves no folder behind)."""
+    name = _given(args, "operator")
+    if name is None:
+        raise admin.UsageError("init --access-control needs --operator NAME: the first "
+                               "administrator (password from --new-password-env or a prompt)")
+    ops.check_name(name)
+    now = system_clock()
+    return Operator(name, access.ADMIN, _new_credential(args), now)
+
+
+def _start_trail(args: argparse.Namespace, path: Path, first: Operator | None) -> None:
+    """The trail's first entries: the host made, and under access control its administrator."""
+    db = open_data(path, system_rng)
+    try:
+        db.actor = Actor(first.name if first else access.LAB, None, "init", system_clock())
+        db.record("host created", detail={"lmk_kcv": db.vault.check_value})
+        if first is not None:
+            db.add_operator(first)
+            db.set_access_control(True)
+    finally:
+        _close(db)
 
 
 def _with_db(work: Callable[[argparse.Namespace, KeyDb], int]) -> Callable[[argparse.Namespace], int]:
@@ -217,25 +254,218 @@ def _with_db_path(work: Callable[[argparse.Namespace, KeyDb, Path], int],
         path = resolve(args.data)
         db = open_data(path, system_rng)
         try:
+            _login(args, db)
             return work(args, db, path)
         finally:
-            db.close()
-            if not isinstance(db.vault.lmk, bytes):
-                db.vault.lmk.close()
+            _close(db)
     return run
+
+
+def _close(db: KeyDb) -> None:
+    db.close()
+    if not isinstance(db.vault.lmk, bytes):
+        db.vault.lmk.close()
+
+
+# --- operators and access control (docs/operations.md) -------------------------------------------
+
+PASSWORD_ENV = "POSEMU_OPERATOR_PASSWORD"
+SECOND_PASSWORD_ENV = "POSEMU_SECOND_PASSWORD"
+NEW_PASSWORD_ENV = "POSEMU_NEW_PASSWORD"
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The command as the permission table (host.access.RULES) names it."""
+    name = " ".join(p for p in (args.command, getattr(args, "action", None)) if p)
+    if (name == "keys revoke" and args.tmk) or (name == "keys rotate" and args.all):
+        name += " --tmk" if name == "keys revoke" else " --all"
+    return name
+
+
+def _given(args: argparse.Namespace, name: str) -> Any:
+    return getattr(args, name, None)
+
+
+def _secret(variable: str, prompt: str) -> Callable[[], str]:
+    """A password from the environment, else asked on the terminal (never from argv)."""
+    def read() -> str:
+        value = os.environ.get(variable)
+        if value is not None:
+            return value
+        if sys.stdin.isatty():
+            return getpass.getpass(prompt)
+        raise AccessDenied(f"no password: set ${variable} or run at a terminal")
+    return read
+
+
+def _new_credential(args: argparse.Namespace) -> str:
+    """A new password (from --new-password-env, else asked twice), hashed at the cost set."""
+    variable = _given(args, "new_password_env") or NEW_PASSWORD_ENV
+    password = os.environ.get(variable)
+    if password is None:
+        if not sys.stdin.isatty():
+            raise admin.UsageError(f"the new password: set ${variable} or run at a terminal")
+        password = getpass.getpass("new password: ")
+        if getpass.getpass("again: ") != password:
+            raise admin.UsageError("the two passwords differ; nothing changed")
+    return passwords.hash_password(password, system_rng, passwords.cost(os.environ))
+
+
+def _login(args: argparse.Namespace, db: KeyDb) -> Actor | None:
+    """Who runs this command: `lab` on a lab host, else the operator(s) named, checked against
+    their hashes (`access on` checks its administrator on a lab host too). A refusal is
+    audited, then raised as one line."""
+    name = command_name(args)
+    if name not in access.RULES:
+        return None  # serve: the host's own work
+    now = system_clock()
+    on = db.access_control()
+    if not on and name != "access on":
+        db.actor = access.lab_actor(name, now)
+        return db.actor
+    first, second = _given(args, "operator"), _given(args, "second_operator")
+    login = Login(first, second,
+                  _secret(_given(args, "password_env") or PASSWORD_ENV,
+                          f"password of {access.shown_name(first or '')}: "),
+                  _secret(_given(args, "second_password_env") or SECOND_PASSWORD_ENV,
+                          f"password of {access.shown_name(second or '')}: "))
+    try:
+        actor = access.authenticate(name, login, db.operator, now, passwords.cost(os.environ), on)
+    except AccessDenied as exc:
+        refused = exc if str(exc).startswith("refused (") else access.refusal(on, str(exc))
+        named = access.shown_name(login.operator) if login.operator else "-"
+        db.actor = Actor(named.strip("'"), None, name, now)
+        db.record("refused", detail={"reason": str(refused)})
+        raise refused from None
+    db.actor = actor
+    db.record("login")
+    return actor
+
+
+def _checked(work: Callable[[argparse.Namespace, Actor | None], int],
+             ) -> Callable[[argparse.Namespace], int]:
+    """For a command that opens the database itself (lmk rotate, backup verify): the login is
+    checked, and audited, first."""
+    def run(args: argparse.Namespace) -> int:
+        db = open_data(resolve(args.data), system_rng)
+        try:
+            actor = _login(args, db)
+        finally:
+            _close(db)
+        return work(args, actor)
+    return run
+
+
+def _operator_dict(operator: Operator) -> dict[str, Any]:
+    return {"name": operator.name, "role": operator.role, "created": operator.created,
+            "cost_log2n": passwords.log2n_of(operator.credential)}
+
+
+@_with_db
+def cmd_operator_add(args: argparse.Namespace, db: KeyDb) -> int:
+    operator = Operator(ops.check_name(args.name), ops.check_role(args.role),
+                        _new_credential(args), system_clock())
+    db.add_operator(operator)
+    emit(args, _operator_dict(operator), _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_operator_remove(args: argparse.Namespace, db: KeyDb) -> int:
+    db.remove_operator(ops.check_name(args.name))
+    emit(args, {"name": args.name, "removed": True}, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_operator_list(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, [_operator_dict(o) for o in db.operators()],
+         lambda rows: _table(rows, ["name", "role", "created", "cost_log2n"]))
+    return EXIT_OK
+
+
+@_with_db
+def cmd_operator_passwd(args: argparse.Namespace, db: KeyDb) -> int:
+    """One's own password, or, as administrator, anyone's."""
+    actor = db.actor
+    name = ops.check_name(args.name)
+    if actor is not None and actor.role not in (None, access.ADMIN) and actor.operator != name:
+        message = f"refused ({access.mode_text(True)}): only an administrator sets another's password"
+        db.record("refused", detail={"reason": message})
+        raise AccessDenied(message)
+    db.set_credential(name, _new_credential(args))
+    emit(args, {"name": name, "changed": True}, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_access_on(args: argparse.Namespace, db: KeyDb) -> int:
+    if db.access_control():
+        raise admin.UsageError("access control is already on")
+    db.set_access_control(True)
+    emit(args, {"access": access.mode_text(True)}, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_access_off(args: argparse.Namespace, db: KeyDb) -> int:
+    if not db.access_control():
+        raise admin.UsageError(f"{access.mode_text(False)} already")
+    db.set_access_control(False)
+    emit(args, {"access": access.mode_text(False)}, _said)
+    return EXIT_OK
+
+
+@_with_db
+def cmd_access_show(args: argparse.Namespace, db: KeyDb) -> int:
+    emit(args, {"access": access.mode_text(db.access_control()),
+                "operators": len(db.operators())}, _said)
+    return EXIT_OK
+
+
+def _entry_text(row: dict[str, Any]) -> str:
+    detail = " ".join(f"{k}={v}" for k, v in sorted(row["detail"].items()))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["at"]))
+    parts = [f"{row['seq']:>6}", when, row["event"], f"by {row['operator']}"]
+    parts += [f"tid {row['tid']}"] if row["tid"] else []
+    parts += [f"gen {row['generation']}"] if row["generation"] is not None else []
+    return "  ".join(parts + ([detail] if detail else []))
+
+
+@_with_db
+def cmd_audit_show(args: argparse.Namespace, db: KeyDb) -> int:
+    since = None if args.since is None else system_clock() - args.since
+    rows = [entry.as_dict() for entry, _ in db.audit_entries()
+            if (args.tid is None or entry.tid == args.tid) and (since is None or entry.at >= since)]
+    emit(args, rows, lambda r: "\n".join(_entry_text(row) for row in r) or "(no entries)")
+    return EXIT_OK
+
+
+@_with_db
+def cmd_audit_verify(args: argparse.Namespace, db: KeyDb) -> int:
+    verdict = verify_trail(db.vault.audit_key, db.audit_entries(), db.audit_head())
+    result = {"good": verdict.good, "entries": verdict.entries, "broken_at": verdict.broken_at,
+              "problem": verdict.problem}
+    emit(args, result, lambda r: f"audit trail good: {r['entries']} entries, chain and head "
+                                 f"verified" if r["good"] else
+                                 f"audit trail BROKEN at entry {r['broken_at']}: {r['problem']}")
+    return EXIT_OK if verdict.good else EXIT_ERROR
 
 
 @_with_db_path
 def cmd_lmk_components(args: argparse.Namespace, db: KeyDb, path: Path) -> int:
     result = admin.lmk_components(db, args.components, Path(args.out), system_rng)
+    db.record("lmk components", detail={"components": result["components"],
+                                        "lmk_kcv": result["lmk_kcv"]})
     emit(args, result, lambda r: f"wrote {r['components']} LMK components (LMK check value "
                                  f"{r['lmk_kcv']}): " + ", ".join(r["files"])
                                  + "; give each to its own custodian and delete the folder")
     return EXIT_OK
 
 
-def cmd_lmk_rotate(args: argparse.Namespace) -> int:
-    result = admin.rotate_lmk(resolve(args.data), system_rng)
+@_checked
+def cmd_lmk_rotate(args: argparse.Namespace, actor: Actor | None) -> int:
+    result = admin.rotate_lmk(resolve(args.data), system_rng, actor)
     emit(args, result, lambda r: f"LMK rotated: {r['old_lmk_kcv']} -> {r['lmk_kcv']}, "
                                  f"{r['keys_resealed']} keys re-sealed")
     return EXIT_OK
@@ -251,11 +481,13 @@ def cmd_backup(args: argparse.Namespace, db: KeyDb, path: Path) -> int:
     if args.out is None:
         raise admin.UsageError("backup needs --out FILE (or `backup verify FILE`)")
     result = admin.make_backup(db, path, Path(args.out))
+    db.record("backup", detail={"file": Path(args.out).name, "keys": result["keys"]})
     emit(args, result, lambda r: f"backed up to {r['backup']}: " + _counts_text(r))
     return EXIT_OK
 
 
-def cmd_backup_verify(args: argparse.Namespace) -> int:
+@_checked
+def cmd_backup_verify(args: argparse.Namespace, actor: Actor | None) -> int:
     result = admin.verify_backup(resolve(args.data), Path(args.file))
     emit(args, result, lambda r: f"verified {r['backup']}: MAC good, {r['keys_opened']} keys "
                                  f"opened with matching check values; " + _counts_text(r))
@@ -265,10 +497,27 @@ def cmd_backup_verify(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     if getattr(args, "data", None) is None:
         raise admin.UsageError("restore needs --data DIR (the folder to restore into)")
-    result = admin.restore(Path(args.file), resolve(args.data),
-                           Path(args.lmk) if args.lmk else None, args.module)
+    path = resolve(args.data)
+    before = set(os.listdir(path)) if path.is_dir() else None
+    result = admin.restore(Path(args.file), path, Path(args.lmk) if args.lmk else None,
+                           args.module)
+    try:  # the operators are the backup's own: checked once it is restored, undone if refused
+        _with_db(lambda _args, db: db.record("restored", detail={"file": Path(args.file).name})
+                 or EXIT_OK)(args)
+    except AccessDenied:
+        _undo_restore(path, before)
+        raise
     emit(args, result, lambda r: f"restored {r['restored']}: " + _counts_text(r))
     return EXIT_OK
+
+
+def _undo_restore(path: Path, before: set[str] | None) -> None:
+    """A restore its custodians were refused for leaves the folder as it was: the files it made
+    (the database, and the LMK or token file it copied in) are removed."""
+    for name in set(os.listdir(path)) - (before or set()):
+        (path / name).unlink(missing_ok=True)
+    if before is None:
+        path.rmdir()
 
 
 def _ceremony(args: argparse.Namespace, make: Callable[[], tuple[dict[str, Any], Any]]) -> int:
@@ -526,6 +775,8 @@ def _serve(args: argparse.Namespace, db: KeyDb) -> int:
     if args.tcp is not None and not framing.length.size:
         raise admin.UsageError(f"dialect {dialect.name} has no length header (length = \"none\"): "
                                "its frames need a serial link (--serial), not --tcp")
+    db.clock = clock  # the time of the trail's entries for what terminals do
+    log.event(event="access", mode=access.mode_text(db.access_control()))
     core = HostCore(db, config, clock, log, framing)
     if args.rules:
         core.rules = RuleBook(Path(args.rules), resolve(args.data) / HITS_FILE, log.event)
@@ -652,6 +903,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host data folder (default $POSEMU_HOST_DATA or .posemu/host)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON document")
+    login = common.add_argument_group("operator (a host under access control, "
+                                      "docs/operations.md)")
+    login.add_argument("--operator", metavar="NAME", default=argparse.SUPPRESS,
+                       help="who runs this command")
+    login.add_argument("--password-env", type=env_name, metavar="VAR", default=argparse.SUPPRESS,
+                       help=f"the variable holding the operator's password (default "
+                            f"{PASSWORD_ENV}; else asked on the terminal)")
+    login.add_argument("--second-operator", metavar="NAME", default=argparse.SUPPRESS,
+                       help="the second key custodian of a dual-control command")
+    login.add_argument("--second-password-env", type=env_name, metavar="VAR",
+                       default=argparse.SUPPRESS,
+                       help=f"the variable holding the second custodian's password (default "
+                            f"{SECOND_PASSWORD_ENV}; else asked)")
 
     parser = OneLineParser(
         prog="pos-host",
@@ -682,6 +946,16 @@ def build_parser() -> argparse.ArgumentParser:
                            f"else asked on the terminal)")
     init.add_argument("--lmk-components", nargs="+", metavar="PATH",
                       help="rebuild the LMK from custodians' component files (or folders)")
+    init.add_argument("--access-control", action="store_true",
+                      help="operators with roles and dual control from the start; --operator "
+                           "NAME is the first administrator")
+
+    def new_password(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--new-password-env", type=env_name, metavar="VAR",
+                         default=NEW_PASSWORD_ENV,
+                         help=f"the variable holding the new password (default "
+                              f"{NEW_PASSWORD_ENV}; else asked twice on the terminal)")
+    new_password(init)
 
     lmk = commands.add_parser("lmk", help="the LMK's lifecycle").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -750,6 +1024,35 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--tmk", action="store_true")
     command(keys, "tamper", cmd_keys_tamper,
             "the host's MAK stops matching the terminal's (K3)").add_argument("tid")
+
+    operator = commands.add_parser("operator", help="who may run key commands"
+                                   ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = command(operator, "add", cmd_operator_add, "a new operator with a role")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ops.ROLES)
+    new_password(add)
+    command(operator, "remove", cmd_operator_remove, "forget an operator").add_argument("name")
+    command(operator, "list", cmd_operator_list, "operators and roles (never a credential)")
+    passwd = command(operator, "passwd", cmd_operator_passwd,
+                     "a new password: one's own, or anyone's as administrator")
+    passwd.add_argument("name")
+    new_password(passwd)
+
+    switch = commands.add_parser("access", help="access-control mode").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    command(switch, "on", cmd_access_on, "operators, roles and dual control from now on "
+                                         "(an administrator)")
+    command(switch, "off", cmd_access_off, "back to lab mode (dual control)")
+    command(switch, "show", cmd_access_show, "which mode the host is in")
+
+    trail = commands.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    show = command(trail, "show", cmd_audit_show, "the entries (never key material; PANs masked)")
+    show.add_argument("--tid", help="one terminal's entries")
+    show.add_argument("--since", type=duration, metavar="DURATION",
+                      help="entries from this long ago (e.g. 24h)")
+    command(trail, "verify", cmd_audit_verify,
+            "check the MAC chain: names the first edited, deleted, inserted or moved entry")
 
     card = commands.add_parser("card", help="the test issuer's cards").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -859,8 +1162,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ERRORS = (admin.UsageError, RulesError, KeyDbError, DataError, LmkError, CryptoError, sqlite3.Error,
-          OSError, TokenError, BackupError, TopError)
+ERRORS = (admin.UsageError, AccessDenied, PasswordError, RulesError, KeyDbError, DataError,
+          LmkError, CryptoError, sqlite3.Error, OSError, TokenError, BackupError, TopError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -872,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": message}))
         print(f"pos-host: {message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, admin.UsageError) else EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, (admin.UsageError, PasswordError)) else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from functools import lru_cache
 from time import gmtime, strftime
 from typing import NamedTuple
 
+from host.audit import KEY_ERROR_EVENTS
 from host.hsm import PinBlockInvalid, SecurityModule, SoftwareSecurityModule
 from host.lmk import Vault
 from host.state import (
@@ -34,6 +35,7 @@ from host.state import (
     HeldKey,
     HostView,
     IssueWorkingKeys,
+    KeyErrorSeen,
     KeyHandle,
     Original,
     Prior,
@@ -837,9 +839,12 @@ class Pipeline:
                 out[37] = clock.rrn_prefix + (stan if type(stan) is str and len(stan) == 6
                                               else "000000")
         reason = verdict.reason.field44() if verdict.reason else None
+        changes: list[Change] = []
         if reason is not None:
             out[44] = reason
             rc = self.key_error_code
+            if reason in KEY_ERROR_EVENTS:  # "kcv refused", "expired" (docs/operations.md)
+                changes = [KeyErrorSeen(str(fields.get(41, "")), reason)]
         out[39] = rc
         if extra:
             out.update(extra)
@@ -855,7 +860,7 @@ class Pipeline:
             encoded = encoded[:offset] + mac + encoded[offset + MAC_SIZE:]
         else:
             encoded = self.codec.encode(reply)
-        return Outcome(encoded, request, reply, [], rc, reason, verdict.note)
+        return Outcome(encoded, request, reply, changes, rc, reason, verdict.note)
 
 
 def handle(data: bytes, view: HostView, now: float, config: HandlerConfig) -> Outcome:

@@ -14,14 +14,18 @@ changes exactly when another connection committed, and then drops its cache of u
 from __future__ import annotations
 
 import hmac
+import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host import audit
+from host.access import HOST, Actor, lab_actor
 from host.hsm import open_keys, seal, unseal
 from host.lmk import Lmk, LmkError, Vault
+from host.operators import Operator, row_mac
 from host.state import (
     ACTIVE,
     RETIRED,
@@ -33,6 +37,7 @@ from host.state import (
     Change,
     HeldKey,
     IssueWorkingKeys,
+    KeyErrorSeen,
     Original,
     Prior,
     Reversed,
@@ -46,7 +51,7 @@ from host.state import (
     UploadedRecord,
     WorkingSet,
 )
-from protocol.clock import Rng
+from protocol.clock import Clock, Rng, system_clock
 from protocol.crypto import CryptoError, Key
 
 TXN_COLUMNS = (
@@ -128,14 +133,39 @@ CREATE TABLE IF NOT EXISTS meta (    -- facts about the database itself
     value TEXT NOT NULL
 );
 """
-SCHEMA_VERSION = 4
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operators (  -- who may run key commands (host.access), from version 5
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    credential TEXT NOT NULL,          -- scrypt$LOG2N$R$P$SALT$HASH (host.operators)
+    created    REAL NOT NULL,
+    mac        TEXT NOT NULL           -- over name, role and credential, under the audit key
+);
+CREATE TABLE IF NOT EXISTS audit (      -- the chained audit trail (host.audit), from version 5
+    seq        INTEGER PRIMARY KEY,    -- the entry's number, 1, 2, 3...
+    at         REAL NOT NULL,
+    event      TEXT NOT NULL,
+    operator   TEXT NOT NULL,
+    tid        TEXT,
+    generation INTEGER,
+    detail     TEXT NOT NULL,          -- JSON: command, second custodian, fault, reason
+    mac        TEXT NOT NULL           -- HMAC-SHA256 over this entry and the previous MAC
+);
+CREATE INDEX IF NOT EXISTS audit_tid ON audit (tid, event);
+"""
+SCHEMA_VERSION = 5
 """`PRAGMA user_version` of a database this code made; another one is refused, not guessed at."""
 UPGRADES_FROM = 2
 """The oldest version opened, and upgraded in place, version by version (`_upgrade`)."""
 APPLICATION_ID = 0x504F5348
 """`PRAGMA application_id` ("POSH"), set from version 3 on: another SQLite file is refused."""
 _TABLES = frozenset({"terminals", "keys", "cards", "txns"})
-TABLES = {2: _TABLES, 3: _TABLES | {"meta"}, SCHEMA_VERSION: _TABLES | {"meta", "batches", "uploads"}}
+_V4 = _TABLES | {"meta", "batches", "uploads"}
+TABLES = {2: _TABLES, 3: _TABLES | {"meta"}, 4: _V4, SCHEMA_VERSION: _V4 | {"operators", "audit"}}
+ACCESS_CONTROL = "access_control"
+"""The meta row that is 'on' when the host is in access-control mode (absent: lab mode)."""
+AUDIT_HEAD = "audit_head"
+"""The meta row of the audit trail's head (host.audit.head_value)."""
 
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
 """`PRAGMA synchronous` settings a serving host may run with (docs/host.md, Durability)."""
@@ -291,7 +321,7 @@ def create(path: Path, vault: Vault, rng: Rng, meta: Mapping[str, str] | None = 
     """A new, empty database with the LMK's check value: only `pos-host init` calls this."""
     conn = connect(path)
     try:
-        conn.executescript(SCHEMA + META_SCHEMA)
+        conn.executescript(SCHEMA + META_SCHEMA + AUDIT_SCHEMA)
         _stamp(conn, vault, {**(meta or {}), **_root_meta(vault, rng)})
     finally:
         conn.close()
@@ -326,6 +356,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path, vault: Vault, version: int) -
     (the proof that it is the right one); if any does not, nothing is written. Version 3 -> 4:
     what each remembered transaction was (`TXN_COLUMNS`; rows from before stay kind NULL,
     which no void, refund or settlement counts), duplicates per MTI, and the batch tables.
+    Version 4 -> 5: the operators and audit tables, empty (the host stays in lab mode).
     One transaction: a failure leaves the database as it was."""
     if version < 3:
         for usage, block in conn.execute("SELECT usage, block FROM keys"):
@@ -337,7 +368,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path, vault: Vault, version: int) -
                                f"wrong lmk.key?") from None
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in (META_SCHEMA + BATCH_SCHEMA).split(";"):
+        for statement in (META_SCHEMA + BATCH_SCHEMA + AUDIT_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         present = {row[1] for row in conn.execute("PRAGMA table_info(txns)")}
@@ -357,9 +388,11 @@ def _upgrade(conn: sqlite3.Connection, path: Path, vault: Vault, version: int) -
 class KeyDb:
     """All SQL lives here; callers hold keys, cards and changes as values."""
 
-    def __init__(self, path: Path, vault: Vault, rng: Rng) -> None:
+    def __init__(self, path: Path, vault: Vault, rng: Rng, clock: Clock = system_clock) -> None:
         self.path = path
         self.rng = rng  # TR-31 padding
+        self.clock = clock  # the time of an audit entry made without an Actor
+        self.actor: Actor | None = None  # who runs the operator commands (host.access)
         found = inspect(path)
         check_lmk(path, found, vault)
         self.vault = open_root(vault.lmk, found.meta) if "root" in found.meta else vault
@@ -405,6 +438,7 @@ class KeyDb:
             c.execute("INSERT INTO terminals (tid, merchant, created) VALUES (?, ?, ?)",
                       (tid, merchant, now))
             self._insert_key(tid, "TMK", tmk, 1, None, now, lifetime)
+            self._audit("ceremony", tid, 1, {"key": "TMK", "kcv": tmk.kcv_hex, "merchant": merchant})
 
     def rekey_terminal(self, tid: str, tmk: Key, now: float, lifetime: float) -> int:
         """A new key ceremony: a new TMK generation; old TMKs retired, working keys revoked."""
@@ -420,6 +454,7 @@ class KeyDb:
             )
             self._set_working_state(tid, REVOKED)
             self._insert_key(tid, "TMK", tmk, gen, None, now, lifetime)
+            self._audit("ceremony", tid, gen, {"key": "TMK", "kcv": tmk.kcv_hex})
             return gen
 
     def remove_terminal(self, tid: str) -> None:
@@ -430,6 +465,7 @@ class KeyDb:
             c.execute("DELETE FROM batches WHERE terminal=?", (number,))
             c.execute("DELETE FROM uploads WHERE terminal=?", (number,))
             c.execute("DELETE FROM terminals WHERE tid=?", (tid,))
+            self._audit("terminal removed", tid)
 
     def terminals(self) -> list[TerminalRow]:
         rows = self.conn.execute("SELECT tid, merchant, created FROM terminals ORDER BY tid")
@@ -509,27 +545,34 @@ class KeyDb:
         with self.transaction():
             self._require(tid)
             self._issue(tid, working)
+            self._audit("rotated", tid, working.generation, {"key": "WK"})
 
     def revoke_working(self, tid: str) -> int:
         with self.transaction():
             self._require(tid)
-            return self._set_working_state(tid, REVOKED)
+            count = self._set_working_state(tid, REVOKED)
+            self._audit("revoked", tid, None, {"key": "WK", "keys": count})
+            return count
 
     def revoke_tmk(self, tid: str) -> None:
         with self.transaction() as c:
             self._require(tid)
             c.execute("UPDATE keys SET state=? WHERE tid=? AND usage='TMK'", (REVOKED, tid))
             self._set_working_state(tid, REVOKED)
+            self._audit("revoked", tid, None, {"key": "TMK"})
 
     def expire_working(self, tid: str, now: float) -> int:
         """Cut the active working keys' lifetime short so that they are stale from `now` on."""
         with self.transaction() as c:
             self._require(tid)
-            return c.execute(
+            count = c.execute(
                 "UPDATE keys SET lifetime=MAX(0, ? - created) "
                 "WHERE tid=? AND usage != 'TMK' AND state=?",
                 (now, tid, ACTIVE),
             ).rowcount
+            if count:
+                self._audit("expired", tid, None, {"key": "WK", "expires": round(now, 1)})
+            return count
 
     def replace_mak(self, tid: str, mak: Key) -> int:
         """`keys tamper`: the host's MAK of the current generation stops matching the terminal's."""
@@ -546,6 +589,7 @@ class KeyDb:
                 "UPDATE keys SET block=?, kcv=? WHERE tid=? AND usage='MAK' AND generation=?",
                 (seal(self.vault.lmk, "MAK", mak, self.rng), mak.kcv_hex, tid, row[0]),
             )
+            self._audit("tampered", tid, row[0], {"key": "MAK"})
             return row[0]
 
     # --- the LMK's lifecycle and backups -----------------------------------------------------------
@@ -563,6 +607,9 @@ class KeyDb:
             c.execute("INSERT OR REPLACE INTO meta VALUES ('lmk_kcv', ?)", (new.check_value,))
             c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                           {**meta, **_root_meta(new, self.rng)}.items())
+            self._audit("lmk rotated", None, None, {"old_lmk_kcv": self.vault.check_value,
+                                                    "lmk_kcv": new.check_value,
+                                                    "keys": len(rows)})
         self.vault = new
         return len(rows)
 
@@ -587,6 +634,7 @@ class KeyDb:
                 (card.pan_ref, card.pan_masked, card.expiry, card.pvv, card.balance,
                  card.currency),
             )
+            self._audit("card added", None, None, {"pan": card.pan_masked})
 
     def cards(self) -> list[Card]:
         rows = self.conn.execute(
@@ -729,10 +777,15 @@ class KeyDb:
                 if change.last:
                     c.execute("UPDATE batches SET closed=1 WHERE terminal=? AND batch=?",
                               (change.terminal, change.batch))
-            elif kind is IssueWorkingKeys:
+            elif kind is IssueWorkingKeys:  # a sign-on: rare beside purchases, audited
                 self._issue(change.tid, change.working)
+                self._audit("issued", change.tid, change.working.generation,
+                            {"key_set": change.working.key_set}, HOST, change.working.created)
             elif kind is RevokeWorkingKeys:
                 self._set_working_state(change.tid, REVOKED)
+                self._audit("revoked", change.tid, None, {"key": "WK", "by": "terminal"}, HOST)
+            elif kind is KeyErrorSeen:
+                self._key_error_seen(change)
             else:
                 raise TypeError(f"unknown change {kind.__name__}")
         if records:
@@ -777,3 +830,129 @@ class KeyDb:
             "UPDATE keys SET state=? WHERE tid=? AND usage != 'TMK' AND state=?",
             (state, tid, ACTIVE),
         ).rowcount
+
+    # --- operators, access control and the audit trail (host.access, host.audit) ---------------
+
+    def access_control(self) -> bool:
+        row = self.conn.execute("SELECT value FROM meta WHERE name=?", (ACCESS_CONTROL,)).fetchone()
+        return row is not None and row[0] == "on"
+
+    def set_access_control(self, on: bool) -> None:
+        with self.transaction() as c:
+            if on and not c.execute("SELECT 1 FROM operators WHERE role='administrator'").fetchone():
+                raise KeyDbError("access control needs an administrator first (operator add)")
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                      (ACCESS_CONTROL, "on" if on else "off"))
+            self._audit("access on" if on else "access off")
+
+    def operator(self, name: str) -> Operator | None:
+        """The operator of that name, if its row's MAC holds (an edited row is no operator)."""
+        row = self.conn.execute("SELECT name, role, credential, created, mac FROM operators "
+                                "WHERE name=?", (name,)).fetchone()
+        if row is None or not hmac.compare_digest(
+                row[4], row_mac(self.vault.audit_key, row[0], row[1], row[2])):
+            return None
+        return Operator(*row[:4])
+
+    def operators(self) -> list[Operator]:
+        rows = self.conn.execute("SELECT name, role, credential, created FROM operators "
+                                 "ORDER BY name")
+        return [Operator(*r) for r in rows]
+
+    def add_operator(self, operator: Operator) -> None:
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM operators WHERE name=?", (operator.name,)).fetchone():
+                raise KeyDbError(f"operator {operator.name} already exists")
+            c.execute("INSERT INTO operators VALUES (?, ?, ?, ?, ?)",
+                      (operator.name, operator.role, operator.credential, operator.created,
+                       row_mac(self.vault.audit_key, operator.name, operator.role,
+                               operator.credential)))
+            self._audit("operator added", None, None, {"name": operator.name,
+                                                       "role": operator.role})
+
+    def remove_operator(self, name: str) -> None:
+        with self.transaction() as c:
+            row = c.execute("SELECT role FROM operators WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise KeyDbError(f"no operator {name}")
+            admins = c.execute("SELECT COUNT(*) FROM operators WHERE role='administrator'"
+                               ).fetchone()[0]
+            if row[0] == "administrator" and admins == 1 and self.access_control():
+                raise KeyDbError(f"{name} is the last administrator of a host under access "
+                                 f"control: add another first")
+            c.execute("DELETE FROM operators WHERE name=?", (name,))
+            self._audit("operator removed", None, None, {"name": name})
+
+    def set_credential(self, name: str, credential: str) -> None:
+        with self.transaction() as c:
+            row = c.execute("SELECT role FROM operators WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise KeyDbError(f"no operator {name}")
+            c.execute("UPDATE operators SET credential=?, mac=? WHERE name=?",
+                      (credential, row_mac(self.vault.audit_key, name, row[0], credential), name))
+            self._audit("password changed", None, None, {"name": name})
+
+    def record(self, event: str, tid: str | None = None, detail: Mapping[str, object] | None = None,
+               operator: str | None = None) -> None:
+        """An event that changes nothing else (a login, a refusal, a backup), in its own
+        transaction."""
+        with self.transaction():
+            self._audit(event, tid, None, detail or {}, operator)
+
+    def audit_entries(self) -> list[tuple[audit.Entry, bytes]]:
+        """Every entry with its MAC, in stored order (`audit verify` walks them)."""
+        rows = self.conn.execute("SELECT seq, at, event, operator, tid, generation, detail, mac "
+                                 "FROM audit ORDER BY seq")
+        return [(audit.Entry(seq, at, event, operator, tid, generation, _detail(detail)),
+                 _unhex(mac)) for seq, at, event, operator, tid, generation, detail, mac in rows]
+
+    def audit_head(self) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name=?", (AUDIT_HEAD,)).fetchone()
+        return None if row is None else row[0]
+
+    def _key_error_seen(self, change: KeyErrorSeen) -> None:
+        """One entry per generation (`kcv refused`: the one the terminal did not take;
+        `expired`: the one it used past its life), however many 14s the terminal meets."""
+        c = self.conn
+        event = audit.KEY_ERROR_EVENTS[change.reason]
+        current = c.execute("SELECT MAX(generation) FROM keys WHERE tid=? AND usage='MAK'",
+                            (change.tid,)).fetchone()[0]
+        last = c.execute("SELECT generation FROM audit WHERE tid=? AND event=? "
+                         "ORDER BY seq DESC LIMIT 1", (change.tid, event)).fetchone()
+        if current is not None and (last is None or last[0] != current):
+            self._audit(event, change.tid, current, {"reason": change.reason}, HOST)
+
+    def _audit(self, event: str, tid: str | None = None, generation: int | None = None,
+               detail: Mapping[str, object] | None = None, operator: str | None = None,
+               at: float | None = None) -> None:
+        """Append one entry in the caller's transaction, chained from the head (host.audit)."""
+        actor = self.actor or lab_actor("", self.clock())
+        key = self.vault.audit_key
+        last, previous = audit.parse_head(self.audit_head())
+        shown = {} if operator == HOST else actor.detail()
+        if not shown.get("command"):
+            shown.pop("command", None)
+        entry = audit.Entry(last + 1, actor.at if at is None else at, event,
+                            operator or actor.operator, tid, generation, {**shown, **(detail or {})})
+        mac = audit.entry_mac(key, previous, entry)
+        self.conn.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (entry.seq, entry.at, entry.event, entry.operator, entry.tid,
+                           entry.generation, json.dumps(dict(entry.detail), sort_keys=True),
+                           mac.hex()))
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                          (AUDIT_HEAD, audit.head_value(key, entry.seq, mac)))
+
+
+def _detail(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"unreadable": text[:40]}
+    return value if isinstance(value, dict) else {"unreadable": str(value)[:40]}
+
+
+def _unhex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except (TypeError, ValueError):
+        return b""

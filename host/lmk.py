@@ -140,6 +140,11 @@ class Vault:
         """The key a backup file's MAC is made under: only a host with this LMK verifies it."""
         return _derive(self.root, b"backup mac")
 
+    @property
+    def audit_key(self) -> bytes:
+        """The key of the audit trail's MAC chain and of the operators' rows (host.audit)."""
+        return _derive(self.root, b"audit mac")
+
     def pan_ref(self, pan: str) -> str:
         """The key a card is stored and found under, in place of its PAN."""
         h = self._pan_state.copy()

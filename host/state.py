@@ -205,6 +205,17 @@ class RevokeWorkingKeys:
     tid: str
 
 
+@dataclass(frozen=True, slots=True)
+class KeyErrorSeen:
+    """A 14 the audit trail records (host.audit.KEY_ERROR_EVENTS): a terminal still MACing
+    under an earlier generation (K2 MAK missed rotation) did not take the keys last issued (its
+    check of their KCVs refused them, or their answer never reached it); working keys used past
+    their life (K2 WK expired). Audited once per generation (host.keydb); no key changes."""
+
+    tid: str
+    reason: str
+
+
 class Answered(NamedTuple):
     """An answered 0200 or 0220 to remember for duplicate detection (PROTOCOL.md §3; the
     response is sent again to a retransmission), what it was, and what it did to the card:
@@ -271,4 +282,4 @@ class Uploaded(NamedTuple):
     last: bool
 
 
-Change = IssueWorkingKeys | RevokeWorkingKeys | Answered | Reversed | Settled | Uploaded
+Change = IssueWorkingKeys | RevokeWorkingKeys | KeyErrorSeen | Answered | Reversed | Settled | Uploaded

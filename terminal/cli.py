@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from protocol import passwords
 from protocol.amounts import format_amount, parse_amount
 from protocol.errors import ProtocolError
 from protocol.injection import InjectionError
@@ -38,11 +39,13 @@ from terminal.store import (
     MAX_WK_LIFETIME,
     MID_SIZE,
     STAN_MAX,
+    SUPERVISOR_ENV,
     TID_SIZE,
     Config,
     StateError,
     check_host,
     check_id,
+    check_supervisor,
     find_terminal,
     root_folder,
 )
@@ -174,6 +177,40 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                              "raw bytes, PAN and key ciphertext included)")
 
 
+def supervisor_env(p: argparse.ArgumentParser, text: str | None = None) -> None:
+    p.add_argument("--supervisor-env", metavar="VAR", default=None,
+                   help=text or f"the variable holding the supervisor password (default "
+                                f"{SUPERVISOR_ENV}; else asked when at a terminal)")
+
+
+def _supervisor_password(args: argparse.Namespace) -> Callable[[], str | None]:
+    """The supervisor password from its variable, else a hidden prompt at a terminal; never
+    from the command line."""
+    def read() -> str | None:
+        typed = os.environ.get(args.supervisor_env or SUPERVISOR_ENV)
+        if typed is None and sys.stdin.isatty():
+            typed = getpass.getpass("supervisor password: ")
+        return typed
+    return read
+
+
+def _new_supervisor(args: argparse.Namespace) -> str | None:
+    """`init --supervisor` (asked twice) or `--supervisor-env VAR`: the hash to keep."""
+    if args.supervisor_env:
+        typed = os.environ.get(args.supervisor_env)
+        if typed is None:
+            raise UsageError(f"--supervisor-env: ${args.supervisor_env} is not set")
+    elif args.supervisor:
+        if not sys.stdin.isatty():
+            raise UsageError("--supervisor asks at a terminal; use --supervisor-env VAR")
+        typed = getpass.getpass("supervisor password: ")
+        if getpass.getpass("again: ") != typed:
+            raise UsageError("the two passwords differ; nothing was made")
+    else:
+        return None
+    return passwords.hash_password(typed, os.urandom, passwords.cost(os.environ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="pos-terminal", description="A POS terminal emulator (ISO 8583-style).")
@@ -194,8 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wk-lifetime", type=_checked(whole(1, MAX_WK_LIFETIME)), default=24 * 3600,
                    metavar="SECONDS",
                    help="local working-key lifetime (K2 past it)")
+    p.add_argument("--supervisor", action="store_true",
+                   help="set a supervisor password, asked twice (load-tmk, signoff and "
+                        "counters recover then need it)")
+    supervisor_env(p, "set the supervisor password from this variable")
 
     p = command("load-tmk", "load the terminal master key from components or a file")
+    supervisor_env(p)
     p.add_argument("--component", action="append", default=[], metavar="HEX")
     p.add_argument("--kcv", action="append", default=[], metavar="KCV",
                    help="the check value of the --component before it")
@@ -205,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("signon", "download fresh working keys (0800)")
     p.add_argument("--key-set", choices=["001", "003", "004"])
-    command("signoff", "tell the host to discard this terminal's working keys (0820)")
+    supervisor_env(command("signoff", "tell the host to discard this terminal's working keys "
+                                      "(0820)"))
     command("echo", "check the line (0820 echo test)")
 
     def card(p: argparse.ArgumentParser) -> None:
@@ -261,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["recover"])
     p.add_argument("--stan", type=_checked(whole(1, STAN_MAX)), metavar="N",
                    help="the next STAN to use (default: the journal's last + 1000)")
+    supervisor_env(p)
     return parser
 
 
@@ -301,7 +345,7 @@ def do_init(args: argparse.Namespace, out: Output) -> int:
                     key_set=args.key_set, operator=args.operator, host=args.host,
                     wk_lifetime=args.wk_lifetime)
     try:
-        cmd.init_terminal(folder, config)
+        cmd.init_terminal(folder, config, _new_supervisor(args))
     except FileExistsError as exc:
         return out.fail(EXIT_USAGE, "exists", str(exc))
     out.emit({"tid": config.tid, "mid": config.mid, "folder": str(folder)},
@@ -312,6 +356,7 @@ def do_init(args: argparse.Namespace, out: Output) -> int:
 
 def do_load_tmk(args: argparse.Namespace, out: Output) -> int:
     terminal = _terminal(args)
+    check_supervisor(terminal.layout, "load-tmk", _supervisor_password(args))
     if args.file:
         stored = cmd.load_tmk_file(terminal, args.file)
         origin = f"injection file {args.file} (delete it now)"
@@ -345,6 +390,8 @@ def do_signon(args: argparse.Namespace, out: Output) -> int:
 
 def do_network(args: argparse.Namespace, out: Output) -> int:
     terminal = _terminal(args)
+    if args.command == "signoff":
+        check_supervisor(terminal.layout, "signoff", _supervisor_password(args))
     result = cmd.signoff(terminal) if args.command == "signoff" else cmd.echo(terminal)
     out.emit(render.result_data(result), render.result_lines(result))
     return _exit_for(result)
@@ -471,7 +518,9 @@ def do_diagnose(args: argparse.Namespace, out: Output) -> int:
 
 
 def do_counters(args: argparse.Namespace, out: Output) -> int:
-    counters = cmd.recover(_terminal(args), args.stan)
+    terminal = _terminal(args)
+    check_supervisor(terminal.layout, "counters recover", _supervisor_password(args))
+    counters = cmd.recover(terminal, args.stan)
     upcoming = counters.next_stan()
     out.emit({"next_stan": upcoming.stan, "batch": counters.batch},
              [f"counters recovered: the next request takes STAN {upcoming.stan:06d}, "

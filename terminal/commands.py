@@ -72,6 +72,7 @@ from terminal.store import (
     recover_counters,
     save_config,
     save_counters,
+    save_supervisor,
     update_ledger,
 )
 
@@ -151,10 +152,11 @@ def open_terminal(layout: Layout, wire: Wire | None = None, dialect_name: str | 
 # --- provisioning ---------------------------------------------------------------------------
 
 
-def init_terminal(folder: Path, config: Config) -> Layout:
+def init_terminal(folder: Path, config: Config, supervisor: str | None = None) -> Layout:
     """Everything is checked first; then the folder is made, and if making it fails half way
     (a full disk, a folder that is not ours) what this call created is removed again, so a
-    failed init changes nothing and can simply be run again."""
+    failed init changes nothing and can simply be run again. `supervisor`: the scrypt hash of
+    a supervisor password (`store.check_supervisor`), or None for a terminal without one."""
     layout = Layout(folder)
     if layout.config.exists() or layout.storage_key.exists():
         raise FileExistsError(f"a terminal is already initialised in {folder}")
@@ -168,10 +170,13 @@ def init_terminal(folder: Path, config: Config) -> Layout:
             os.chmod(folder, 0o700)
         lock_file(layout.folder).touch(mode=0o600)
         Keystore(layout.keystore, layout.storage_key).create()
+        if supervisor is not None:
+            save_supervisor(layout, supervisor)
         save_config(layout, config)
     except BaseException:
         for path in (layout.config, layout.keystore, temp_path(layout.keystore), layout.storage_key,
-                     temp_path(layout.config), lock_file(layout.folder)):
+                     temp_path(layout.config), lock_file(layout.folder), layout.supervisor,
+                     temp_path(layout.supervisor)):
             if path.parent.exists():
                 path.unlink(missing_ok=True)
         for path in made:  # deepest first

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from protocol import passwords
 from protocol.fields import Half
 from protocol.requests import JournalEntry, batch_totals
 from terminal.fsops import atomic_replace
@@ -70,6 +71,10 @@ class Layout:
     @property
     def pending(self) -> Path:
         return self.folder / "pending.json"
+
+    @property
+    def supervisor(self) -> Path:
+        return self.folder / "supervisor.json"
 
 
 TID_SIZE = 8
@@ -544,3 +549,49 @@ def save_ledger(layout: Layout, ledger: Ledger) -> None:
 
 def update_ledger(layout: Layout, entry: Entry) -> None:
     save_ledger(layout, read_ledger(layout).put(entry))
+
+
+# --- the supervisor password ---------------------------------------------------------------
+
+SUPERVISOR_ENV = "POSEMU_SUPERVISOR_PASSWORD"
+SUPERVISED = ("load-tmk", "signoff", "counters recover")
+"""What a real terminal keeps behind its supervisor password: a new TMK (which resets the
+keystore), discarding the working keys, and moving the counters."""
+
+
+class SupervisorRefused(StateError):
+    """A supervised command without the right supervisor password."""
+
+
+def save_supervisor(layout: Layout, credential: str) -> None:
+    """The password's scrypt hash (protocol.passwords), never the password."""
+    atomic_replace(layout.supervisor, json.dumps({"credential": credential}).encode() + b"\n")
+
+
+def supervisor_credential(layout: Layout) -> str | None:
+    """The stored hash; None for a terminal made without a supervisor password. A file that is
+    there but unreadable refuses (it is not taken for "no password")."""
+    try:
+        doc = json.loads(layout.supervisor.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SupervisorRefused(f"{layout.supervisor} is unreadable ({type(exc).__name__}): "
+                                f"the supervised commands are refused") from None
+    credential = doc.get("credential") if isinstance(doc, dict) else None
+    if not isinstance(credential, str):
+        raise SupervisorRefused(f"{layout.supervisor} holds no credential: the supervised "
+                                f"commands are refused")
+    return credential
+
+
+def check_supervisor(layout: Layout, command: str, password: Callable[[], str | None]) -> None:
+    """Nothing for a terminal without a supervisor password; else the password must match
+    (asked only then), or the command is refused in one line."""
+    credential = supervisor_credential(layout)
+    if credential is None:
+        return
+    typed = password()
+    if typed is None or not passwords.verify_password(credential, typed):
+        raise SupervisorRefused(f"refused: `{command}` needs this terminal's supervisor "
+                                f"password (missing or wrong)")

@@ -352,7 +352,7 @@ def test_a_version_3_database_is_upgraded_in_place_keeping_its_answers(tmp_path:
     reopened = open_data(tmp_path / "host", system_rng)
     try:
         version = reopened.conn.execute("PRAGMA user_version").fetchone()[0]
-        assert version == SCHEMA_VERSION == 4
+        assert version == SCHEMA_VERSION == 5
         row = reopened.conn.execute("SELECT kind, mti FROM txns WHERE ref=?",
                                     (txn_ref(1, "000001", request.text(11)),)).fetchone()
         assert row == (None, "0200")  # remembered for duplicates; not voidable (kind unknown)

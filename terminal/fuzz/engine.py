@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol import requests
 from protocol import strategies as ps
@@ -50,21 +50,22 @@ class Context:
     stan: int = 1
     pan: str = "6212345678901234"
     expiry: str = "2812"
+    codec: Codec = field(init=False, repr=False, compare=False)
+    framing: Framing = field(init=False, repr=False, compare=False)
+    """The dialect's codec and framing, looked up once per context (a case builds one) and not
+    on each of the dozen uses a probe and its judging make of them."""
 
-    @property
-    def codec(self) -> Codec:
-        return _tools(self.dialect)[0]
-
-    @property
-    def framing(self) -> Framing:
-        return _tools(self.dialect)[1]
+    def __post_init__(self) -> None:
+        codec, framing = _tools(self.dialect)
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "framing", framing)
 
 
 _TOOLS: dict[int, tuple[Dialect, Codec, Framing]] = {}
 
 
 def _tools(dialect: Dialect) -> tuple[Codec, Framing]:
-    """One codec and framing per dialect object: a probe asks for them a dozen times."""
+    """One codec and framing per dialect object, shared by every context of it."""
     hit = _TOOLS.get(id(dialect))
     if hit is None or hit[0] is not dialect:
         hit = _TOOLS[id(dialect)] = (dialect, codec_for(dialect), Framing(dialect))
@@ -84,7 +85,8 @@ def value_of_length(spec: FieldSpec, rng: random.Random, length: int) -> FieldVa
     """A valid value of `spec`'s type with exactly `length` characters (bytes for b)."""
     if spec.kind == "b":
         return rng.randbytes(length)
-    text = "".join(rng.choice(ALPHABETS[spec.kind]) for _ in range(length))
+    alphabet, choice = ALPHABETS[spec.kind], rng.choice  # the same draws, without a lookup each
+    text = "".join([choice(alphabet) for _ in range(length)])
     if spec.kind == "z" and length > 2:
         at = rng.randrange(length)
         text = text[:at] + "=" + text[at + 1:]

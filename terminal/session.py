@@ -309,7 +309,8 @@ class Session:
         if response.text(41).strip() != self.config.tid:
             raise ProtocolError("the response is for another terminal", field=41)
         rc = response.text(39)
-        reason = KeyErrorReason.parse(response.text(44))
+        # An approval is no key error whatever 44 says: its reason is read for other codes only.
+        reason = KeyErrorReason.parse(response.text(44)) if rc != codes.APPROVED else None
         # A host may answer key errors with its own code (`pos-host --key-error-code A0`, CUP's
         # MAC-error code): an unMACed refusal that gives a K reason is a key error all the same.
         if rc == codes.KEY_ERROR or (

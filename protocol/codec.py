@@ -502,8 +502,11 @@ class Codec:
             decoders[n] = make_decoder(spec, dialect)
         self._decoders = decoders
         self._plans: dict[bytes, Plan] = {}
+        self._classes = {n: self._run_class(n) for n in dialect.fields}
+        """Each field's one-slice check class and length, for the plans (worked out once)."""
         self._encode_plans: dict[tuple[int, ...], tuple[bytes, EncodeSteps]] = {}
         self._mtis: dict[str, bytes] = {}  # MTIs encoded before: valid, and their bytes
+        self._mti_names: dict[bytes, str] = {}  # and decoded before: their bytes, valid
         self.mti_length = 2 if dialect.mti_encoding == "bcd" else 4
         self._bcd_mti = dialect.mti_encoding == "bcd"
         self._ebcdic_mti = dialect.mti_encoding == "ebcdic"
@@ -521,7 +524,10 @@ class Codec:
         return mti.encode("ascii").translate(A2E) if self._ebcdic_mti else mti.encode("ascii")
 
     def decode_mti(self, data: bytes) -> str:
-        raw = data[:self.mti_length]
+        wire = raw = bytes(data[:self.mti_length])
+        known = self._mti_names.get(wire)  # MTIs decoded before (valid): a lookup, not the checks
+        if known is not None:
+            return known
         if len(raw) != self.mti_length:
             raise _dec_err("truncated: MTI cut short", "MTI", 0)
         if self._ebcdic_mti:
@@ -529,6 +535,8 @@ class Codec:
         mti = raw.hex() if self._bcd_mti else raw.decode("latin-1")
         if not mti.isdigit() or not mti.isascii():
             raise _dec_err("MTI is not 4 digits", "MTI", 0)
+        if len(self._mti_names) < PLAN_CACHE_SIZE:
+            self._mti_names[wire] = mti
         return mti
 
     def encode(self, message: Message) -> bytes:
@@ -575,10 +583,51 @@ class Codec:
             self._mtis[mti] = encoded[:self.mti_length]
         return encoded
 
+    def stamp(self, message: Message, varying: tuple[int, ...]) -> Stamp:
+        """`message` encoded once, less the fields in `varying`: the returned function takes
+        their values (in field order) and returns what `encode` would for the message with
+        them, each checked by the field's own encoder. For a terminal's repeated requests
+        (an echo test differs from the last in its STAN only) the invariant fields cost
+        nothing per message. The message itself is encoded here first, so a value that
+        cannot be sent raises now, not later."""
+        numbers = tuple(sorted(message.fields))
+        wanted = tuple(sorted(set(varying)))
+        missing = [n for n in wanted if n not in message.fields]
+        if missing:
+            raise _enc_err("a stamp's varying field must be in the message", missing[0])
+        whole = self.encode(message)
+        bitmap_end = self.mti_length + self._bitmap_unit * (2 if numbers and numbers[-1] > 64 else 1)
+        chunks, chunk = [], [whole[:bitmap_end]]
+        for n in numbers:
+            if n in wanted:
+                chunks.append(b"".join(chunk))
+                chunk = []
+            else:
+                chunk.append(self._encoders[n](message.fields[n]))
+        chunks.append(b"".join(chunk))
+        encoders = tuple(self._encoders[n] for n in wanted)
+        if len(encoders) == 1:
+            (head, tail), (enc,) = chunks, encoders
+
+            def one(*values: FieldValue) -> bytes:
+                (value,) = values
+                return head + enc(value) + tail
+            return one
+        first, rest = chunks[0], tuple(zip(encoders, chunks[1:], strict=True))
+
+        def many(*values: FieldValue) -> bytes:
+            parts = [first]
+            for (enc, after), value in zip(rest, values, strict=True):
+                parts.append(enc(value))
+                parts.append(after)
+            return b"".join(parts)
+        return many
+
     def _encode_steps(self, numbers: tuple[int, ...]) -> EncodeSteps:
         """Each field with its encoder, runs of adjacent fixed fields of one check as one step
         (see `_plan`, the decoding side)."""
-        singles = [(n, self._encoders[n], *self._run_class(n)) for n in numbers]
+        classes = self._classes
+        singles = [(n, self._encoders[n], *classes[n]) for n in numbers]
         steps: list[tuple[int, Encoder, EncodeRun | None]] = []
         for i, j in _runs([cls for _, _, cls, _ in singles]):
             n, enc, cls, _ = singles[i]
@@ -685,31 +734,28 @@ class Codec:
 
     def _decode_fields(self, data: bytes, bitmap: bytes, bitmap_at: int, pos: int,
                        fields: dict[int, FieldValue], spans: Spans | None) -> int:
-        if spans is None:
-            plan = self._plans.get(bitmap)
-            if plan is None:
-                plan = self._plan(bitmap)
-            if plan:
-                for n, dec, run in plan:
-                    if run is None:
-                        fields[n], pos = dec(data, pos)
+        plan = self._plans.get(bitmap) if spans is None else None
+        if plan:
+            for n, dec, run in plan:
+                if run is None:
+                    fields[n], pos = dec(data, pos)
+                    continue
+                # Adjacent fixed fields of one check, checked and decoded as one slice;
+                # any doubt (short, a bad byte) and their own decoders run one by one,
+                # which raise exactly what they would have raised alone.
+                total, digits, cuts, each = run
+                end = pos + total
+                raw = data[pos:end]
+                if len(raw) == total and (raw.isdigit() if digits else raw.isascii()):
+                    text = raw.decode("ascii")
+                    if digits or text.isprintable():
+                        for number, start, stop in cuts:
+                            fields[number] = text[start:stop]
+                        pos = end
                         continue
-                    # Adjacent fixed fields of one check, checked and decoded as one slice;
-                    # any doubt (short, a bad byte) and their own decoders run one by one,
-                    # which raise exactly what they would have raised alone.
-                    total, digits, cuts, each = run
-                    end = pos + total
-                    raw = data[pos:end]
-                    if len(raw) == total and (raw.isdigit() if digits else raw.isascii()):
-                        text = raw.decode("ascii")
-                        if digits or text.isprintable():
-                            for number, start, stop in cuts:
-                                fields[number] = text[start:stop]
-                            pos = end
-                            continue
-                    for number, one in each:
-                        fields[number], pos = one(data, pos)
-                return pos
+                for number, one in each:
+                    fields[number], pos = one(data, pos)
+            return pos
         decoders = self._decoders
         for i, byte in enumerate(bitmap):
             for n in FIELDS_AT[i][byte]:
@@ -725,23 +771,23 @@ class Codec:
                 fields[n], pos = dec(data, pos)
                 if spans is not None:
                     spans[n] = (start, pos)
+        if spans is None:  # a bitmap whose fields decoded: the next message like it takes the plan
+            self._plan(bitmap)
         return pos
 
     def _plan(self, bitmap: bytes) -> Plan:
         """The fields a bitmap marks, with their decoders, in wire order: worked out once per
-        distinct bitmap (a host sees a handful), not once per message. Runs of adjacent fixed
-        fields that one test validates (ASCII digits, or printable ASCII) become one step.
-        Empty when a marked field is undefined, so that the general loop reports it where it
-        stands."""
-        decoders = self._decoders
+        distinct bitmap (a host sees a handful), not once per message, and only for a bitmap
+        whose fields have decoded once (so every field it marks is defined): a junk bitmap, a
+        fuzzer's or a broken peer's, costs no plan and evicts none. Runs of adjacent fixed
+        fields that one test validates (ASCII digits, or printable ASCII) become one step."""
+        decoders, classes = self._decoders, self._classes
         singles: list[tuple[int, Decoder, str | None, int]] = []
         for i, byte in enumerate(bitmap):
             for n in FIELDS_AT[i][byte]:
                 dec = decoders[n]
-                if n != 1:
-                    if dec is None:
-                        return ()
-                    singles.append((n, dec, *self._run_class(n)))
+                if n != 1 and dec is not None:
+                    singles.append((n, dec, *classes[n]))
         plan: list[tuple[int, Decoder, Run | None]] = []
         for i, j in _runs([cls for _, _, cls, _ in singles]):
             n, dec, cls, _ = singles[i]
@@ -778,6 +824,8 @@ Plan = tuple[tuple[int, Decoder, Run | None], ...]
 EncodeRun = tuple[tuple[tuple[int, int], ...], bool, tuple[tuple[int, Encoder], ...]]
 """A run's (field, length) members, digits (else printable), and encoders."""
 EncodeSteps = tuple[tuple[int, Encoder, EncodeRun | None], ...]
+Stamp = Callable[..., bytes]
+"""A message's bytes from the values of its varying fields (see `Codec.stamp`)."""
 PLAN_CACHE_SIZE = 256
 
 

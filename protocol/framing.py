@@ -197,6 +197,13 @@ class FrameReader:
         (its `frames`: those complete before it), after which the stream cannot be trusted and
         the connection should close."""
         buf = self._buffer
+        if self._fast and not buf and len(data) >= 2:
+            # The usual chunk: exactly one whole frame, nothing held. Returned as it is, without
+            # the buffer's copy in and out; anything else takes the general path below.
+            length = (data[0] << 8) | data[1]
+            if len(data) == length + 2 and 0 < length <= self.max_length:
+                self._consumed += len(data)
+                return [bytes(data[2:])]
         buf += data
         frames: list[bytes] = []
         pos = 0

@@ -8,6 +8,7 @@ with `protocol.macing.sign(codec, message, mak)`. Nothing here reads a clock, a 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -52,7 +53,14 @@ class Station:
     currency: str = "156"
 
     def field60(self, type_code: str, nmic: str = NMIC_NONE) -> str:
-        return Field60(type_code, self.batch, nmic).format()
+        return _field60(type_code, self.batch, nmic)
+
+
+@functools.lru_cache(maxsize=64)
+def _field60(type_code: str, batch: str, nmic: str) -> str:
+    """Checked and formatted once per batch and kind, not once per message (a fleet's echo
+    tests and purchases all carry the same one)."""
+    return Field60(type_code, batch, nmic).format()
 
 
 @dataclass(frozen=True, slots=True)

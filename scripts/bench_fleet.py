@@ -105,7 +105,7 @@ class Raw(asyncio.Protocol):
 
 
 def raw_main(port: int, connections: int, seconds: float, control: Connection) -> None:
-    async def drive() -> float:
+    async def drive() -> tuple[float, int, float]:
         loop = asyncio.get_running_loop()
         frame = length_prefixed(get_codec("iso87").encode(Message(
             "0820", {11: "000001", 41: ECHO_TID, 42: MID, 60: "00000001301"})))
@@ -115,24 +115,20 @@ def raw_main(port: int, connections: int, seconds: float, control: Connection) -
             _, client = await loop.create_connection(lambda: Raw(frame, counts), "127.0.0.1", port)
             clients.append(client)
         await asyncio.sleep(0.5)  # warm, as the fleet's connections are before its window
-        start_count, start = counts[0], time.perf_counter()
+        start_count, start, cpu = counts[0], time.perf_counter(), time.process_time()
         await asyncio.sleep(seconds)
         rate = (counts[0] - start_count) / (time.perf_counter() - start)
+        window = counts[0] - start_count, time.process_time() - cpu
         for client in clients:
             client.running = False
             assert client.transport is not None
             client.transport.close()
-        return rate, counts[0]
+        return rate, *window
     control.send(asyncio.run(drive()))
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def raw_rate(port: int, connections: int, seconds: float) -> tuple[float, int]:
-    """The raw client's rate in the window, and every exchange it made (warm-up included)."""
+def raw_rate(port: int, connections: int, seconds: float) -> tuple[float, int, float]:
+    """The raw client's rate in its window, the exchanges and the CPU seconds of the window."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=raw_main, args=(port, connections, seconds, child), daemon=True)
@@ -140,8 +136,8 @@ def raw_rate(port: int, connections: int, seconds: float) -> tuple[float, int]:
     try:
         if not parent.poll(seconds + 60):
             raise RuntimeError("the raw client sent no result")
-        rate, exchanges = parent.recv()
-        return float(rate), int(exchanges)
+        rate, exchanges, cpu = parent.recv()
+        return float(rate), int(exchanges), float(cpu)
     finally:
         process.join(10)
 
@@ -151,7 +147,7 @@ def fake_identities(count: int) -> list[Identity]:
     return [Identity(f"E{i:07d}", MID, Key("TDES", "TMK", os.urandom(16))) for i in range(count)]
 
 
-def fleet_echo_rate(port: int, connections: int, seconds: float) -> tuple[float, int]:
+def fleet_echo_rate(port: int, connections: int, seconds: float) -> tuple[float, int, float]:
     load = Load("127.0.0.1", port, "iso87", "003", fake_identities(connections), [],
                 parse_mix("echo=100"), seconds, 1, concurrency=connections, signon=False)
     outcomes, _ = run_workers(load, 1)
@@ -159,7 +155,8 @@ def fleet_echo_rate(port: int, connections: int, seconds: float) -> tuple[float,
     if stats.mismatched or stats.lost:
         raise RuntimeError(f"fleet against the mirror: {stats.mismatched} mismatched, "
                            f"{stats.lost} lost")
-    return stats.answered / max(seconds, outcomes[0].elapsed), stats.answered
+    return (stats.answered / max(seconds, outcomes[0].elapsed), stats.answered,
+            outcomes[0].window_cpu)
 
 
 def cost(connections: int, seconds: float, rounds: int) -> dict[str, Any]:
@@ -180,13 +177,15 @@ def cost(connections: int, seconds: float, rounds: int) -> dict[str, Any]:
             "fleet_vs_raw_cpu": round(raw_cpu / fleet_cpu, 3)}
 
 
-def measured(client: Callable[[int, int, float], tuple[float, int]], port: int, connections: int,
-             seconds: float) -> tuple[float, float]:
+def measured(client: Callable[[int, int, float], tuple[float, int, float]], port: int,
+             connections: int, seconds: float) -> tuple[float, float]:
     """(rate, CPU µs per exchange) of one client run in its own process: the CPU figure holds
-    on a machine shared with other work, where the rate is what the scheduler left over."""
-    before = children_cpu()
-    rate, exchanges = client(port, connections, seconds)
-    return rate, (children_cpu() - before) / max(1, exchanges) * 1e6
+    on a machine shared with other work, where the rate is what the scheduler left over. Each
+    client measures its CPU over its own window: the fleet's worker is a spawned interpreter
+    whose start and imports (half a second of CPU) would otherwise count as exchanges' cost,
+    where the raw client is forked ready."""
+    rate, exchanges, cpu = client(port, connections, seconds)
+    return rate, cpu / max(1, exchanges) * 1e6
 
 
 # --- at scale, against pos-host -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Literal
 
 from protocol import codes, emv, fields, macing, requests
 from protocol.clock import Clock, Rng
-from protocol.codec import Codec, codec_for
+from protocol.codec import Codec, Stamp, codec_for
 from protocol.codes import KeyErrorReason
 from protocol.crypto.errors import CryptoError
 from protocol.crypto.kcv import kcv
@@ -37,6 +37,8 @@ RESPONSE_MTI = {"0800": "0810", "0820": "0830", "0200": "0210", "0220": "0230", 
                 "0500": "0510", "0320": "0330"}
 CURRENCY = "156"
 MACED_KINDS = frozenset({"purchase", "inquiry", "void", "refund", "reversal", "settle", "upload"})
+STAMPS = 8
+"""Network requests kept pre-encoded per session (by kind and batch): a batch lasts a day."""
 
 
 class TerminalKeyError(Exception):
@@ -173,6 +175,7 @@ class Session:
         self.config = config
         self.dialect = dialect
         self.codec: Codec = codec_for(dialect)
+        self._stamps: dict[tuple[str, int], Stamp] = {}
         self.keys = keys
         self.clock = clock
         self.rng = rng  # a chip purchase's unpredictable number and stand-in cryptogram
@@ -193,7 +196,12 @@ class Session:
     def network(self, kind: Literal["signoff", "echo"], stan: int, batch: int) -> Request:
         nmic = fields.NMIC_SIGN_OFF if kind == "signoff" else fields.NMIC_ECHO
         msg = requests.network(self._station(batch), f"{stan:06d}", nmic)
-        return Request(kind, msg, self.codec.encode(msg), stan)
+        stamp = self._stamps.get((kind, batch))
+        if stamp is None:  # one per batch: only the STAN differs from one echo test to the next
+            if len(self._stamps) >= STAMPS:
+                self._stamps.clear()
+            stamp = self._stamps[kind, batch] = self.codec.stamp(msg, (11,))
+        return Request(kind, msg, stamp(msg.fields[11]), stan)
 
     def check_working_keys(self, need_pik: bool) -> StoredKey:
         """The MAK to use, or the key error a purchase must stop with."""
@@ -331,7 +339,8 @@ class Session:
         if response.text(41).strip() != self.config.tid:
             raise ProtocolError("the response is for another terminal", field=41)
         rc = response.text(39)
-        reason = KeyErrorReason.parse(response.text(44))
+        # An approval is no key error whatever 44 says: its reason is read for other codes only.
+        reason = KeyErrorReason.parse(response.text(44)) if rc != codes.APPROVED else None
         # A host may answer key errors with its own code (`pos-host --key-error-code A0`, CUP's
         # MAC-error code): an unMACed refusal that gives a K reason is a key error all the same.
         if rc == codes.KEY_ERROR or (

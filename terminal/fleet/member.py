@@ -98,8 +98,9 @@ class Member:
         return self.framing.frame(request.encoded)
 
     def decode(self, payload: bytes) -> tuple[bytes, Message]:
-        """The message bytes and their decoding; ProtocolError when they do not decode."""
-        data = self.framing.unframe(payload).message
+        """The message bytes and their decoding; ProtocolError when they do not decode. A
+        dialect with neither TPDU nor header has nothing to unframe (one call saved an answer)."""
+        data = self.framing.unframe(payload).message if self.framing.prefix_size else payload
         return data, self.session.codec.decode(data)
 
     def judge(self, request: Request, data: bytes, response: Message | None) -> Result:

@@ -344,3 +344,6 @@ class Outcome:
     elapsed: float
     signon_seconds: float
     connected: int
+    window_cpu: float = 0.0
+    """The worker's CPU seconds (user and system) over its window and drain: its cost per
+    exchange, without the interpreter's start, the imports and the connecting before."""

@@ -95,13 +95,16 @@ async def _work(load: Load, conn: Connection) -> None:
             conn.send(("tick", fleet.snapshot()))
 
     ticker = asyncio.create_task(ticks())
+    start = _at(wall)
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    cpu = time.process_time()
     try:
-        await fleet.window(_at(wall))
+        await fleet.window(start)
     finally:
         ticker.cancel()
         fleet.close()
     conn.send(("done", Outcome(fleet.stats.to_wire(), fleet.signons.to_wire(), fleet.elapsed,
-                               fleet.signon_seconds, len(fleet.links))))
+                               fleet.signon_seconds, len(fleet.links), time.process_time() - cpu)))
 
 
 def worker_main(load: Load, conn: Connection) -> None:

@@ -3,6 +3,8 @@ functions of bytes. No process, no socket."""
 
 from __future__ import annotations
 
+import random
+
 from protocol.dialects import get_dialect
 from protocol.message import Message
 from terminal.fuzz import engine, oracles
@@ -21,6 +23,17 @@ def test_a_seed_and_a_case_give_the_same_probe_and_other_cases_differ() -> None:
             assert probes == [engine.generate(layer, 3, case, ctx) for case in range(40)]
             assert len({repr(p) for p in probes}) > 10
             assert all(Probe.from_json(p.to_json()) == p for p in probes)
+
+
+def test_draws_are_the_characters_rng_choice_draws() -> None:
+    """The fast path against the plain one: the same text, and the RNG left in the same state
+    (so every draw after it, and every probe of a seed, is what it always was)."""
+    for alphabet in set(engine.ALPHABETS.values()) | {"CD", "0"}:
+        for length in (0, 1, 7, 300):
+            fast, plain = random.Random(f"{alphabet}/{length}"), random.Random(f"{alphabet}/{length}")
+            assert engine.draws(fast, alphabet, length) == "".join(
+                plain.choice(alphabet) for _ in range(length))
+            assert fast.getstate() == plain.getstate()
 
 
 def test_must_answer_follows_the_contract() -> None:

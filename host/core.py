@@ -43,7 +43,7 @@ from host.state import (
 )
 from protocol.clock import Clock
 from protocol.errors import FramingError
-from protocol.framing import Framing, Tpdu, length_prefixed
+from protocol.framing import Framing, Tpdu
 
 ANSWER, IGNORED, CLOSE = "answer", "ignored", "close"
 Reply = Callable[[bytes | None], None]
@@ -361,8 +361,13 @@ class HostCore:
 
 
 class Cut(bytes):
-    """A frame cut short: its length prefix and part of its payload, sent raw, then the line
-    closed (a rule's `cut`)."""
+    """An answer to be sent cut short (a rule's `cut`): its length header and the first half of
+    its payload, then the line closed. The connection frames it, so the header is the one its
+    dialect's framing writes."""
+
+    def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
+        whole = frame(self)
+        return whole[:len(whole) - len(self) + len(self) // 2]
 
 
 def deliver(effect: Effect, answer: bytes, reply: Reply) -> None:
@@ -373,7 +378,7 @@ def deliver(effect: Effect, answer: bytes, reply: Reply) -> None:
     if effect.kind == "close":
         reply(None)
     elif effect.kind == "cut":
-        reply(Cut(length_prefixed(answer)[:2 + len(answer) // 2]))
+        reply(Cut(answer))
     elif effect.kind == "twice":
         reply(answer)
         with contextlib.suppress(InvalidStateError):  # a serial port's reply takes one answer

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from host.core import Cut
 from protocol.codes import FORMAT_ERROR
+from protocol.dialects import load_dialect
+from protocol.framing import Framing
 from protocol.macing import sign
 from protocol.message import Message
 from tests.host.client import ClientTerminal, Link, tmk_from_ceremony
@@ -125,3 +128,15 @@ def test_field_60_shapes_over_tcp_get_30_and_the_line_stays_open(
         echo, _ = link.exchange(terminal.network_request())  # the same connection still answers
         assert echo[39] == "00"
     assert '"rc": "96"' not in host.log_text()
+
+
+def test_a_rules_cut_writes_the_length_header_of_the_dialects_framing(tmp_path: Path) -> None:
+    """A `cut` answer is cut after the header its connection's framing writes (an ASCII
+    4-digit length here), not after a 2-byte binary length whatever the dialect."""
+    spec = tmp_path / "dev.json"
+    spec.write_text('{"name": "dev-ascii4", "base": "iso87", "length": "ascii4"}')
+    framing = Framing(load_dialect(spec))
+    answer = b"0810" + bytes(range(40))
+    sent = Cut(answer).framed(framing.length.prefix)
+    assert sent == framing.length.prefix(answer)[:4 + len(answer) // 2]
+    assert sent[:4] == b"%04d" % len(answer)

@@ -13,8 +13,6 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 MAX_BYTES = 4 * 1024 * 1024  # a scrape larger than this is not a pos-host's
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -40,6 +38,8 @@ def metrics_url(text: str) -> str:
 
 def scrape(url: str, timeout: float) -> tuple[float, Samples]:
     """One read: when (monotonic seconds) and every sample."""
+    from prometheus_client.parser import text_string_to_metric_families  # for `top` only
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:
             body = answer.read(MAX_BYTES + 1)

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,29 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("POSEMU_HOST_DATA", None)
     return env
+
+
+def kill_points(fixed: list[float], landed_after: Callable[[], bool]) -> Iterator[float]:
+    """Delays after which to kill a command: `fixed` ones, then (on a loaded machine, where
+    all of them land before its commit) later ones, doubling up to 48 s, while
+    `landed_after()` says none has landed after the commit yet. Bounded; a command that never
+    commits still leaves `landed_after()` false for the caller to fail on."""
+    yield from fixed
+    delay = max(fixed) * 2
+    while not landed_after() and delay <= 48.0:
+        yield delay
+        delay *= 2
+
+
+def rotate_killed_after(data: Path, delay: float) -> None:
+    """`pos-host lmk rotate`, SIGKILLed after `delay` seconds unless it finished first."""
+    process = subprocess.Popen([*host_command(), "--data", str(data), "lmk", "rotate"],
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(delay)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
 
 
 def pos_host(data: Path, *args: str, check: bool = True) -> Any:

@@ -4,9 +4,7 @@ under real SIGKILLs: the old set or the new one, never a mix."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,15 @@ from host.hsm import unseal
 from host.lmk import check_value, load_lmk
 from protocol.clock import system_rng
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
-from tests.support import _env, host_command, init_host, pos_host, provision_terminal, running_host
 from tests.support import add_card as cli_add_card
+from tests.support import (
+    init_host,
+    kill_points,
+    pos_host,
+    provision_terminal,
+    rotate_killed_after,
+    running_host,
+)
 
 MID = "M00000000000001"
 CARD = Card("6212345678901234", "2812", "1234")
@@ -109,26 +114,13 @@ def test_rotation_killed_at_any_point_leaves_the_old_set_or_the_new(tmp_path: Pa
     db.close()
     seen: list[str] = [_keys_open(data)]
     outcomes = {"old": 0, "new": 0}
-    # Fixed kill points first, then (on a loaded machine, where all of them land before the
-    # commit) later ones, doubling, until one lands after it: bounded, a rotate that never
-    # commits still fails below.
-    delays = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5]
-    later = [3.0, 6.0, 12.0, 24.0, 48.0]
-    while delays:
-        delay = delays.pop(0)
-        process = subprocess.Popen([*host_command(), "--data", str(data), "lmk", "rotate"],
-                                   env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            process.wait(delay)  # a rotate that finishes first is not waited for
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+    for delay in kill_points([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5],
+                             lambda: outcomes["new"] > 0):
+        rotate_killed_after(data, delay)
         now = _keys_open(data)
         assert now == seen[-1] or now not in seen  # the previous set, or a brand-new one
         outcomes["old" if now == seen[-1] else "new"] += 1
         seen.append(now)
-        if not delays and not outcomes["new"] and later:
-            delays.append(later.pop(0))
     assert outcomes["old"] and outcomes["new"], outcomes  # kills landed both before and after
 
 

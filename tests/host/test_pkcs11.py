@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.host.client import Card, ClientTerminal, Link, tmk_from_ceremony
 from tests.host.softhsm import PIN, Token, open_session, token
-from tests.support import _env, add_card, host_command, pos_host, provision_terminal, running_host
+from tests.support import (
+    add_card,
+    kill_points,
+    pos_host,
+    provision_terminal,
+    rotate_killed_after,
+    running_host,
+)
 
 __all__ = ["token"]  # the fixture, imported for pytest
 MID = "M00000000000001"
@@ -171,19 +176,9 @@ def test_token_rotation_killed_at_any_point_leaves_the_old_set_or_the_new(tmp_pa
         provision_terminal(data, f"T{n:07d}", MID)
     kcvs = [k["kcv"] for k in pos_host(data, "keys", "show", "T0000007")["keys"]]
     seen = [pos_host(data, "backup", "--out", str(tmp_path / "b0"))["lmk_kcv"]]
-    # Fixed kill points, then later ones, doubling, while none has landed after a commit (a
-    # loaded machine): bounded, and a rotate that never commits still fails below.
-    delays, later = [0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0], [6.0, 12.0, 24.0, 48.0]
-    n = 0
-    while delays:
-        n, delay = n + 1, delays.pop(0)
-        process = subprocess.Popen([*host_command(), "--data", str(data), "lmk", "rotate"],
-                                   env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            process.wait(delay)  # a rotate that finishes first is not waited for
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+    points = kill_points([0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 3.0], lambda: len(set(seen)) > 1)
+    for n, delay in enumerate(points, start=1):
+        rotate_killed_after(data, delay)
         backup = tmp_path / f"b{n}"
         pos_host(data, "backup", "--out", str(backup))
         verified = pos_host(data, "backup", "verify", str(backup))  # every key opens, KCVs match
@@ -191,6 +186,4 @@ def test_token_rotation_killed_at_any_point_leaves_the_old_set_or_the_new(tmp_pa
         assert verified["lmk_kcv"] == seen[-1] or verified["lmk_kcv"] not in seen
         seen.append(verified["lmk_kcv"])
         assert [k["kcv"] for k in pos_host(data, "keys", "show", "T0000007")["keys"]] == kcvs
-        if not delays and len(set(seen)) == 1 and later:
-            delays.append(later.pop(0))
     assert len(set(seen)) > 1  # some kills came after a commit

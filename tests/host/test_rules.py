@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from host.datadir import init_data
 from host.rules import (
     Action,
     Match,
@@ -26,13 +24,13 @@ from host.rules import (
     parse_rules,
     static_match,
 )
-from protocol.clock import system_rng
 from protocol.fields import parse_key_set
 from protocol.message import Message
 from tests.host.client import ClientTerminal, tmk_from_ceremony
-from tests.host.test_core import CARD, Site
+from tests.host.test_core import CARD, Site, site
 from tests.support import add_card, init_host, pos_host, provision_terminal, running_host
 
+__all__ = ["site"]  # the fixture, imported for pytest
 MTIS = ("0200", "0800", "0820")
 TIDS = ("T1", "T2")
 
@@ -134,14 +132,6 @@ name = "regex"
 match = { mti = "0200", regex = { "11" = "^0000[0-9]7$" }, present = [52] }
 action = { mac = "off" }
 """
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    init_data(tmp_path / "host", system_rng)
-    built = Site(tmp_path / "host")
-    yield built
-    built.db.close()
 
 
 def book(site: Site, tmp_path: Path, text: str) -> RuleBook:

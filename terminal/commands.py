@@ -55,7 +55,6 @@ from terminal.pending import (
 )
 from terminal.session import Kind, Original, Purchase, Request, Result, Session, TerminalKeyError
 from terminal.store import (
-    BATCH_MAX,
     Config,
     Counters,
     Entry,
@@ -67,6 +66,7 @@ from terminal.store import (
     append_record,
     load_config,
     load_counters,
+    next_batch,
     read_journal,
     read_ledger,
     recover_counters,
@@ -682,8 +682,9 @@ def settle(terminal: Terminal) -> Settlement:
                 return Settlement(Steps(tuple(steps)), batch, half, echoed, uploaded)
             uploaded += len(chunk)
     counters = load_counters(terminal.layout)
-    save_counters(terminal.layout, replace(counters, batch=min(batch + 1, BATCH_MAX)))
-    return Settlement(Steps(tuple(steps)), batch, half, echoed, uploaded, batch + 1)
+    new_batch = next_batch(batch)
+    save_counters(terminal.layout, replace(counters, batch=new_batch))
+    return Settlement(Steps(tuple(steps)), batch, half, echoed, uploaded, new_batch)
 
 
 # --- reading state --------------------------------------------------------------------------

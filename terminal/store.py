@@ -198,6 +198,12 @@ class Counters:
         return replace(self, stan=(self.stan + steps - 1) % STAN_MAX + 1)
 
 
+def next_batch(batch: int) -> int:
+    """The batch after `batch`: 999999 wraps to 1, as the STAN does, rather than staying put
+    (a batch that never moves on would count a settled batch's sales again)."""
+    return batch % BATCH_MAX + 1
+
+
 def root_folder() -> Path:
     return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
 
@@ -424,8 +430,8 @@ def recover_counters(layout: Layout, stan: int | None) -> Counters:
     except StateError:
         current = None
     used = max((n for n in (journal.last_stan(), current and current.stan) if n), default=0)
-    batch = min(max((n for n in (journal.highest_batch(), current and current.batch) if n),
-                    default=0) + 1, BATCH_MAX)
+    batch = next_batch(max((n for n in (journal.highest_batch(), current and current.batch) if n),
+                           default=0))
     if stan is None:
         if not used:
             raise StateError("no STAN in the journal or the counters to recover from: give "

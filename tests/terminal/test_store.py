@@ -17,6 +17,7 @@ from terminal.store import (
     append_record,
     find_terminal,
     load_counters,
+    next_batch,
     read_journal,
     save_config,
     save_counters,
@@ -58,6 +59,13 @@ def test_stan_moves_forward_wraps_and_is_durable(tmp_path: Path) -> None:
     assert [reserve_stan(layout) for _ in range(3)] == [1, 2, 3]
     assert load_counters(layout) == Counters(3, 1)
     assert Counters(999999).next_stan().stan == 1
+
+
+def test_the_batch_after_the_last_is_the_first() -> None:
+    """After batch 999999 a settlement opens batch 1 (it used to stay at 999999, so the
+    settled batch's sales were counted again at the next settlement)."""
+    assert [next_batch(n) for n in (1, 41, 999998, 999999)] == [2, 42, 999999, 1]
+    assert Counters(5, next_batch(999999)).batch == 1
 
 
 def test_unreadable_counters_are_an_error_not_a_restart(tmp_path: Path) -> None:

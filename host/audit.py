@@ -102,7 +102,7 @@ def verify(key: bytes, rows: Iterable[tuple[Entry, bytes]], head: str | None) ->
                                          f"moved")
         previous = mac
     expected = head_value(key, count, previous) if count else None
-    if head != expected:
+    if head is None or expected is None or not hmac.compare_digest(head, expected):
         seq = parse_head(head)[0]
         if seq > count:
             return Verdict(count, count + 1, f"the trail ends at entry {count} but its head "

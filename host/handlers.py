@@ -844,7 +844,7 @@ class Pipeline:
             out[44] = reason
             rc = self.key_error_code
             if reason in KEY_ERROR_EVENTS:  # "kcv refused", "expired" (docs/operations.md)
-                changes = [KeyErrorSeen(str(fields.get(41, "")), reason)]
+                changes = [KeyErrorSeen(request.text(41).rstrip(), reason)]
         out[39] = rc
         if extra:
             out.update(extra)

@@ -31,9 +31,10 @@ from host.state import Terminal
 from protocol import codes
 from protocol.amounts import parse_amount
 from protocol.codec import Codec
+from protocol.dialects import get_dialect
 from protocol.fields import WrappedKey, build_key_set, parse_key_set
 from protocol.macing import MAC_SIZE, PLACEHOLDER, mac_offset
-from protocol.mask import mask_pan
+from protocol.mask import mask_pan, sensitive_numbers
 from protocol.message import FieldValue, Message
 
 HITS_FILE = "rule-hits.json"
@@ -578,7 +579,10 @@ class RuleBook:
 
 
 def describe(rules: tuple[Rule, ...], hits: Mapping[str, int]) -> list[dict[str, Any]]:
-    """Rules as `rules show` prints them: conditions as written, PAN bounds masked."""
+    """Rules as `rules show` prints them: conditions as written, PAN bounds masked, and so is
+    what a condition compares a sensitive field (PAN, track, PIN block, keys, MACs, chip data:
+    the fields either built-in dialect masks) with."""
+    hidden = sensitive_numbers(get_dialect("iso87")) | sensitive_numbers(get_dialect("cup"))
     rows = []
     for rule in rules:
         conditions = {}
@@ -589,9 +593,11 @@ def describe(rules: tuple[Rule, ...], hits: Mapping[str, int]) -> list[dict[str,
             if key in ("pan_prefix", "pan_range"):
                 value = [p if len(p) <= 6 else mask_pan(p) for p in value]
             elif key == "regex":
-                value = {str(n): p.pattern for n, p in value}
+                value = {str(n): p.pattern if n not in hidden else f"<pattern masked, {len(p.pattern)} chars>"
+                         for n, p in value}
             elif key == "equal":
-                value = {str(n): v for n, v in value}
+                value = {str(n): v if n not in hidden else mask_pan(v) if n == 2
+                         else f"<masked, {len(v)} chars>" for n, v in value}
             elif isinstance(value, frozenset):
                 value = sorted(value)
             conditions[key] = value

@@ -56,7 +56,10 @@ SENSITIVE: frozenset[str] = frozenset({"5A", "57", "5F20", "9F1F", "9F6B"})
 
 def show(tag: str, value: bytes) -> str:
     """A tag's value as a log may show it: the PAN as first six and last four, the rest of the
-    cardholder's data by size only, anything else as hex."""
+    cardholder's data and every template (its inner tags are not read here) by size only,
+    anything else as hex."""
+    if int(tag[:2], 16) & 0x20:  # a constructed tag (70, 77, BF0C...) may hold 57 or 5A inside
+        return f"<template masked, {len(value)} bytes>"
     if tag == "5A":
         return mask_pan(value.hex().upper().rstrip("F"))
     if tag in SENSITIVE:

@@ -170,7 +170,7 @@ def length_hint(head: bytes, header: LengthHeader) -> str:
     """What refused length bytes look like instead, so the error names the likely mistake: a
     peer with another length header, or one that sends no length at all."""
     if header.name != "ascii4" and len(head) == 4 and head.isdigit():
-        return (f": {head.decode()} reads as a 4-digit ASCII length (spec length = \"ascii4\") "
+        return (": the length header reads as a 4-digit ASCII length (spec length = \"ascii4\") "
                 "or an ASCII MTI without a length")
     if head[:1] == bytes([TPDU_ID]):
         return ": 0x60 starts a TPDU: a frame without its length header?"

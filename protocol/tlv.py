@@ -13,6 +13,9 @@ from protocol.errors import DecodeError, EncodeError
 Tlv = tuple[str, bytes]
 
 
+MAX_TAG_BYTES = 3  # EMV tags are 1 to 3 bytes (EMV Book 3, Annex B)
+
+
 def parse(data: bytes, field: int = 55) -> list[Tlv]:
     """Every (tag, value) in order; a DecodeError at the offset where the data stops making sense."""
     out: list[Tlv] = []
@@ -29,6 +32,9 @@ def parse(data: bytes, field: int = 55) -> list[Tlv]:
             pos += 1
             if pos > end:
                 raise DecodeError("BER-TLV tag cut short", field=field, offset=start)
+            if pos - start > MAX_TAG_BYTES:  # not a tag: named by its place, never its bytes
+                raise DecodeError(f"BER-TLV tag longer than {MAX_TAG_BYTES} bytes", field=field,
+                                  offset=start)
         tag = data[start:pos].hex().upper()
         if pos >= end:
             raise DecodeError(f"BER-TLV tag {tag} has no length", field=field, offset=pos,

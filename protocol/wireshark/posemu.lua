@@ -124,7 +124,8 @@ local function read_field(d, n, spec, tvb, pos, tree)
       end
       if p + len > stop then item:add(pf.error, tvb(t0, stop - t0), "BER-TLV value of " .. tag .. " runs past the end"); break end
       local v = len > 0 and tvb(p, len):bytes():tohex() or ""
-      if tag == "5A" then v = mask_pan((v:gsub("F+$", "")))
+      if math.floor(tvb(t0, 1):uint() / 32) % 2 == 1 then v = "<template masked, " .. len .. " bytes>"  -- may hold 57 or 5A
+      elseif tag == "5A" then v = mask_pan((v:gsub("F+$", "")))
       elseif SENSITIVE_TAGS[tag] then v = "<" .. string.lower(TAG_NAMES[tag]) .. " masked, " .. len .. " bytes>" end
       item:add(pf.tag, tvb(t0, p + len - t0), tag .. " " .. (TAG_NAMES[tag] or "unknown tag") .. ": " .. v)
       p = p + len

@@ -68,6 +68,22 @@ def test_sensitive_tags_are_masked_and_the_rest_named():
                              "value": "1122334455667788"}
 
 
+def test_a_template_is_masked_whole_because_it_may_hold_card_data():
+    """70 (a record template, constructed: bit 6 of its first byte) around a 57 track: the
+    inner tags are not read, so the whole value is shown by size only."""
+    track = bytes.fromhex("57" "13" "6222020200112233445D2512201" "0000000000F")
+    shown = emv.describe_tags(tlv.build([("70", track), ("9F27", b"\x80")]))
+    assert shown[0]["value"] == f"<template masked, {len(track)} bytes>"
+    assert "6222020200112233445" not in json.dumps(shown) and shown[1]["value"] == "80"
+
+
+def test_a_run_of_high_bytes_is_no_tag_and_is_not_named_by_its_bytes():
+    """Digits of a PAN in BCD (0x9x) read as tag bytes would otherwise be printed as a tag."""
+    with pytest.raises(DecodeError) as info:
+        tlv.parse(bytes.fromhex("9F9999990101"))
+    assert "9999" not in str(info.value) and info.value.offset == 0
+
+
 def test_describe_a_chip_purchase_shows_tags_by_name_and_no_card_data():
     icc = emv.purchase_tags("000000001234", "0156", "251130", bytes.fromhex("A1B2C3D4"), 7,
                             bytes.fromhex("0102030405060708")) + FIELD_55[11:]  # less its 9F26

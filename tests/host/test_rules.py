@@ -20,6 +20,7 @@ from host.rules import (
     RuleBook,
     RulesError,
     RuleSet,
+    describe,
     load_rules,
     parse_rules,
     static_match,
@@ -332,3 +333,15 @@ def test_drop_close_cut_twice_and_rules_show_over_tcp(tmp_path: Path) -> None:
     assert [r["hits"] for r in shown["rules"]] == [1, 1, 1, 1, 1]
     lost = [r for r in ladder_out["rungs"] if r["lost"]]
     assert len(lost) == 3  # drop, close and cut: answers the terminal never got
+
+
+def test_rules_show_masks_what_a_condition_compares_a_card_field_with() -> None:
+    """A rule may name a whole PAN or track to match; `rules show` shows it masked, and the
+    conditions on other fields as written."""
+    rules = parse_rules({"rule": [{
+        "name": "one card", "action": {"answer": "05"},
+        "match": {"equal": {"2": "6212345678901234", "4": "000000000200"},
+                  "regex": {"35": "^6212345678901234=28", "11": "^0000"}}}]})
+    shown = json.dumps(describe(rules, {}))
+    assert "6212345678901234" not in shown and "621234******1234" in shown
+    assert "000000000200" in shown and "^0000" in shown

@@ -207,7 +207,10 @@ class HostCore:
             outcome = Outcome(None, note=f"{type(exc).__name__} before decoding", close=True)
         effect = None
         if self.rules is not None:
-            outcome, effect = self.rules.apply(outcome, self, now)
+            try:
+                outcome, effect = self.rules.apply(outcome, self, now)
+            except MALFUNCTIONS as exc:  # a rule that cannot act leaves the answer as it was
+                outcome.note = f"{outcome.note}; a rule failed: {type(exc).__name__}".lstrip("; ")
         if outcome.changes:
             outcome = self._apply(outcome, now)
         self._log(outcome, conn, started)
@@ -238,8 +241,6 @@ class HostCore:
             self._buffered.clear()
             self._recent.clear()
         pending, self._pending = self._pending, []
-        if self.rules is not None:
-            self.rules.save()
         self.log.flush()  # before the answers: whoever reads an answer finds its log line
         framing = self.framing
         for p in pending:
@@ -252,6 +253,10 @@ class HostCore:
                     p.reply(answer)
                 else:
                     deliver(p.effect, answer, p.reply)
+        if self.rules is not None:  # after the answers: their hit counts are bookkeeping
+            error = self.rules.save()
+            if error is not None:
+                self.log.event(event="rule hits not saved", error=error)
 
     def handle_payload(self, payload: bytes, conn: str = "direct") -> bytes | None:
         """One request payload in (TPDU and header included, no length), its answer out.

@@ -567,15 +567,21 @@ class RuleBook:
         self.dirty = True
         return act(rule, outcome, host, now)
 
-    def save(self) -> None:
-        """Hit counts to their file (replaced whole, so a reader never sees half of it)."""
+    def save(self) -> str | None:
+        """Hit counts to their file (replaced whole, so a reader never sees half of it). A file
+        that cannot be written (disk full) is the reason returned, and tried again next time:
+        counts for `rules show` never cost the answers of the batch that made them."""
         if not self.dirty or self.hits_path is None:
-            return
-        self.dirty = False
+            return None
         tmp = self.hits_path.with_name(self.hits_path.name + ".tmp")
-        tmp.write_text(json.dumps({"file": str(self.path), "hits": self.rules.hits()}),
-                       encoding="utf-8")
-        os.replace(tmp, self.hits_path)
+        try:
+            tmp.write_text(json.dumps({"file": str(self.path), "hits": self.rules.hits()}),
+                           encoding="utf-8")
+            os.replace(tmp, self.hits_path)
+        except OSError as exc:
+            return f"{self.hits_path}: {exc.strerror or exc}"
+        self.dirty = False
+        return None
 
 
 def describe(rules: tuple[Rule, ...], hits: Mapping[str, int]) -> list[dict[str, Any]]:

@@ -345,3 +345,17 @@ def test_rules_show_masks_what_a_condition_compares_a_card_field_with() -> None:
     shown = json.dumps(describe(rules, {}))
     assert "6212345678901234" not in shown and "621234******1234" in shown
     assert "000000000200" in shown and "^0000" in shown
+
+
+def test_hits_that_cannot_be_saved_cost_no_answer(site: Site, tmp_path: Path) -> None:
+    """The hits file's folder gone (a full or read-only disk): the batch is still answered, the
+    failure is a log line, and the counts are written once the file can be again."""
+    rules = book(site, tmp_path, RULES_TOML)
+    hits = tmp_path / "gone" / "hits.json"
+    rules.hits_path = hits
+    site.core.rules = rules
+    assert answer(site, site.terminal.purchase(CARD, 20000)).text(39) == "51"  # "big" acted
+    assert "rule hits not saved" in site.log.getvalue() and not hits.exists()
+    hits.parent.mkdir()
+    assert answer(site, site.terminal.purchase(CARD, 20000)).text(39) == "51"
+    assert json.loads(hits.read_text())["hits"]["big"] == 2

@@ -101,7 +101,6 @@ ECHOED: dict[str, tuple[int, ...]] = {
     "0800": (11, 41, 42, 60),
     "0820": (11, 41, 42, 60),
 }
-ECHOED_OTHERWISE = (3, 4, 11, 41, 42, 49, 60)
 # Codes whose 0200/0220 is remembered for duplicate detection (§3: not 14, 30, 12, 03, nor 94).
 REMEMBERED = frozenset({codes.APPROVED, codes.INSUFFICIENT_FUNDS, codes.EXPIRED_CARD,
                         codes.INCORRECT_PIN, codes.NO_CARD_RECORD, codes.NO_ORIGINAL,
@@ -828,7 +827,7 @@ class Pipeline:
         """
         fields = request.fields
         mti = request.mti
-        out = {n: fields[n] for n in ECHOED.get(mti, ECHOED_OTHERWISE) if n in fields}
+        out = {n: fields[n] for n in ECHOED.get(mti, _FINANCIAL_ECHO) if n in fields}
         rc = verdict.rc
         if mti in CLOCKED:
             clock = clock_fields(int(now))

@@ -461,8 +461,6 @@ def make_decoder(spec: FieldSpec, dialect: Dialect) -> Decoder:
             hexs = hexs[1:] if right else hexs[:-1]
         if is_track:
             hexs = hexs.replace("D", "=")
-        elif "D" in hexs:
-            raise _dec_err("bad BCD nibble", num, start)
         return hexs, end
 
     if dec_prefix is None:

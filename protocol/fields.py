@@ -189,8 +189,6 @@ class OriginalData:
         return f"{self.batch}{self.stan}{self.date}"
 
 
-BALANCE_LAYOUT: Final = (("54.1 account type", 2), ("54.2 amount type", 2), ("54.3 currency", 3),
-                         ("54.4 sign", 1), ("54.5 amount", 12))
 ACCOUNT_DEFAULT: Final = "10"
 AMOUNT_LEDGER: Final = "02"
 

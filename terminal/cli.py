@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="NNNN",
                        help="the PIN; without a value, asked at a hidden prompt")
         p.add_argument("--pin-prompt", action="store_true", help="ask for the PIN, hidden")
+        p.add_argument("--pin-env", metavar="VAR",
+                       help="the PIN from this environment variable (scripts: never on a command line)")
 
     def original(p: argparse.ArgumentParser, amount_help: str) -> None:
         p.add_argument("--batch", type=_checked(whole(1, BATCH_MAX)), metavar="N",
@@ -398,6 +400,13 @@ def do_network(args: argparse.Namespace, out: Output) -> int:
 
 
 def _pin(args: argparse.Namespace) -> str | None:
+    if args.pin_env is not None:
+        given = os.environ.get(args.pin_env)
+        if given is None:
+            raise ValueError(f"--pin-env {args.pin_env}: that variable is not set")
+        if not ASCII_DIGITS.fullmatch(given):
+            raise ValueError(f"--pin-env {args.pin_env}: a PIN is 4 to 12 ASCII digits")
+        return given
     if args.pin_prompt or args.pin is PIN_PROMPT:
         typed = getpass.getpass("PIN: ")
         if not ASCII_DIGITS.fullmatch(typed):

@@ -604,10 +604,6 @@ def with_auto_signon(terminal: Terminal, attempt: Callable[[], Steps]) -> Steps:
     return Steps((*first.results, logon, *attempt().results))
 
 
-def purchase_with_auto_signon(terminal: Terminal, order: Purchase) -> Steps:
-    return with_auto_signon(terminal, lambda: purchase(terminal, order))
-
-
 # --- settlement -----------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from protocol.dialects import get_dialect
 from protocol.fields import KEY_SETS
-from protocol.injection import InjectionError, read_injection_file
+from protocol.injection import InjectionError, encode_injection, read_injection_file
 from terminal.fleet.member import STAN_MAX, Card, Identity
 from terminal.fsops import FILE_MODE, atomic_replace, exclusive
 
@@ -145,11 +145,8 @@ def add_identity(folder: Path, identity: Identity) -> None:
     """Write one terminal's injection file (the same format the host writes)."""
     if not _TID.fullmatch(identity.tid):
         raise FleetError(f"terminal id {identity.tid!r} is not 1 to 8 printable characters")
-    doc = {"format": "posemu-key-injection-1", "tid": identity.tid,
-           "merchant": identity.merchant, "key_type": "TMK",
-           "algorithm": identity.tmk.algorithm, "key": identity.tmk.material.hex().upper(),
-           "kcv": identity.tmk.kcv_hex}
-    write_secret(terminal_file(folder, identity.tid), json.dumps(doc, indent=2).encode() + b"\n")
+    write_secret(terminal_file(folder, identity.tid),
+                 encode_injection(identity.tid, identity.merchant, identity.tmk))
 
 
 def save_cards(folder: Path, cards: list[Card]) -> None:

@@ -32,9 +32,11 @@ from terminal.scenario.serial_relay import LineFault, SerialRelay
 
 TID, MID = "SCEN0001", "SCENMERCHANT001"
 PAN, EXPIRY, PIN, BALANCE = "6212345678901234", "2812", "1234", "100.00"
+PIN_ENV = "POSEMU_SCENARIO_PIN"
+"""The test card's PIN reaches pos-host and pos-terminal through this variable, not argv."""
 SHORTCUTS = {
     "purchase": ("purchase", "--amount", "12.34", "--pan", "{pan}", "--expiry", "{expiry}",
-                 "--pin", "{pin}"),
+                 "--pin-env", PIN_ENV),
 }
 COMMAND_TIMEOUT = 30.0
 START_TIMEOUT = 15.0
@@ -148,6 +150,7 @@ class Run:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("POSEMU_HOST_DATA", "POSEMU_TERMINAL_DATA", CRASH_ENV, CLOCK_ENV,
                                   HOST_CLOCK_ENV)}
+        self.env[PIN_ENV] = PIN
         self.host_url = ""
         self.line_url: str | None = None  # a noisy relay in front of the host, while one is on
         self.host_serial: str | None = None  # the host's pty, when it serves one
@@ -241,7 +244,7 @@ class Run:
             (f"pos-host terminal add {TID}", lambda: self.host(
                 "terminal", "add", TID, "--merchant", MID, "--out", str(injection))),
             (f"pos-host card add {mask_pan(PAN)} --balance {BALANCE}", lambda: self.host(
-                "card", "add", PAN, "--expiry", EXPIRY, "--pin", PIN, "--balance", BALANCE)),
+                "card", "add", PAN, "--expiry", EXPIRY, "--pin-env", PIN_ENV, "--balance", BALANCE)),
         ):
             code, output = action()
             output = without_components(output)  # clear key parts never reach a report

@@ -188,6 +188,7 @@ def bad_command_lines(rig: Rig) -> list[list[str]]:
         [*order, "--pan", "６２１２３４５６７８９０１２３４", "--expiry", EXPIRY],
         [*order, "--pan", PAN, "--expiry", "２８１２"],
         [*sale, "--amount", "1.00", "--pin", "１２３４"],
+        [*sale, "--amount", "1.00", "--pin-env", "POSEMU_NO_SUCH_VARIABLE"],
         [*sale, "--amount", "1.00", "--timeout", "inf"],
         [*sale, "--amount", "1.00", "--timeout", "nan"],
         [*sale, "--amount", "1.00", "--timeout", "-1"],

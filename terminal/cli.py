@@ -498,12 +498,7 @@ def do_reverse(args: argparse.Namespace, out: Output) -> int:
 
 def do_settle(args: argparse.Namespace, out: Output) -> int:
     terminal = _terminal(args)
-    if args.auto_signon:
-        done = cmd.settle(terminal)
-        if cmd.stopped_by_key_error(done.steps) and cmd.signon(terminal).outcome == "ok":
-            done = cmd.settle(terminal)
-    else:
-        done = cmd.settle(terminal)
+    done = cmd.settle_with_auto_signon(terminal) if args.auto_signon else cmd.settle(terminal)
     out.emit(render.settlement_data(done), render.settlement_lines(done))
     return EXIT_OK if done.new_batch is not None else EXIT_NO
 

@@ -607,6 +607,19 @@ def with_auto_signon(terminal: Terminal, attempt: Callable[[], Steps]) -> Steps:
 # --- settlement -----------------------------------------------------------------------------
 
 
+def settle_with_auto_signon(terminal: Terminal) -> Settlement:
+    """`settle --auto-signon`, as `with_auto_signon`: the sign-on is one of the steps shown,
+    and the one that failed, if it did."""
+    first = settle(terminal)
+    if not stopped_by_key_error(first.steps):
+        return first
+    logon = signon(terminal)
+    if logon.outcome != "ok":
+        return replace(first, steps=Steps((*first.steps.results, logon)))
+    second = settle(terminal)
+    return replace(second, steps=Steps((*first.steps.results, logon, *second.steps.results)))
+
+
 UPLOAD_TYPES = {"purchase": fields.TYPE_PURCHASE, "void": fields.TYPE_VOID,
                 "refund": fields.TYPE_REFUND}
 

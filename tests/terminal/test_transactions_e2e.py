@@ -293,6 +293,19 @@ def test_settle_balanced_starts_a_new_batch(ready: Rig) -> None:
     assert closed.code == 1 and closed.json["rc"] == "12"
 
 
+def test_settle_auto_signon_shows_the_signon_it_made(ready: Rig) -> None:
+    """Settling with revoked keys: the 14, the sign-on and the settlement again, all shown."""
+    pan = new_card(ready.host, "100.00")
+    ready("purchase", "--amount", "2.00", *card(pan))
+    batch = ready("status", "--json").json["batch"]
+    ready.host.admin("keys", "revoke", ready.tid)
+    done = ready("settle", "--auto-signon", "--json")
+    assert done.code == 0, done.out + done.err
+    commands = [step["command"] for step in done.json["steps"]]
+    assert commands == ["settle", "signon", "settle"], commands
+    assert done.json["steps"][0]["rc"] == "14" and done.json["new_batch"] == batch + 1
+
+
 def test_settle_unbalanced_uploads_the_batch_then_starts_a_new_one(ready: Rig) -> None:
     pan = new_card(ready.host, "500.00")
     for _ in range(10):

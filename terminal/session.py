@@ -9,6 +9,7 @@ same logic serves TCP, serial and tests, and tests need no network to reach ever
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -112,14 +113,21 @@ def refuse_key_set(response: Message, asked: str) -> TerminalKeyError | None:
         + "; old keys kept")
 
 
+_PAN = re.compile(r"[0-9]{12,19}")
+_EXPIRY = re.compile(r"[0-9]{2}(0[1-9]|1[0-2])")
+_PIN = re.compile(r"[0-9]{4,12}")
+
+
 def check_card(pan: str, expiry: str, pin: str | None) -> None:
-    """Refuse a mistyped card before a STAN is spent on it."""
-    if not (12 <= len(pan) <= 19 and pan.isdigit()):
+    """Refuse a mistyped card before a STAN is spent on it: ASCII digits only (`isdigit`
+    alone takes other scripts' digits, which no card field can carry)."""
+    if not _PAN.fullmatch(pan):
         raise ValueError("the card number must be 12 to 19 digits")
-    if not (len(expiry) == 4 and expiry.isdigit() and 1 <= int(expiry[2:]) <= 12):
+    if not _EXPIRY.fullmatch(expiry):
         raise ValueError("the expiry must be YYMM")
-    if pin is not None and not (4 <= len(pin) <= 12 and pin.isdigit()):
+    if pin is not None and not _PIN.fullmatch(pin):
         raise ValueError("a PIN is 4 to 12 digits")
+
 
 
 @dataclass(frozen=True)

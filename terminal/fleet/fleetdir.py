@@ -24,13 +24,11 @@ from protocol.fields import KEY_SETS
 from protocol.injection import InjectionError, encode_injection, read_injection_file
 from terminal.fleet.member import STAN_MAX, Card, Identity
 from terminal.fsops import FILE_MODE, atomic_replace, exclusive
+from terminal.session import check_card as check_entry
 
 FORMAT = "posemu-fleet-1"
 BATCHES_PER_RUN = 10  # room for a terminal's STAN to wrap a few times within one run
 _TID = re.compile(r"[\x21-\x7e]{1,8}")
-_PAN = re.compile(r"[0-9]{12,19}")
-_EXPIRY = re.compile(r"[0-9]{2}(0[1-9]|1[0-2])")
-_PIN = re.compile(r"[0-9]{4,12}")
 
 
 class FleetError(Exception):
@@ -74,12 +72,10 @@ def check_card(doc: Any, where: str) -> Card:
     if not isinstance(doc, dict):
         raise FleetError(f"{where}: a card is an object with pan, expiry and pin")
     pan, expiry, pin = str(doc.get("pan", "")), str(doc.get("expiry", "")), doc.get("pin")
-    if not _PAN.fullmatch(pan):
-        raise FleetError(f"{where}: the PAN must be 12 to 19 digits")
-    if not _EXPIRY.fullmatch(expiry):
-        raise FleetError(f"{where}: the expiry must be YYMM")
-    if pin is not None and not _PIN.fullmatch(str(pin)):
-        raise FleetError(f"{where}: a PIN is 4 to 12 digits")
+    try:
+        check_entry(pan, expiry, None if pin is None else str(pin))
+    except ValueError as exc:
+        raise FleetError(f"{where}: {exc}") from None
     return Card(pan, expiry, None if pin is None else str(pin))
 
 

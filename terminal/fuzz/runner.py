@@ -278,9 +278,10 @@ class Run:
     def _pipelined(self, taken: list[tuple[int, Context, Probe]], meanwhile: Callable[[], object]) -> int:
         """Several single-message cases in one write, their answers matched in order (the
         contract answers a connection's requests in order). Each case is judged from its own
-        answer exactly as if it had gone alone, up to the first that trips an oracle or goes
-        unanswered: that one is judged and recorded, and the cases after it are handed back to
-        run again on a fresh connection (what the target did with them is not looked at).
+        answer exactly as if it had gone alone (an answered case that trips an oracle does not
+        change the answers after it), up to the first that goes unanswered: that one is judged
+        and recorded, and the cases after it are handed back to run again on a fresh connection
+        (what the target did with them is not looked at).
         Returns how many cases were judged."""
         payloads = tuple(probe.steps[0].payloads[0] for _, _, probe in taken)
         try:
